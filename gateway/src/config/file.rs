@@ -1,0 +1,146 @@
+//! The configuration file as written by operators: serde types that reject unknown keys.
+//! Durations stay strings here so that validation can name the field of a bad one; every
+//! default lives in `validate.rs`, next to the check of the value.
+
+use serde::Deserialize;
+
+/// The whole file. See `config/gateway.example.toml` for every key and its default.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    #[serde(default)]
+    pub server: ServerFile,
+    #[serde(default)]
+    pub upstream: UpstreamFile,
+    /// Belongs to the health-checking feature (issue #3): parsed so typos are caught, then
+    /// rejected as not supported yet.
+    pub health: Option<HealthFile>,
+    pub auth: Option<AuthFile>,
+    #[serde(default)]
+    pub api_keys: Vec<ApiKeyFile>,
+    pub limits: Option<LimitsFile>,
+    #[serde(default)]
+    pub models: Vec<ModelFile>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerFile {
+    pub listen: Option<String>,
+    pub admin_listen: Option<String>,
+    pub admin_token_env: Option<String>,
+    pub max_body_bytes: Option<u64>,
+    pub drain_timeout: Option<String>,
+    pub tls: Option<TlsFile>,
+    /// Longest time to receive a request's header section (and longest keep-alive idle).
+    pub header_read_timeout: Option<String>,
+    /// Longest silence while receiving a request body.
+    pub body_read_timeout: Option<String>,
+    /// Cap on the total size of a request's header section.
+    pub max_header_bytes: Option<u64>,
+    /// Cap on the number of request headers.
+    pub max_headers: Option<u64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsFile {
+    pub cert: Option<String>,
+    pub key: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamFile {
+    pub connect_timeout: Option<String>,
+    pub response_head_timeout: Option<String>,
+    pub idle_chunk_timeout: Option<String>,
+    pub pool_idle_timeout: Option<String>,
+    pub retries: Option<u64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HealthFile {
+    pub path: Option<String>,
+    pub interval: Option<String>,
+    pub timeout: Option<String>,
+    pub unhealthy_threshold: Option<u64>,
+    pub healthy_threshold: Option<u64>,
+    pub check_model: Option<bool>,
+    pub max_fails: Option<u64>,
+    pub fail_timeout: Option<String>,
+    pub max_ejection_percent: Option<f64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthFile {
+    pub enabled: Option<bool>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiKeyFile {
+    pub name: Option<String>,
+    pub sha256: Option<String>,
+    pub models: Option<Vec<String>>,
+    pub requests_per_second: Option<f64>,
+    pub burst: Option<u64>,
+    pub tokens_per_minute: Option<u64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsFile {
+    pub per_ip_requests_per_second: Option<f64>,
+    pub per_ip_burst: Option<u64>,
+    pub trusted_proxies: Option<Vec<String>>,
+    pub redis_url: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelFile {
+    pub name: Option<String>,
+    #[serde(default)]
+    pub aliases: Vec<String>,
+    pub balancer: Option<String>,
+    pub deploy_dir: Option<String>,
+    pub stable: Option<String>,
+    pub queue: Option<QueueFile>,
+    pub canary: Option<CanaryFile>,
+    #[serde(default)]
+    pub versions: Vec<VersionFile>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct QueueFile {
+    pub max_size: Option<u64>,
+    pub timeout: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CanaryFile {
+    pub version: Option<String>,
+    pub weight_percent: Option<f64>,
+    pub sticky: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VersionFile {
+    pub name: Option<String>,
+    #[serde(default)]
+    pub replicas: Vec<ReplicaFile>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReplicaFile {
+    pub url: Option<String>,
+    pub weight: Option<u64>,
+    pub max_inflight: Option<u64>,
+}

@@ -1,0 +1,617 @@
+//! Turns the file types into the runtime types, applying defaults and collecting EVERY error,
+//! each prefixed with the path of its field (`models[1].versions[0].replicas[2].url: ...`).
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use http::uri::Authority;
+use http::Uri;
+
+use super::file::*;
+use super::runtime::*;
+
+/// Defaults, named once. The example config documents the same values.
+pub mod defaults {
+    pub const LISTEN: &str = "127.0.0.1:8080";
+    pub const ADMIN_LISTEN: &str = "127.0.0.1:9090";
+    pub const ADMIN_TOKEN_ENV: &str = "GATEWAY_ADMIN_TOKEN";
+    pub const MAX_BODY_BYTES: u64 = 10 * 1024 * 1024;
+    pub const DRAIN_TIMEOUT: &str = "30s";
+    pub const HEADER_READ_TIMEOUT: &str = "30s";
+    pub const BODY_READ_TIMEOUT: &str = "30s";
+    pub const MAX_HEADER_BYTES: u64 = 32 * 1024;
+    pub const MAX_HEADERS: u64 = 100;
+    pub const CONNECT_TIMEOUT: &str = "5s";
+    pub const RESPONSE_HEAD_TIMEOUT: &str = "300s";
+    pub const IDLE_CHUNK_TIMEOUT: &str = "60s";
+    pub const POOL_IDLE_TIMEOUT: &str = "4s";
+    pub const RETRIES: u64 = 2;
+}
+
+/// Hard ceilings: the gateway's HTTP/1 parser is configured just above these, so that our own
+/// check (with an OpenAI-shaped 431) always fires first.
+pub const MAX_HEADER_BYTES_CEILING: u64 = 256 * 1024;
+pub const MAX_HEADERS_CEILING: u64 = 400;
+
+/// Parses `"250ms"`, `"5s"`, `"1.5s"`, `"2m"`, `"1h"`.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let t = s.trim();
+    let split = t
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .ok_or_else(|| format!("duration {s:?} has no unit (use ms, s, m or h)"))?;
+    let (num, unit) = t.split_at(split);
+    let n: f64 = num
+        .parse()
+        .map_err(|_| format!("invalid duration {s:?} (expected e.g. \"250ms\", \"5s\", \"2m\")"))?;
+    let secs = match unit {
+        "ms" => n / 1000.0,
+        "s" => n,
+        "m" => n * 60.0,
+        "h" => n * 3600.0,
+        _ => return Err(format!("duration {s:?} has unknown unit {unit:?} (use ms, s, m or h)")),
+    };
+    if !secs.is_finite() || secs > 7.0 * 24.0 * 3600.0 {
+        return Err(format!("duration {s:?} is out of range (at most 7 days)"));
+    }
+    Ok(Duration::from_secs_f64(secs))
+}
+
+struct Errors(Vec<String>);
+
+impl Errors {
+    fn push(&mut self, field: impl AsRef<str>, msg: impl AsRef<str>) {
+        self.0.push(format!("{}: {}", field.as_ref(), msg.as_ref()));
+    }
+    fn not_yet(&mut self, field: &str, feature: &str) {
+        self.push(
+            field,
+            format!("{feature} is not supported yet in this version of the gateway; remove it"),
+        );
+    }
+    /// A duration, positive, defaulted.
+    fn duration(&mut self, field: &str, v: &Option<String>, default: &str) -> Duration {
+        let raw = v.as_deref().unwrap_or(default);
+        match parse_duration(raw) {
+            Ok(d) if d.is_zero() => {
+                self.push(field, "must be greater than zero");
+                Duration::from_secs(1)
+            }
+            Ok(d) => d,
+            Err(e) => {
+                self.push(field, e);
+                Duration::from_secs(1)
+            }
+        }
+    }
+    fn addr(&mut self, field: &str, v: &Option<String>, default: &str) -> SocketAddr {
+        let raw = v.as_deref().unwrap_or(default);
+        raw.parse().unwrap_or_else(|_| {
+            self.push(
+                field,
+                format!("invalid address {raw:?} (expected ip:port, e.g. \"127.0.0.1:8080\")"),
+            );
+            SocketAddr::from(([127, 0, 0, 1], 0))
+        })
+    }
+    fn range(&mut self, field: &str, v: Option<u64>, default: u64, lo: u64, hi: u64) -> u64 {
+        let n = v.unwrap_or(default);
+        if n < lo || n > hi {
+            self.push(field, format!("{n} is out of range ({lo}..={hi})"));
+            return default;
+        }
+        n
+    }
+}
+
+/// Validates a parsed file. On failure returns every problem found, in file order.
+pub fn validate(f: &FileConfig) -> Result<Config, Vec<String>> {
+    let mut e = Errors(Vec::new());
+    let s = &f.server;
+    let listen = e.addr("server.listen", &s.listen, defaults::LISTEN);
+    let admin_listen = e.addr("server.admin_listen", &s.admin_listen, defaults::ADMIN_LISTEN);
+    if listen == admin_listen && listen.port() != 0 {
+        e.push(
+            "server.admin_listen",
+            "must differ from server.listen: admin paths are never served on the data port",
+        );
+    }
+    let admin_token_env = s
+        .admin_token_env
+        .clone()
+        .unwrap_or_else(|| defaults::ADMIN_TOKEN_ENV.into());
+    if admin_token_env.is_empty() {
+        e.push("server.admin_token_env", "must name an environment variable");
+    }
+    let server = ServerConfig {
+        listen,
+        admin_listen,
+        admin_token_env,
+        max_body_bytes: e.range(
+            "server.max_body_bytes",
+            s.max_body_bytes,
+            defaults::MAX_BODY_BYTES,
+            1,
+            1 << 30,
+        ) as usize,
+        drain_timeout: e.duration(
+            "server.drain_timeout",
+            &s.drain_timeout,
+            defaults::DRAIN_TIMEOUT,
+        ),
+        header_read_timeout: e.duration(
+            "server.header_read_timeout",
+            &s.header_read_timeout,
+            defaults::HEADER_READ_TIMEOUT,
+        ),
+        body_read_timeout: e.duration(
+            "server.body_read_timeout",
+            &s.body_read_timeout,
+            defaults::BODY_READ_TIMEOUT,
+        ),
+        max_header_bytes: e.range(
+            "server.max_header_bytes",
+            s.max_header_bytes,
+            defaults::MAX_HEADER_BYTES,
+            1024,
+            MAX_HEADER_BYTES_CEILING,
+        ) as usize,
+        max_headers: e.range(
+            "server.max_headers",
+            s.max_headers,
+            defaults::MAX_HEADERS,
+            8,
+            MAX_HEADERS_CEILING,
+        ) as usize,
+    };
+    if s.tls.is_some() {
+        e.not_yet("server.tls", "TLS termination");
+    }
+    let u = &f.upstream;
+    let upstream = UpstreamConfig {
+        connect_timeout: e.duration(
+            "upstream.connect_timeout",
+            &u.connect_timeout,
+            defaults::CONNECT_TIMEOUT,
+        ),
+        response_head_timeout: e.duration(
+            "upstream.response_head_timeout",
+            &u.response_head_timeout,
+            defaults::RESPONSE_HEAD_TIMEOUT,
+        ),
+        idle_chunk_timeout: e.duration(
+            "upstream.idle_chunk_timeout",
+            &u.idle_chunk_timeout,
+            defaults::IDLE_CHUNK_TIMEOUT,
+        ),
+        pool_idle_timeout: e.duration(
+            "upstream.pool_idle_timeout",
+            &u.pool_idle_timeout,
+            defaults::POOL_IDLE_TIMEOUT,
+        ),
+        retries: e.range("upstream.retries", u.retries, defaults::RETRIES, 0, 10) as u32,
+    };
+    if f.health.is_some() {
+        e.not_yet("health", "active and passive health checking ([health])");
+    }
+    if f.auth.as_ref().and_then(|a| a.enabled).unwrap_or(false) {
+        e.not_yet(
+            "auth.enabled",
+            "API-key authentication (set enabled = false for now)",
+        );
+    }
+    if !f.api_keys.is_empty() {
+        e.not_yet("api_keys", "API keys ([[api_keys]])");
+    }
+    if let Some(l) = &f.limits {
+        if l.per_ip_requests_per_second.is_some_and(|r| r != 0.0) {
+            e.not_yet("limits.per_ip_requests_per_second", "per-IP rate limiting");
+        }
+        if l.trusted_proxies.as_ref().is_some_and(|t| !t.is_empty()) {
+            e.not_yet("limits.trusted_proxies", "X-Forwarded-For trust");
+        }
+        if l.redis_url.as_ref().is_some_and(|r| !r.is_empty()) {
+            e.not_yet("limits.redis_url", "limits shared through Redis");
+        }
+    }
+
+    let mut models = Vec::new();
+    let mut names: HashSet<String> = HashSet::new();
+    if f.models.is_empty() {
+        e.push("models", "at least one [[models]] entry is required");
+    }
+    for (mi, m) in f.models.iter().enumerate() {
+        let at = format!("models[{mi}]");
+        let name = m.name.clone().unwrap_or_default();
+        check_model_name(&mut e, &format!("{at}.name"), &name, &mut names);
+        for (ai, a) in m.aliases.iter().enumerate() {
+            check_model_name(&mut e, &format!("{at}.aliases[{ai}]"), a, &mut names);
+        }
+        let balancer = match m.balancer.as_deref().unwrap_or("round_robin") {
+            "round_robin" => BalancerKind::RoundRobin,
+            "weighted_round_robin" => BalancerKind::WeightedRoundRobin,
+            b @ ("p2c_ewma" | "least_inflight") => {
+                e.not_yet(&format!("{at}.balancer"), &format!("balancer {b:?}"));
+                BalancerKind::RoundRobin
+            }
+            other => {
+                e.push(
+                    format!("{at}.balancer"),
+                    format!(
+                        "unknown balancer {other:?} (expected round_robin, \
+                         weighted_round_robin, p2c_ewma or least_inflight)"
+                    ),
+                );
+                BalancerKind::RoundRobin
+            }
+        };
+        if m.deploy_dir.as_ref().is_some_and(|d| !d.is_empty()) {
+            e.not_yet(&format!("{at}.deploy_dir"), "versions from a deployment directory");
+        }
+        if m.queue.is_some() {
+            e.not_yet(&format!("{at}.queue"), "the per-model request queue");
+        }
+        if m.canary.is_some() {
+            e.not_yet(&format!("{at}.canary"), "canary routing");
+        }
+        let mut versions = Vec::new();
+        let mut version_names = HashSet::new();
+        if m.versions.is_empty() {
+            e.push(
+                format!("{at}.versions"),
+                "at least one [[models.versions]] entry is required",
+            );
+        }
+        let mut seen_urls = HashSet::new();
+        for (vi, v) in m.versions.iter().enumerate() {
+            let vat = format!("{at}.versions[{vi}]");
+            let vname = v.name.clone().unwrap_or_default();
+            if vname.is_empty() {
+                e.push(format!("{vat}.name"), "is required");
+            } else if !is_token(&vname) {
+                e.push(
+                    format!("{vat}.name"),
+                    format!("{vname:?} may only contain letters, digits, '.', '_' and '-'"),
+                );
+            } else if !version_names.insert(vname.clone()) {
+                e.push(
+                    format!("{vat}.name"),
+                    format!("version {vname:?} is declared twice"),
+                );
+            }
+            if v.replicas.is_empty() {
+                e.push(
+                    format!("{vat}.replicas"),
+                    "at least one replica is required",
+                );
+            }
+            let mut replicas = Vec::new();
+            for (ri, r) in v.replicas.iter().enumerate() {
+                let rat = format!("{vat}.replicas[{ri}]");
+                let Some(replica) = check_replica(&mut e, &rat, r, balancer) else {
+                    continue;
+                };
+                if !seen_urls.insert(replica.key.clone()) {
+                    e.push(
+                        format!("{rat}.url"),
+                        format!("{} appears twice in this model", replica.key),
+                    );
+                }
+                replicas.push(replica);
+            }
+            versions.push(VersionConfig {
+                name: vname,
+                replicas,
+            });
+        }
+        let stable = match m.stable.as_deref() {
+            Some(s) => match versions.iter().position(|v| v.name == s) {
+                Some(i) => i,
+                None => {
+                    e.push(
+                        format!("{at}.stable"),
+                        format!("names version {s:?}, which is not among this model's versions"),
+                    );
+                    0
+                }
+            },
+            None if versions.len() <= 1 => 0,
+            None => {
+                e.push(
+                    format!("{at}.stable"),
+                    "is required when a model has several versions (or set deploy_dir)",
+                );
+                0
+            }
+        };
+        models.push(ModelConfig {
+            name,
+            aliases: m.aliases.clone(),
+            balancer,
+            stable,
+            versions,
+        });
+    }
+    if !e.0.is_empty() {
+        return Err(e.0);
+    }
+    Ok(Config {
+        server,
+        upstream,
+        models,
+    })
+}
+
+fn is_token(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 128
+        && s
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+}
+
+fn check_model_name(e: &mut Errors, field: &str, name: &str, seen: &mut HashSet<String>) {
+    if name.is_empty() {
+        e.push(field, "is required");
+    } else if name.len() > 256 || name.chars().any(|c| c.is_control() || c.is_whitespace()) {
+        e.push(
+            field,
+            format!("{name:?} must be at most 256 characters, without spaces"),
+        );
+    } else if name.contains('@') {
+        e.push(
+            field,
+            format!("{name:?} must not contain '@' (reserved for version pins: name@version)"),
+        );
+    } else if !seen.insert(name.to_owned()) {
+        e.push(
+            field,
+            format!("{name:?} is already used as a model name or alias"),
+        );
+    }
+}
+
+fn check_replica(
+    e: &mut Errors,
+    at: &str,
+    r: &ReplicaFile,
+    balancer: BalancerKind,
+) -> Option<ReplicaConfig> {
+    let weight = r.weight.unwrap_or(1);
+    if !(1..=1000).contains(&weight) {
+        e.push(format!("{at}.weight"), format!("{weight} is out of range (1..=1000)"));
+    } else if weight != 1 && balancer == BalancerKind::RoundRobin {
+        e.push(
+            format!("{at}.weight"),
+            "has no effect with balancer \"round_robin\"; use \"weighted_round_robin\"",
+        );
+    }
+    if r.max_inflight.is_some_and(|m| m != 0) {
+        e.not_yet(&format!("{at}.max_inflight"), "per-replica concurrency limits");
+    }
+    let Some(raw) = r.url.as_deref() else {
+        e.push(format!("{at}.url"), "is required");
+        return None;
+    };
+    let invalid = |e: &mut Errors, why: &str| {
+        e.push(format!("{at}.url"), format!("invalid URL {raw:?}: {why}"));
+    };
+    let Ok(uri) = raw.parse::<Uri>() else {
+        invalid(e, "expected http://host:port");
+        return None;
+    };
+    match uri.scheme_str() {
+        Some("http") => {}
+        Some("https") => {
+            invalid(e, "https replicas are not supported yet");
+            return None;
+        }
+        _ => {
+            invalid(e, "expected http://host:port");
+            return None;
+        }
+    }
+    let Some(auth) = uri.authority() else {
+        invalid(e, "no host");
+        return None;
+    };
+    if auth.host().is_empty() || auth.as_str().contains('@') {
+        invalid(e, "expected http://host:port");
+        return None;
+    }
+    if !matches!(uri.path(), "" | "/") || uri.query().is_some() {
+        invalid(e, "a replica URL must not have a path or query");
+        return None;
+    }
+    let port = auth.port_u16().unwrap_or(80);
+    let authority: Authority = match format!("{}:{port}", auth.host()).parse() {
+        Ok(a) => a,
+        Err(_) => {
+            invalid(e, "bad host");
+            return None;
+        }
+    };
+    Some(ReplicaConfig {
+        key: format!("http://{authority}"),
+        authority,
+        weight: weight.clamp(1, 1000) as u32,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(s: &str) -> Result<Config, Vec<String>> {
+        let f: FileConfig = toml::from_str(s).map_err(|e| vec![e.to_string()])?;
+        validate(&f)
+    }
+
+    const MIN: &str = r#"
+        [[models]]
+        name = "m"
+        [[models.versions]]
+        name = "v1"
+        replicas = [{ url = "http://127.0.0.1:8000" }]
+    "#;
+
+    #[test]
+    fn minimal_config_gets_documented_defaults() {
+        let c = parse(MIN).unwrap();
+        assert_eq!(c.server.listen.to_string(), "127.0.0.1:8080");
+        assert_eq!(c.server.max_body_bytes, 10 * 1024 * 1024);
+        assert_eq!(c.server.drain_timeout, Duration::from_secs(30));
+        assert_eq!(c.upstream.connect_timeout, Duration::from_secs(5));
+        assert_eq!(c.upstream.response_head_timeout, Duration::from_secs(300));
+        assert_eq!(c.upstream.pool_idle_timeout, Duration::from_secs(4));
+        assert_eq!(c.upstream.retries, 2);
+        let m = &c.models[0];
+        assert_eq!(m.versions[0].replicas[0].key, "http://127.0.0.1:8000");
+        assert_eq!(m.versions[0].replicas[0].authority.as_str(), "127.0.0.1:8000");
+        assert_eq!(m.versions[0].replicas[0].weight, 1);
+    }
+
+    #[test]
+    fn durations_parse_with_units() {
+        assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
+        assert_eq!(parse_duration("1.5s").unwrap(), Duration::from_millis(1500));
+        assert_eq!(parse_duration("2m").unwrap(), Duration::from_secs(120));
+        assert_eq!(parse_duration("1h").unwrap(), Duration::from_secs(3600));
+        assert!(parse_duration("5").is_err());
+        assert!(parse_duration("5x").is_err());
+        assert!(parse_duration("s").is_err());
+        assert!(parse_duration("1000h").is_err());
+    }
+
+    #[test]
+    fn all_errors_are_collected_with_field_paths() {
+        let errs = parse(
+            r#"
+            [server]
+            drain_timeout = "soon"
+            [[models]]
+            name = "a"
+            [[models.versions]]
+            name = "v"
+            replicas = [{ url = "http://127.0.0.1:1" }]
+            [[models]]
+            name = "b"
+            [[models.versions]]
+            name = "v"
+            replicas = [{ url = "http://127.0.0.1:1" }, { url = "http://127.0.0.1:2" },
+                        { url = "htp:/x" }]
+            [[models]]
+            name = "a"
+            [[models.versions]]
+            name = "v"
+            replicas = [{ url = "http://127.0.0.1:3" }]
+        "#,
+        )
+        .unwrap_err();
+        assert_eq!(errs.len(), 3, "{errs:#?}");
+        assert!(errs[0].starts_with("server.drain_timeout: "));
+        assert_eq!(
+            errs[1],
+            r#"models[1].versions[0].replicas[2].url: invalid URL "htp:/x": expected http://host:port"#
+        );
+        assert!(errs[2].starts_with("models[2].name: \"a\" is already used"));
+    }
+
+    #[test]
+    fn later_features_are_rejected_not_ignored() {
+        for (snippet, field) in [
+            ("[health]\ninterval = \"5s\"\n", "health:"),
+            ("[auth]\nenabled = true\n", "auth.enabled:"),
+            ("[[api_keys]]\nname = \"k\"\n", "api_keys:"),
+            ("[limits]\nredis_url = \"redis://x\"\n", "limits.redis_url:"),
+            ("[limits]\nper_ip_requests_per_second = 5.0\n", "limits.per_ip"),
+            ("[server.tls]\ncert = \"a\"\nkey = \"b\"\n", "server.tls:"),
+        ] {
+            let errs = parse(&format!("{snippet}{MIN}")).unwrap_err();
+            assert!(errs.iter().any(|e| e.starts_with(field) && e.contains("not supported yet")),
+                "{snippet}: {errs:?}");
+        }
+        for (kv, field) in [
+            ("balancer = \"p2c_ewma\"", "models[0].balancer:"),
+            ("deploy_dir = \"/opt/x\"", "models[0].deploy_dir:"),
+            ("canary = { version = \"v2\", weight_percent = 5.0 }", "models[0].canary:"),
+            ("queue = { max_size = 4 }", "models[0].queue:"),
+        ] {
+            let cfg = MIN.replace("name = \"m\"", &format!("name = \"m\"\n{kv}"));
+            let errs = parse(&cfg).unwrap_err();
+            assert!(errs.iter().any(|e| e.starts_with(field) && e.contains("not supported yet")),
+                "{kv}: {errs:?}");
+        }
+        let cfg = MIN.replace("8000\" }", "8000\", max_inflight = 4 }");
+        let errs = parse(&cfg).unwrap_err();
+        assert!(errs[0].contains("max_inflight") && errs[0].contains("not supported yet"));
+    }
+
+    #[test]
+    fn harmless_off_values_of_later_features_are_accepted() {
+        let cfg = format!(
+            "[auth]\nenabled = false\n[limits]\nper_ip_requests_per_second = 0.0\n\
+             per_ip_burst = 20\ntrusted_proxies = []\nredis_url = \"\"\n{MIN}"
+        );
+        parse(&cfg).unwrap();
+    }
+
+    #[test]
+    fn unknown_keys_are_rejected_by_name() {
+        let err = parse(&format!("[server]\nlisten_port = 1\n{MIN}")).unwrap_err();
+        assert!(err[0].contains("listen_port"), "{err:?}");
+    }
+
+    #[test]
+    fn stable_is_required_with_several_versions_and_must_exist() {
+        let two = r#"
+            [[models]]
+            name = "m"
+            [[models.versions]]
+            name = "v1"
+            replicas = [{ url = "http://127.0.0.1:1" }]
+            [[models.versions]]
+            name = "v2"
+            replicas = [{ url = "http://127.0.0.1:2" }]
+        "#;
+        assert!(parse(two).unwrap_err()[0].starts_with("models[0].stable: is required"));
+        let ok = two.replace("name = \"m\"", "name = \"m\"\nstable = \"v2\"");
+        assert_eq!(parse(&ok).unwrap().models[0].stable, 1);
+        let bad = two.replace("name = \"m\"", "name = \"m\"\nstable = \"v3\"");
+        assert!(parse(&bad).unwrap_err()[0].contains("\"v3\""));
+    }
+
+    #[test]
+    fn replica_urls_are_checked() {
+        for (url, why) in [
+            ("https://a:1", "https"),
+            ("http://a:1/v1", "path"),
+            ("ftp://a", "expected"),
+            ("http://user@a:1", "expected"),
+            ("not a url", "expected"),
+        ] {
+            let cfg = MIN.replace("http://127.0.0.1:8000", url);
+            let errs = parse(&cfg).unwrap_err();
+            assert!(errs[0].contains(why), "{url}: {errs:?}");
+        }
+        let cfg = MIN.replace("http://127.0.0.1:8000", "http://replica.internal");
+        let c = parse(&cfg).unwrap();
+        assert_eq!(c.models[0].versions[0].replicas[0].authority.as_str(), "replica.internal:80");
+    }
+
+    #[test]
+    fn weights_need_a_weighted_balancer() {
+        let cfg = MIN.replace("8000\" }", "8000\", weight = 3 }");
+        assert!(parse(&cfg).unwrap_err()[0].contains("weighted_round_robin"));
+        let cfg = cfg.replace("name = \"m\"", "name = \"m\"\nbalancer = \"weighted_round_robin\"");
+        assert_eq!(parse(&cfg).unwrap().models[0].versions[0].replicas[0].weight, 3);
+    }
+
+    #[test]
+    fn names_with_at_sign_or_duplicates_are_rejected() {
+        let cfg = MIN.replace("name = \"m\"", "name = \"m@1\"");
+        assert!(parse(&cfg).unwrap_err()[0].contains("'@'"));
+        let cfg = MIN.replace("name = \"m\"", "name = \"m\"\naliases = [\"m\"]");
+        assert!(parse(&cfg).unwrap_err()[0].contains("already used"));
+    }
+}

@@ -1,0 +1,226 @@
+//! `GatewayError`: every way a request can fail, grouped by who is at fault, with one status,
+//! one OpenAI-shaped body (`{"error":{"message","type","code"}}`) and one metric label each.
+
+use bytes::Bytes;
+use http::{header, HeaderValue, Response, StatusCode};
+
+use crate::proxy::body::ResponseBody;
+
+/// A failure of one request. Messages never contain replica addresses or request content.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum GatewayError {
+    // --- the client's fault ---
+    /// The body is not a JSON object, or a peeked field has the wrong type.
+    InvalidBody(String),
+    /// The body has no `model`.
+    MissingModel,
+    /// No configured model or alias has this name.
+    ModelNotFound(String),
+    /// Body larger than `server.max_body_bytes`.
+    BodyTooLarge { limit: usize },
+    /// The path exists but not for this method.
+    MethodNotAllowed { allow: &'static str },
+    /// No such path on the data plane.
+    UnknownPath,
+    /// Header section larger than the configured caps.
+    HeadersTooLarge,
+    /// The client sent its body too slowly.
+    RequestTimeout,
+    /// Ambiguous framing (Content-Length with Transfer-Encoding, or conflicting lengths).
+    AmbiguousFraming,
+    // --- the replicas' fault ---
+    /// No replica of the model could be reached (all refused, reset, or answered 502/503).
+    UpstreamUnavailable { model: String },
+    /// A replica did not send its response head in time.
+    UpstreamTimeout { model: String },
+}
+
+impl GatewayError {
+    /// The HTTP status this error answers with.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Self::InvalidBody(_) | Self::MissingModel | Self::AmbiguousFraming => {
+                StatusCode::BAD_REQUEST
+            }
+            Self::ModelNotFound(_) | Self::UnknownPath => StatusCode::NOT_FOUND,
+            Self::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
+            Self::HeadersTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            Self::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
+            Self::UpstreamUnavailable { .. } => StatusCode::BAD_GATEWAY,
+            Self::UpstreamTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
+        }
+    }
+
+    /// OpenAI's `error.type`.
+    pub fn error_type(&self) -> &'static str {
+        match self.status().as_u16() {
+            400..=499 => "invalid_request_error",
+            503 => "overloaded_error",
+            _ => "api_error",
+        }
+    }
+
+    /// OpenAI's `error.code`; also the `reason` label on error metrics.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::InvalidBody(_) => "invalid_body",
+            Self::MissingModel => "missing_model",
+            Self::ModelNotFound(_) => "model_not_found",
+            Self::BodyTooLarge { .. } => "request_too_large",
+            Self::MethodNotAllowed { .. } => "method_not_allowed",
+            Self::UnknownPath => "unknown_url",
+            Self::HeadersTooLarge => "headers_too_large",
+            Self::RequestTimeout => "request_timeout",
+            Self::AmbiguousFraming => "ambiguous_framing",
+            Self::UpstreamUnavailable { .. } => "upstream_unavailable",
+            Self::UpstreamTimeout { .. } => "upstream_timeout",
+        }
+    }
+
+    /// A message for the caller.
+    pub fn message(&self) -> String {
+        match self {
+            Self::InvalidBody(why) => format!("Invalid request body: {why}"),
+            Self::MissingModel => "You must provide a model parameter.".into(),
+            Self::ModelNotFound(m) => format!(
+                "The model `{}` does not exist or you do not have access to it.",
+                printable(m)
+            ),
+            Self::BodyTooLarge { limit } => {
+                format!("Request body is larger than the limit of {limit} bytes.")
+            }
+            Self::MethodNotAllowed { allow } => {
+                format!("Method not allowed on this path; allowed: {allow}.")
+            }
+            Self::UnknownPath => "Unknown request URL. Supported: POST /v1/chat/completions, \
+                POST /v1/completions, POST /v1/embeddings, GET /v1/models."
+                .into(),
+            Self::HeadersTooLarge => "Request header section is too large.".into(),
+            Self::RequestTimeout => "The request was not received in time.".into(),
+            Self::AmbiguousFraming => "Request has ambiguous framing (Content-Length together \
+                with Transfer-Encoding, or conflicting Content-Length values)."
+                .into(),
+            Self::UpstreamUnavailable { model } => {
+                format!("No replica of model `{model}` is available; try again later.")
+            }
+            Self::UpstreamTimeout { model } => {
+                format!("A replica of model `{model}` did not answer in time.")
+            }
+        }
+    }
+
+    /// Whether the connection must be closed after this answer (its framing can't be trusted).
+    pub fn closes_connection(&self) -> bool {
+        matches!(
+            self,
+            Self::AmbiguousFraming | Self::RequestTimeout | Self::HeadersTooLarge
+        )
+    }
+
+    /// The full response.
+    pub fn into_response(self) -> Response<ResponseBody> {
+        let mut resp = error_response(
+            self.status(),
+            &self.message(),
+            self.error_type(),
+            Some(self.code()),
+        );
+        let h = resp.headers_mut();
+        if let Self::MethodNotAllowed { allow } = &self {
+            h.insert(header::ALLOW, HeaderValue::from_static(allow));
+        }
+        if self.closes_connection() {
+            h.insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
+        if matches!(self, Self::UpstreamUnavailable { .. }) {
+            h.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        resp
+    }
+}
+
+impl std::fmt::Display for GatewayError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message())
+    }
+}
+
+impl std::error::Error for GatewayError {}
+
+/// Echoes caller-supplied text safely: bounded length, no control characters.
+fn printable(s: &str) -> String {
+    let mut out: String = s.chars().take(256).filter(|c| !c.is_control()).collect();
+    if s.chars().count() > 256 {
+        out.push('…');
+    }
+    out
+}
+
+/// The OpenAI error body as bytes.
+pub fn error_body(message: &str, error_type: &str, code: Option<&str>) -> Bytes {
+    let v = serde_json::json!({"error": {
+        "message": message, "type": error_type, "param": null, "code": code,
+    }});
+    Bytes::from(v.to_string())
+}
+
+/// An OpenAI-shaped error response with security headers.
+pub fn error_response(
+    status: StatusCode,
+    message: &str,
+    error_type: &str,
+    code: Option<&str>,
+) -> Response<ResponseBody> {
+    let mut resp = Response::new(ResponseBody::full(error_body(message, error_type, code)));
+    *resp.status_mut() = status;
+    let h = resp.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    h.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    resp
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_error_has_openai_shape_and_matching_status() {
+        let all = [
+            GatewayError::InvalidBody("x".into()),
+            GatewayError::MissingModel,
+            GatewayError::ModelNotFound("m".into()),
+            GatewayError::BodyTooLarge { limit: 1 },
+            GatewayError::MethodNotAllowed { allow: "POST" },
+            GatewayError::UnknownPath,
+            GatewayError::HeadersTooLarge,
+            GatewayError::RequestTimeout,
+            GatewayError::AmbiguousFraming,
+            GatewayError::UpstreamUnavailable { model: "m".into() },
+            GatewayError::UpstreamTimeout { model: "m".into() },
+        ];
+        let expected = [400, 400, 404, 413, 405, 404, 431, 408, 400, 502, 504];
+        for (e, want) in all.into_iter().zip(expected) {
+            assert_eq!(e.status().as_u16(), want, "{e:?}");
+            let body = error_body(&e.message(), e.error_type(), Some(e.code()));
+            let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+            assert!(v["error"]["message"].is_string());
+            assert!(v["error"]["type"].is_string());
+            assert_eq!(v["error"]["code"], e.code());
+        }
+    }
+
+    #[test]
+    fn echoed_model_names_are_bounded_and_clean() {
+        let long = format!("a\u{7}b{}", "x".repeat(1000));
+        let msg = GatewayError::ModelNotFound(long).message();
+        assert!(!msg.contains('\u{7}'));
+        assert!(msg.len() < 400);
+    }
+}

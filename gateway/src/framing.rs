@@ -1,0 +1,311 @@
+//! The client socket as hyper sees it, with two additions hyper does not offer:
+//!
+//! * Request-smuggling guard. hyper accepts `Content-Length` together with
+//!   `Transfer-Encoding` (it drops the length), and rejects conflicting lengths with a bare 400.
+//!   We want an OpenAI-shaped 400 and a closed connection in both cases, so the bytes read are
+//!   scanned for header blocks that carry both, or two different lengths. A conflicting second
+//!   `Content-Length` line is renamed in place (same length) so hyper parses the request and the
+//!   request path answers it. JSON bodies cannot contain a raw line break inside a string, so a
+//!   body line never looks like a header line.
+//! * A 408 for slow headers. hyper's header timeout just closes the socket; we keep a second
+//!   handle on the socket and, when the timeout hit a partly received head, answer 408 there.
+
+use std::io;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{ready, Context, Poll};
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+
+/// Per-connection facts shared by the socket wrapper, the request path and the accept loop.
+#[derive(Default, Debug)]
+pub struct ConnFlags {
+    ambiguous: AtomicBool,
+    /// Bytes arrived since the gateway last wrote: a request head is (partly) pending.
+    read_since_write: AtomicBool,
+}
+
+impl ConnFlags {
+    pub fn ambiguous_framing(&self) -> bool {
+        self.ambiguous.load(Ordering::Relaxed)
+    }
+    pub fn partial_request_pending(&self) -> bool {
+        self.read_since_write.load(Ordering::Relaxed)
+    }
+}
+
+/// Longest prefix of a line we look at; header names of interest are shorter.
+const LINE_PREFIX: usize = 64;
+
+/// Incremental scanner over a connection's inbound bytes.
+#[derive(Default)]
+pub struct FramingScanner {
+    started: bool,
+    disabled: bool,
+    line: Vec<u8>,
+    /// Where the current line started in the buffer being scanned, if it started there.
+    line_start: Option<usize>,
+    block_len: Option<u64>,
+    block_te: bool,
+}
+
+impl FramingScanner {
+    /// Scans `buf` (freshly read, not yet given to the parser); may rename a duplicate
+    /// `Content-Length` in it. Returns true when the framing is ambiguous.
+    pub fn scan(&mut self, buf: &mut [u8]) -> bool {
+        if !self.started && !buf.is_empty() {
+            self.started = true;
+            // HTTP/2 (prior knowledge) has binary framing and its own length rules.
+            self.disabled = buf.starts_with(b"PRI ");
+        }
+        if self.disabled {
+            return false;
+        }
+        let mut ambiguous = false;
+        let mut pos = 0;
+        if self.line.is_empty() {
+            self.line_start = Some(0);
+        } else {
+            self.line_start = None;
+        }
+        while pos < buf.len() {
+            match memchr::memchr(b'\n', &buf[pos..]) {
+                None => {
+                    self.take_prefix(&buf[pos..]);
+                    break;
+                }
+                Some(off) => {
+                    self.take_prefix(&buf[pos..pos + off]);
+                    ambiguous |= self.end_line(buf);
+                    pos += off + 1;
+                    self.line_start = Some(pos);
+                }
+            }
+        }
+        ambiguous
+    }
+
+    fn take_prefix(&mut self, part: &[u8]) {
+        let room = LINE_PREFIX.saturating_sub(self.line.len());
+        self.line.extend_from_slice(&part[..part.len().min(room)]);
+    }
+
+    fn end_line(&mut self, buf: &mut [u8]) -> bool {
+        let line = std::mem::take(&mut self.line);
+        let l = line.strip_suffix(b"\r").unwrap_or(&line);
+        let mut ambiguous = false;
+        if l.is_empty() {
+            self.block_len = None;
+            self.block_te = false;
+        } else if let Some(v) = header_value(l, b"content-length:") {
+            let len = std::str::from_utf8(v).ok().and_then(|v| v.trim().parse::<u64>().ok());
+            match (self.block_len, len) {
+                (Some(prev), Some(now)) if prev == now => {}
+                (Some(_), _) => {
+                    ambiguous = true;
+                    // Rename this duplicate so the parser accepts the head and we can answer.
+                    if let Some(start) = self.line_start {
+                        if let Some(name) = buf.get_mut(start..start + 14) {
+                            name.copy_from_slice(b"x-conflict-len");
+                        }
+                    }
+                }
+                (None, Some(now)) => self.block_len = Some(now),
+                (None, None) => {}
+            }
+            if self.block_te {
+                ambiguous = true;
+            }
+        } else if header_value(l, b"transfer-encoding:").is_some() {
+            self.block_te = true;
+            if self.block_len.is_some() {
+                ambiguous = true;
+            }
+        }
+        self.line = line;
+        self.line.clear();
+        ambiguous
+    }
+}
+
+fn header_value<'a>(line: &'a [u8], name: &[u8]) -> Option<&'a [u8]> {
+    (line.len() >= name.len() && line[..name.len()].eq_ignore_ascii_case(name))
+        .then(|| &line[name.len()..])
+}
+
+/// The client socket handed to hyper. Holds the stream through an `Arc` so the accept loop can
+/// still write a 408 after hyper gave up on the connection.
+pub struct GuardedIo {
+    stream: Arc<TcpStream>,
+    flags: Arc<ConnFlags>,
+    scanner: Mutex<FramingScanner>,
+}
+
+impl GuardedIo {
+    pub fn new(stream: Arc<TcpStream>, flags: Arc<ConnFlags>) -> Self {
+        Self {
+            stream,
+            flags,
+            scanner: Mutex::new(FramingScanner::default()),
+        }
+    }
+}
+
+impl AsyncRead for GuardedIo {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        loop {
+            ready!(this.stream.poll_read_ready(cx))?;
+            let unfilled = buf.initialize_unfilled();
+            match this.stream.try_read(unfilled) {
+                Ok(n) => {
+                    if n > 0 {
+                        this.flags.read_since_write.store(true, Ordering::Relaxed);
+                        let ambiguous = this
+                            .scanner
+                            .get_mut()
+                            .map(|s| s.scan(&mut unfilled[..n]))
+                            .unwrap_or(false);
+                        if ambiguous {
+                            this.flags.ambiguous.store(true, Ordering::Relaxed);
+                        }
+                    }
+                    buf.advance(n);
+                    return Poll::Ready(Ok(()));
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                Err(e) => return Poll::Ready(Err(e)),
+            }
+        }
+    }
+}
+
+impl AsyncWrite for GuardedIo {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        this.flags.read_since_write.store(false, Ordering::Relaxed);
+        loop {
+            ready!(this.stream.poll_write_ready(cx))?;
+            match this.stream.try_write(buf) {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                r => return Poll::Ready(r),
+            }
+        }
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        this.flags.read_since_write.store(false, Ordering::Relaxed);
+        loop {
+            ready!(this.stream.poll_write_ready(cx))?;
+            match this.stream.try_write_vectored(bufs) {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                r => return Poll::Ready(r),
+            }
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        true
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let r = socket2::SockRef::from(self.stream.as_ref()).shutdown(std::net::Shutdown::Write);
+        match r {
+            Err(e) if e.kind() != io::ErrorKind::NotConnected => Poll::Ready(Err(e)),
+            _ => Poll::Ready(Ok(())),
+        }
+    }
+}
+
+/// Writes a whole buffer to a socket hyper no longer drives, then closes our side.
+pub async fn write_and_close(stream: &TcpStream, mut data: &[u8]) {
+    while !data.is_empty() {
+        if stream.writable().await.is_err() {
+            return;
+        }
+        match stream.try_write(data) {
+            Ok(0) => return,
+            Ok(n) => data = &data[n..],
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+            Err(_) => return,
+        }
+    }
+    let _ = socket2::SockRef::from(stream).shutdown(std::net::Shutdown::Both);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn scan_all(parts: &[&[u8]]) -> (bool, Vec<u8>) {
+        let mut s = FramingScanner::default();
+        let mut amb = false;
+        let mut out = Vec::new();
+        for p in parts {
+            let mut b = p.to_vec();
+            amb |= s.scan(&mut b);
+            out.extend_from_slice(&b);
+        }
+        (amb, out)
+    }
+
+    #[test]
+    fn clean_requests_pass() {
+        let req: &[u8] = b"POST /v1/x HTTP/1.1\r\nHost: a\r\nContent-Length: 2\r\n\r\n{}";
+        let (amb, out) = scan_all(&[req, req]);
+        assert!(!amb);
+        assert_eq!(out, [req, req].concat());
+        let chunked: &[u8] = b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n2\r\n{}\r\n0\r\n\r\n";
+        assert!(!scan_all(&[chunked, req]).0);
+        let same = b"POST / HTTP/1.1\r\nContent-Length: 2\r\ncontent-length: 2\r\n\r\n{}";
+        assert!(!scan_all(&[same]).0);
+        let pretty = b"POST / HTTP/1.1\r\nContent-Length: 30\r\n\r\n{\n \"model\": \"m\",\n \"x\": 1\n}";
+        assert!(!scan_all(&[pretty]).0);
+    }
+
+    #[test]
+    fn content_length_with_transfer_encoding_is_flagged_in_any_order_and_split() {
+        let a = b"POST / HTTP/1.1\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n";
+        let b = b"POST / HTTP/1.1\r\ntransfer-encoding: chunked\r\ncontent-length: 5\r\n\r\n";
+        assert!(scan_all(&[a]).0);
+        assert!(scan_all(&[b]).0);
+        for cut in 1..a.len() {
+            assert!(scan_all(&[&a[..cut], &a[cut..]]).0, "cut at {cut}");
+        }
+    }
+
+    #[test]
+    fn conflicting_lengths_are_flagged_and_the_second_renamed() {
+        let a = b"POST / HTTP/1.1\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\nhello";
+        let (amb, out) = scan_all(&[a]);
+        assert!(amb);
+        let text = String::from_utf8(out).unwrap();
+        assert!(text.contains("Content-Length: 5\r\nx-conflict-len: 6\r\n"), "{text}");
+    }
+
+    #[test]
+    fn http2_preface_disables_scanning() {
+        let mut s = FramingScanner::default();
+        let mut b = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\ncontent-length: 1\ntransfer-encoding: x\n".to_vec();
+        assert!(!s.scan(&mut b));
+    }
+}

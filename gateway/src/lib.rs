@@ -1,0 +1,24 @@
+//! An OpenAI-compatible inference gateway: routes `/v1/*` requests by their `model` to replica
+//! pools, streams answers back untouched, and survives bad input, bad replicas and shutdown.
+//!
+//! Module map: `config` (file -> validated runtime types), `state` (the swappable snapshot),
+//! `server` (listeners, drain), `framing` (socket guard), `proxy` (the request path, one file
+//! per stage), `balance` (replica choice and live per-replica state), `error`, `demo`.
+
+pub mod balance;
+pub mod config;
+pub mod demo;
+pub mod error;
+pub mod framing;
+pub mod proxy;
+pub mod server;
+pub mod state;
+
+pub use server::{BoundAddrs, Gateway};
+
+use tokio_util::sync::CancellationToken;
+
+/// Serves `config` until `shutdown` is cancelled, then drains and returns.
+pub async fn run(config: config::Config, shutdown: CancellationToken) -> anyhow::Result<()> {
+    Gateway::bind(config)?.serve(shutdown).await
+}

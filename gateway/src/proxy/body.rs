@@ -1,0 +1,170 @@
+//! Response bodies: a gateway-made `Full` answer, or a replica's body passed through frame by
+//! frame. The pass-through enforces the idle-gap timeout, holds the replica's in-flight count
+//! until the body ends or is dropped, and returns the connection to the pool only after a clean
+//! end — a body dropped early (client gone) drops the connection, which cancels the upstream.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{ready, Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
+use hyper::body::Incoming;
+use pin_project_lite::pin_project;
+use tokio::time::Sleep;
+
+use crate::balance::endpoint::Sender;
+use crate::balance::InflightGuard;
+
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// The replica went silent for longer than `upstream.idle_chunk_timeout`.
+#[derive(Debug)]
+pub struct IdleChunkTimeout;
+
+impl std::fmt::Display for IdleChunkTimeout {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("upstream idle chunk timeout")
+    }
+}
+
+impl std::error::Error for IdleChunkTimeout {}
+
+pin_project! {
+    pub struct UpstreamBody {
+        #[pin]
+        inner: Incoming,
+        #[pin]
+        idle: Sleep,
+        idle_timeout: Duration,
+        // The connection and the replica it belongs to; given back on a clean end.
+        conn: Option<Sender>,
+        guard: Option<InflightGuard>,
+    }
+}
+
+impl UpstreamBody {
+    pub fn new(
+        inner: Incoming,
+        conn: Sender,
+        guard: InflightGuard,
+        idle_timeout: Duration,
+    ) -> Self {
+        Self {
+            inner,
+            idle: tokio::time::sleep(idle_timeout),
+            idle_timeout,
+            conn: Some(conn),
+            guard: Some(guard),
+        }
+    }
+}
+
+/// Returns the connection to its replica's pool and releases the in-flight count.
+fn finish(conn: &mut Option<Sender>, guard: &mut Option<InflightGuard>) {
+    if let (Some(c), Some(g)) = (conn.take(), guard.as_ref()) {
+        g.endpoint().checkin(c);
+    }
+    guard.take();
+}
+
+impl Body for UpstreamBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let mut this = self.project();
+        match this.inner.as_mut().poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => {
+                let deadline = tokio::time::Instant::now() + *this.idle_timeout;
+                this.idle.reset(deadline);
+                // hyper stops polling once `is_end_stream` says so: finish here, not on `None`.
+                if this.inner.is_end_stream() {
+                    finish(this.conn, this.guard);
+                }
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Ready(Some(Err(e))) => {
+                // Cut short by the replica: pass the break on, never paper over it.
+                this.conn.take();
+                this.guard.take();
+                Poll::Ready(Some(Err(e.into())))
+            }
+            Poll::Ready(None) => {
+                finish(this.conn, this.guard);
+                Poll::Ready(None)
+            }
+            Poll::Pending => {
+                ready!(this.idle.poll(cx));
+                this.conn.take();
+                this.guard.take();
+                Poll::Ready(Some(Err(Box::new(IdleChunkTimeout))))
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+pin_project! {
+    /// What the gateway answers with.
+    #[project = ResponseBodyProj]
+    pub enum ResponseBody {
+        Full { data: Option<Bytes> },
+        Upstream { #[pin] body: UpstreamBody },
+    }
+}
+
+impl ResponseBody {
+    pub fn full(data: impl Into<Bytes>) -> Self {
+        let data: Bytes = data.into();
+        Self::Full {
+            data: (!data.is_empty()).then_some(data),
+        }
+    }
+    pub fn empty() -> Self {
+        Self::Full { data: None }
+    }
+    pub fn upstream(body: UpstreamBody) -> Self {
+        Self::Upstream { body }
+    }
+}
+
+impl Body for ResponseBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match self.project() {
+            ResponseBodyProj::Full { data } => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
+            ResponseBodyProj::Upstream { body } => body.poll_frame(cx),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            Self::Full { data } => data.is_none(),
+            Self::Upstream { body } => body.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            Self::Full { data } => SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64)),
+            Self::Upstream { body } => body.size_hint(),
+        }
+    }
+}

@@ -1,0 +1,291 @@
+//! Stage 7: send the request to a replica of the chosen version and pass its answer back.
+//!
+//! Retry rule: another replica is tried only while nothing of a response has been received —
+//! the connection could not be made, broke before the response head, or the replica answered
+//! 502/503 (it did not take the request). A 4xx is never retried, and nothing is retried once
+//! a response head is being forwarded: a stream cut mid-way reaches the client cut.
+
+use bytes::{Bytes, BytesMut};
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Method, Request, Response, StatusCode, Uri};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+
+use super::body::{ResponseBody, UpstreamBody};
+use super::canary::VersionChoice;
+use super::headers::strip_hop_by_hop;
+use crate::balance::endpoint::Sender;
+use crate::balance::InflightGuard;
+use crate::config::UpstreamConfig;
+use crate::error::{error_body, GatewayError};
+use crate::state::Route;
+
+pub const REPLICA_HEADER: HeaderName = HeaderName::from_static("x-gateway-replica");
+pub const VERSION_HEADER: HeaderName = HeaderName::from_static("x-gateway-model-version");
+const REQUEST_ID: HeaderName = HeaderName::from_static(super::request_id::HEADER);
+
+/// Largest replica error body the gateway reads to check (and fix) its shape.
+const MAX_ERROR_BODY: usize = 64 * 1024;
+
+/// The request as it goes upstream, prepared once for every attempt.
+pub struct Outbound {
+    pub uri: Uri,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+    pub request_id: HeaderValue,
+}
+
+/// A replica's answer on its way to the client.
+pub struct Forwarded {
+    pub response: Response<ResponseBody>,
+    pub replica: HeaderValue,
+    pub retries: u32,
+}
+
+/// A failure with how many retries were spent on it.
+pub struct Failed {
+    pub error: GatewayError,
+    pub retries: u32,
+}
+
+enum Attempt {
+    /// Nothing reached the replica or it refused the request: try another.
+    Retry,
+    Done(Response<Incoming>, Sender),
+}
+
+pub async fn forward(
+    cfg: &UpstreamConfig,
+    route: &Route,
+    choice: VersionChoice,
+    out: Outbound,
+) -> Result<Forwarded, Failed> {
+    let Some(pool) = route.versions.get(choice.index) else {
+        return Err(Failed {
+            error: GatewayError::UpstreamUnavailable {
+                model: route.model.clone(),
+            },
+            retries: 0,
+        });
+    };
+    let mut tried: Vec<usize> = Vec::with_capacity(cfg.retries as usize + 1);
+    let mut held: Option<(Response<Incoming>, Sender, InflightGuard)> = None;
+    for attempt in 0..=cfg.retries {
+        let Some(i) = pool.pick(&tried) else { break };
+        tried.push(i);
+        let endpoint = &pool.endpoints[i];
+        let guard = InflightGuard::new(endpoint.clone());
+        let result = attempt_once(cfg, endpoint, &out).await;
+        let (resp, sender) = match result {
+            Err(error) => {
+                return Err(Failed {
+                    error: with_model(error, &route.model),
+                    retries: attempt,
+                })
+            }
+            Ok(Attempt::Retry) => continue,
+            Ok(Attempt::Done(resp, sender)) => (resp, sender),
+        };
+        let refused = matches!(
+            resp.status(),
+            StatusCode::BAD_GATEWAY | StatusCode::SERVICE_UNAVAILABLE
+        );
+        held = Some((resp, sender, guard));
+        if refused && attempt < cfg.retries {
+            continue;
+        }
+        break;
+    }
+    let retries = (tried.len() as u32).saturating_sub(1);
+    let Some((resp, sender, guard)) = held else {
+        return Err(Failed {
+            error: GatewayError::UpstreamUnavailable {
+                model: route.model.clone(),
+            },
+            retries,
+        });
+    };
+    let replica = guard.endpoint().host_header.clone();
+    let response = respond(cfg, resp, sender, guard, &out.request_id, &pool.version_header).await;
+    Ok(Forwarded {
+        response,
+        replica,
+        retries,
+    })
+}
+
+fn with_model(e: GatewayError, model: &str) -> GatewayError {
+    match e {
+        GatewayError::UpstreamTimeout { .. } => GatewayError::UpstreamTimeout {
+            model: model.to_owned(),
+        },
+        other => other,
+    }
+}
+
+async fn attempt_once(
+    cfg: &UpstreamConfig,
+    endpoint: &crate::balance::Endpoint,
+    out: &Outbound,
+) -> Result<Attempt, GatewayError> {
+    let mut sender = match endpoint
+        .checkout(cfg.connect_timeout, cfg.pool_idle_timeout)
+        .await
+    {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!(replica = %endpoint.authority, error = %e, "replica unreachable");
+            return Ok(Attempt::Retry);
+        }
+    };
+    let mut req = Request::new(Full::new(out.body.clone()));
+    *req.method_mut() = Method::POST;
+    *req.uri_mut() = out.uri.clone();
+    let mut headers = out.headers.clone();
+    headers.insert(header::HOST, endpoint.host_header.clone());
+    headers.insert(header::CONTENT_LENGTH, HeaderValue::from(out.body.len()));
+    headers.insert(REQUEST_ID, out.request_id.clone());
+    *req.headers_mut() = headers;
+    match tokio::time::timeout(cfg.response_head_timeout, sender.send_request(req)).await {
+        // The replica has the request and may be working on it: not safe to send it again.
+        Err(_) => Err(GatewayError::UpstreamTimeout {
+            model: String::new(),
+        }),
+        Ok(Err(e)) => {
+            tracing::warn!(replica = %endpoint.authority, error = %e, "replica failed before response head");
+            Ok(Attempt::Retry)
+        }
+        Ok(Ok(resp)) => Ok(Attempt::Done(resp, sender)),
+    }
+}
+
+async fn respond(
+    cfg: &UpstreamConfig,
+    resp: Response<Incoming>,
+    sender: Sender,
+    guard: InflightGuard,
+    request_id: &HeaderValue,
+    version: &HeaderValue,
+) -> Response<ResponseBody> {
+    let replica = guard.endpoint().host_header.clone();
+    let (mut parts, incoming) = resp.into_parts();
+    strip_hop_by_hop(&mut parts.headers);
+    let body = if parts.status.as_u16() >= 400 {
+        let (bytes, replaced) = openai_error_body(cfg, parts.status, incoming, sender, guard).await;
+        if replaced {
+            parts.headers.remove(header::CONTENT_ENCODING);
+            parts.headers.insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            );
+        }
+        parts.headers.remove(header::CONTENT_LENGTH);
+        ResponseBody::full(bytes)
+    } else {
+        ResponseBody::upstream(UpstreamBody::new(
+            incoming,
+            sender,
+            guard,
+            cfg.idle_chunk_timeout,
+        ))
+    };
+    let h = &mut parts.headers;
+    h.insert(REQUEST_ID, request_id.clone());
+    h.insert(REPLICA_HEADER, replica);
+    h.insert(VERSION_HEADER, version.clone());
+    Response::from_parts(parts, body)
+}
+
+/// A replica's error body in OpenAI's shape: passed through if it already is, otherwise wrapped
+/// (vLLM's `{"object":"error","message":..}`, FastAPI's `{"detail":..}`, a plain-text 500).
+/// Returns the body and whether it was replaced.
+async fn openai_error_body(
+    cfg: &UpstreamConfig,
+    status: StatusCode,
+    mut incoming: Incoming,
+    sender: Sender,
+    guard: InflightGuard,
+) -> (Bytes, bool) {
+    let mut buf = BytesMut::new();
+    let mut complete = false;
+    let deadline = tokio::time::Instant::now() + cfg.idle_chunk_timeout;
+    while buf.len() <= MAX_ERROR_BODY {
+        match tokio::time::timeout_at(deadline, incoming.frame()).await {
+            Ok(Some(Ok(f))) => {
+                if let Ok(d) = f.into_data() {
+                    buf.extend_from_slice(&d);
+                }
+            }
+            Ok(None) => {
+                complete = true;
+                break;
+            }
+            _ => break,
+        }
+    }
+    if complete {
+        guard.endpoint().checkin(sender);
+    }
+    drop(guard);
+    let bytes = buf.freeze();
+    if complete && is_openai_error(&bytes) {
+        return (bytes, false);
+    }
+    let message = replica_message(&bytes)
+        .unwrap_or_else(|| format!("The model replica answered {status} without details."));
+    let error_type = if status.is_client_error() {
+        "invalid_request_error"
+    } else {
+        "api_error"
+    };
+    (error_body(&message, error_type, Some("upstream_error")), true)
+}
+
+fn is_openai_error(b: &[u8]) -> bool {
+    serde_json::from_slice::<serde_json::Value>(b)
+        .ok()
+        .and_then(|v| v.get("error").map(|e| e.is_object() && e.get("message").is_some()))
+        .unwrap_or(false)
+}
+
+/// A readable message from a non-OpenAI error body, bounded.
+fn replica_message(b: &[u8]) -> Option<String> {
+    let text = match serde_json::from_slice::<serde_json::Value>(b) {
+        Ok(v) => {
+            let m = v.get("message").or_else(|| v.get("detail")).or_else(|| v.get("error"))?;
+            match m {
+                serde_json::Value::String(s) => s.clone(),
+                other => other.to_string(),
+            }
+        }
+        Err(_) => String::from_utf8_lossy(b).trim().to_owned(),
+    };
+    if text.is_empty() {
+        return None;
+    }
+    let mut t: String = text.chars().filter(|c| !c.is_control()).take(1000).collect();
+    if text.chars().count() > 1000 {
+        t.push('…');
+    }
+    Some(t)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn recognises_openai_errors_and_extracts_others() {
+        assert!(is_openai_error(br#"{"error":{"message":"x","type":"t","code":null}}"#));
+        assert!(!is_openai_error(br#"{"detail":"Not Found"}"#));
+        assert!(!is_openai_error(b"Internal Server Error"));
+        assert_eq!(replica_message(br#"{"detail":"Not Found"}"#).unwrap(), "Not Found");
+        assert_eq!(
+            replica_message(br#"{"object":"error","message":"too long","code":400}"#).unwrap(),
+            "too long"
+        );
+        assert_eq!(replica_message(b"Internal Server Error\n").unwrap(), "Internal Server Error");
+        assert_eq!(replica_message(b""), None);
+        assert_eq!(replica_message(&vec![b'x'; 5000]).unwrap().chars().count(), 1001);
+    }
+}

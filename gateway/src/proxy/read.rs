@@ -1,0 +1,161 @@
+//! Stage 4: read the body once into `Bytes` under a size cap and a deadline, then peek `model`
+//! and `stream` by borrowing from those bytes. The same bytes are forwarded unchanged.
+
+use std::borrow::Cow;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use serde::Deserialize;
+
+use crate::error::GatewayError;
+
+/// Collects the request body. `content_length` lets an oversized body fail before any read.
+pub async fn read_body(
+    mut body: Incoming,
+    content_length: Option<u64>,
+    max: usize,
+    timeout: Duration,
+) -> Result<Bytes, GatewayError> {
+    if content_length.is_some_and(|n| n > max as u64) {
+        return Err(GatewayError::BodyTooLarge { limit: max });
+    }
+    let deadline = tokio::time::Instant::now() + timeout;
+    let mut first: Option<Bytes> = None;
+    let mut rest: Option<BytesMut> = None;
+    let mut total = 0usize;
+    loop {
+        let frame = match tokio::time::timeout_at(deadline, body.frame()).await {
+            Err(_) => return Err(GatewayError::RequestTimeout),
+            Ok(None) => break,
+            Ok(Some(Err(e))) => {
+                return Err(GatewayError::InvalidBody(format!("could not read body: {e}")))
+            }
+            Ok(Some(Ok(f))) => f,
+        };
+        let Ok(data) = frame.into_data() else { continue };
+        total += data.len();
+        if total > max {
+            return Err(GatewayError::BodyTooLarge { limit: max });
+        }
+        // One frame (the common case) is kept as is: no copy.
+        match (&mut first, &mut rest) {
+            (None, _) => first = Some(data),
+            (Some(f), None) => {
+                let cap = content_length.map_or(total, |n| n as usize).max(total);
+                let mut buf = BytesMut::with_capacity(cap);
+                buf.extend_from_slice(f);
+                buf.extend_from_slice(&data);
+                rest = Some(buf);
+            }
+            (Some(_), Some(buf)) => buf.extend_from_slice(&data),
+        }
+    }
+    Ok(match rest {
+        Some(buf) => buf.freeze(),
+        None => first.unwrap_or_default(),
+    })
+}
+
+/// The two fields the gateway needs, borrowed from the body.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Peek<'a> {
+    pub model: Cow<'a, str>,
+    pub stream: bool,
+}
+
+#[derive(Deserialize)]
+struct RawPeek<'a> {
+    #[serde(borrow, default)]
+    model: Option<BorrowedStr<'a>>,
+    #[serde(default)]
+    stream: Option<bool>,
+}
+
+/// A string that borrows from the body unless it has escapes. (serde's own `Cow<str>` always
+/// copies when nested in an `Option`.)
+struct BorrowedStr<'a>(Cow<'a, str>);
+
+impl<'de: 'a, 'a> Deserialize<'de> for BorrowedStr<'a> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V<'a>(std::marker::PhantomData<&'a ()>);
+        impl<'de: 'a, 'a> serde::de::Visitor<'de> for V<'a> {
+            type Value = BorrowedStr<'a>;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a string")
+            }
+            fn visit_borrowed_str<E: serde::de::Error>(self, v: &'de str) -> Result<Self::Value, E> {
+                Ok(BorrowedStr(Cow::Borrowed(v)))
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Self::Value, E> {
+                Ok(BorrowedStr(Cow::Owned(v.to_owned())))
+            }
+        }
+        d.deserialize_str(V(std::marker::PhantomData))
+    }
+}
+
+/// Parses just enough of the body. The whole document is still checked for well-formedness,
+/// and a repeated `model` key is rejected, so the gateway and the replica can never disagree
+/// about which model a request is for.
+pub fn peek(body: &[u8]) -> Result<Peek<'_>, GatewayError> {
+    let first = body.iter().find(|b| !b.is_ascii_whitespace());
+    if first != Some(&b'{') {
+        return Err(GatewayError::InvalidBody(
+            "expected a JSON object".to_owned(),
+        ));
+    }
+    let raw: RawPeek<'_> = serde_json::from_slice(body).map_err(|e| {
+        let msg = e.to_string();
+        GatewayError::InvalidBody(msg.replace("struct RawPeek", "a JSON object"))
+    })?;
+    let model = raw.model.ok_or(GatewayError::MissingModel)?.0;
+    if model.is_empty() {
+        return Err(GatewayError::MissingModel);
+    }
+    Ok(Peek {
+        model,
+        stream: raw.stream.unwrap_or(false),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn peeks_model_and_stream_borrowing() {
+        let p = peek(br#"{"messages":[{"role":"user","content":"hi"}],"model":"m","stream":true}"#)
+            .unwrap();
+        assert_eq!(p.model, "m");
+        assert!(matches!(p.model, Cow::Borrowed(_)));
+        assert!(p.stream);
+        let p = peek(br#" {"model":"m\u0031","stream":null}"#).unwrap();
+        assert_eq!(p.model, "m1");
+        assert!(!p.stream);
+    }
+
+    #[test]
+    fn bad_bodies_are_client_errors() {
+        let cases: &[(&[u8], &str)] = &[
+            (b"", "invalid_body"),
+            (b"[1,2]", "invalid_body"),
+            (b"{\"model\":\"m\"", "invalid_body"),
+            (b"{\"model\":\"m\"} trailing", "invalid_body"),
+            (b"{\"model\":5}", "invalid_body"),
+            (b"{\"model\":\"m\",\"stream\":\"yes\"}", "invalid_body"),
+            (b"{\"model\":\"a\",\"model\":\"b\"}", "invalid_body"),
+            (b"{\"model\":\"\xff\xfe\"}", "invalid_body"),
+            (b"{\"messages\":[]}", "missing_model"),
+            (b"{\"model\":\"\"}", "missing_model"),
+            (b"{\"model\":null}", "missing_model"),
+        ];
+        for (body, code) in cases {
+            let err = peek(body).unwrap_err();
+            assert_eq!(err.code(), *code, "{:?}", String::from_utf8_lossy(body));
+            assert_eq!(err.status(), 400);
+            assert!(!err.message().contains("RawPeek"), "{}", err.message());
+        }
+    }
+}

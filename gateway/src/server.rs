@@ -1,0 +1,253 @@
+//! Listeners and their lifecycle: the data plane (HTTP/1.1 and h2c on one port), the admin
+//! listener, and graceful drain — stop accepting, let every in-flight request and stream end
+//! (up to `server.drain_timeout`), then return.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use http::{header, HeaderValue, Request, Response, StatusCode};
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use tokio::net::{TcpListener, TcpStream};
+use tokio_util::sync::CancellationToken;
+
+use crate::config::validate::{MAX_HEADERS_CEILING, MAX_HEADER_BYTES_CEILING};
+use crate::config::Config;
+use crate::error::{error_body, error_response, GatewayError};
+use crate::framing::{write_and_close, ConnFlags, GuardedIo};
+use crate::proxy::body::ResponseBody;
+use crate::proxy::{self, ConnCtx};
+use crate::state::AppState;
+
+/// Where a started gateway listens.
+#[derive(Debug, Clone, Copy)]
+pub struct BoundAddrs {
+    pub data: SocketAddr,
+    pub admin: SocketAddr,
+}
+
+/// Binds with a deep accept queue: when hundreds of clients open streams at once, a short
+/// backlog drops SYNs and those clients wait a full second to retry.
+pub fn bind(addr: SocketAddr) -> anyhow::Result<TcpListener> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    socket.set_reuse_address(true)?;
+    socket.set_nonblocking(true)?;
+    socket
+        .bind(&addr.into())
+        .with_context(|| format!("cannot listen on {addr}"))?;
+    socket.listen(4096)?;
+    Ok(TcpListener::from_std(socket.into())?)
+}
+
+/// A gateway bound to its ports, ready to serve.
+pub struct Gateway {
+    pub addrs: BoundAddrs,
+    app: Arc<AppState>,
+    data: TcpListener,
+    admin: TcpListener,
+}
+
+impl Gateway {
+    /// Binds both listeners. Fails before serving anything if a port is taken.
+    pub fn bind(config: Config) -> anyhow::Result<Self> {
+        let data = bind(config.server.listen)?;
+        let admin = bind(config.server.admin_listen)?;
+        let addrs = BoundAddrs {
+            data: data.local_addr()?,
+            admin: admin.local_addr()?,
+        };
+        Ok(Self {
+            addrs,
+            app: Arc::new(AppState::new(config)),
+            data,
+            admin,
+        })
+    }
+
+    pub fn state(&self) -> Arc<AppState> {
+        self.app.clone()
+    }
+
+    /// Serves until `shutdown` is cancelled, then drains and returns.
+    pub async fn serve(self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        let Self {
+            addrs,
+            app,
+            data,
+            admin,
+        } = self;
+        tracing::info!(addr = %addrs.data, "data listener ready");
+        tracing::info!(addr = %addrs.admin, "admin listener ready");
+        let graceful = Arc::new(GracefulShutdown::new());
+        let builder = data_builder(&app);
+        let data_task = {
+            let (app, shutdown) = (app.clone(), shutdown.clone());
+            let watcher = graceful.clone();
+            tokio::spawn(async move {
+                accept_data(data, builder, app, watcher, shutdown).await;
+            })
+        };
+        let admin_task = {
+            let (app, shutdown) = (app.clone(), shutdown.clone());
+            let watcher = graceful.clone();
+            tokio::spawn(async move { accept_admin(admin, app, watcher, shutdown).await })
+        };
+        shutdown.cancelled().await;
+        app.start_draining();
+        let _ = data_task.await;
+        let _ = admin_task.await;
+        let drain_timeout = app.snapshot().config.server.drain_timeout;
+        let open = graceful.count();
+        tracing::info!(connections = open, timeout = ?drain_timeout, "draining");
+        // Both accept loops have ended, so this is the last handle.
+        let Ok(graceful) = Arc::try_unwrap(graceful) else {
+            anyhow::bail!("graceful shutdown handle still shared");
+        };
+        match tokio::time::timeout(drain_timeout, graceful.shutdown()).await {
+            Ok(()) => tracing::info!("drained; all requests finished"),
+            Err(_) => tracing::warn!("drain timeout reached; closing remaining connections"),
+        }
+        Ok(())
+    }
+}
+
+fn data_builder(app: &AppState) -> auto::Builder<TokioExecutor> {
+    let server = app.snapshot().config.server.clone();
+    let mut b = auto::Builder::new(TokioExecutor::new());
+    b.http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(server.header_read_timeout)
+        // Above our own caps, so that our check (with an OpenAI-shaped 431) fires first.
+        .max_headers(MAX_HEADERS_CEILING as usize + 16)
+        .max_buf_size((MAX_HEADER_BYTES_CEILING as usize + 16 * 1024).max(8192 + 4096 * 100));
+    b.http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(1024)
+        .max_header_list_size((MAX_HEADER_BYTES_CEILING + 16 * 1024) as u32);
+    b
+}
+
+async fn accept_data(
+    listener: TcpListener,
+    builder: auto::Builder<TokioExecutor>,
+    app: Arc<AppState>,
+    graceful: Arc<GracefulShutdown>,
+    shutdown: CancellationToken,
+) {
+    loop {
+        let (stream, peer) = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            r = listener.accept() => match r {
+                Ok(c) => c,
+                Err(e) => {
+                    // Out of file descriptors and the like: back off instead of spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    continue;
+                }
+            },
+        };
+        let _ = stream.set_nodelay(true);
+        let stream = Arc::new(stream);
+        let flags = Arc::new(ConnFlags::default());
+        let ctx = Arc::new(ConnCtx {
+            peer,
+            flags: flags.clone(),
+        });
+        let io = TokioIo::new(GuardedIo::new(stream.clone(), flags.clone()));
+        let app = app.clone();
+        let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
+            let (app, ctx) = (app.clone(), ctx.clone());
+            async move { Ok::<_, Infallible>(proxy::handle(app, ctx, req).await) }
+        });
+        let conn = graceful.watch(builder.serve_connection(io, svc).into_owned());
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                let timed_out = e
+                    .downcast_ref::<hyper::Error>()
+                    .is_some_and(|e| e.is_timeout());
+                if timed_out && flags.partial_request_pending() {
+                    write_and_close(&stream, &request_timeout_response()).await;
+                }
+            }
+        });
+    }
+}
+
+fn request_timeout_response() -> Vec<u8> {
+    let e = GatewayError::RequestTimeout;
+    let body = error_body(&e.message(), e.error_type(), Some(e.code()));
+    let mut out = format!(
+        "HTTP/1.1 408 Request Timeout\r\ncontent-type: application/json\r\n\
+         x-content-type-options: nosniff\r\nconnection: close\r\ncontent-length: {}\r\n\r\n",
+        body.len()
+    )
+    .into_bytes();
+    out.extend_from_slice(&body);
+    out
+}
+
+async fn accept_admin(
+    listener: TcpListener,
+    app: Arc<AppState>,
+    graceful: Arc<GracefulShutdown>,
+    shutdown: CancellationToken,
+) {
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(Duration::from_secs(10));
+    loop {
+        let stream: TcpStream = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            r = listener.accept() => match r {
+                Ok((s, _)) => s,
+                Err(_) => {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    continue;
+                }
+            },
+        };
+        let app = app.clone();
+        let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
+            let app = app.clone();
+            async move { Ok::<_, Infallible>(admin(&app, req)) }
+        });
+        let conn = graceful.watch(builder.serve_connection(TokioIo::new(stream), svc));
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
+    }
+}
+
+/// The admin listener: liveness and readiness (the admin API proper arrives with later work).
+fn admin(app: &AppState, req: Request<Incoming>) -> Response<ResponseBody> {
+    let json = |status: StatusCode, body: &'static str| {
+        let mut r = Response::new(ResponseBody::full(body));
+        *r.status_mut() = status;
+        r.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        r
+    };
+    match req.uri().path() {
+        "/healthz" => json(StatusCode::OK, r#"{"status":"ok"}"#),
+        "/readyz" if app.is_draining() => {
+            json(StatusCode::SERVICE_UNAVAILABLE, r#"{"status":"draining"}"#)
+        }
+        "/readyz" => json(StatusCode::OK, r#"{"status":"ready"}"#),
+        _ => error_response(
+            StatusCode::NOT_FOUND,
+            "Unknown admin path. Available: /healthz, /readyz.",
+            "invalid_request_error",
+            Some("unknown_url"),
+        ),
+    }
+}

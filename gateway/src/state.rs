@@ -1,0 +1,146 @@
+//! `Snapshot`: everything derived from one validated config, immutable, behind one `ArcSwap`.
+//! A request loads it once and keeps that `Arc` to its end; a reload builds a new one and swaps
+//! it in one step. This module is the only owner of the swap.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use bytes::Bytes;
+
+use crate::balance::{EndpointRegistry, Pool};
+use crate::config::Config;
+
+/// A model as the request path sees it: its versions' replica pools.
+pub struct Route {
+    /// The model's configured name (an alias resolves to it).
+    pub model: String,
+    pub versions: Vec<Pool>,
+    /// Index of the stable version in `versions`.
+    pub stable: usize,
+}
+
+pub struct Snapshot {
+    pub config: Arc<Config>,
+    /// Model names and aliases to their route.
+    pub routes: HashMap<String, Arc<Route>>,
+    /// The `GET /v1/models` answer, rendered once.
+    pub models_body: Bytes,
+}
+
+impl Snapshot {
+    pub fn build(config: Config, registry: &EndpointRegistry) -> Self {
+        let mut routes = HashMap::new();
+        let mut listed = Vec::new();
+        for m in &config.models {
+            let route = Arc::new(Route {
+                model: m.name.clone(),
+                versions: m
+                    .versions
+                    .iter()
+                    .map(|v| Pool::new(v, m.balancer, registry))
+                    .collect(),
+                stable: m.stable,
+            });
+            for name in std::iter::once(&m.name).chain(&m.aliases) {
+                routes.insert(name.clone(), route.clone());
+                listed.push(model_object(name));
+            }
+        }
+        let models_body =
+            Bytes::from(serde_json::json!({"object": "list", "data": listed}).to_string());
+        Self {
+            config: Arc::new(config),
+            routes,
+            models_body,
+        }
+    }
+}
+
+/// The OpenAI `model` object for a name the gateway serves.
+pub fn model_object(name: &str) -> serde_json::Value {
+    serde_json::json!({"id": name, "object": "model", "created": 0, "owned_by": "gateway"})
+}
+
+/// Shared state of a running gateway.
+pub struct AppState {
+    snapshot: ArcSwap<Snapshot>,
+    pub endpoints: EndpointRegistry,
+    draining: AtomicBool,
+}
+
+impl AppState {
+    pub fn new(config: Config) -> Self {
+        let endpoints = EndpointRegistry::default();
+        let snapshot = ArcSwap::from_pointee(Snapshot::build(config, &endpoints));
+        Self {
+            snapshot,
+            endpoints,
+            draining: AtomicBool::new(false),
+        }
+    }
+
+    /// The current snapshot; hold the `Arc` for the whole request.
+    pub fn snapshot(&self) -> Arc<Snapshot> {
+        self.snapshot.load_full()
+    }
+
+    /// Replaces the snapshot in one step and forgets replicas that left the configuration.
+    pub fn publish(&self, config: Config) {
+        let next = Snapshot::build(config, &self.endpoints);
+        let keys: std::collections::HashSet<String> = next
+            .routes
+            .values()
+            .flat_map(|r| r.versions.iter().flat_map(|p| p.endpoints.iter()))
+            .map(|e| e.key.clone())
+            .collect();
+        self.snapshot.store(Arc::new(next));
+        self.endpoints.retain(&|k| keys.contains(k));
+    }
+
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::Relaxed)
+    }
+
+    pub fn start_draining(&self) {
+        self.draining.store(true, Ordering::Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const CFG: &str = r#"
+        [[models]]
+        name = "m"
+        aliases = ["alias"]
+        [[models.versions]]
+        name = "v1"
+        replicas = [{ url = "http://127.0.0.1:1" }, { url = "http://127.0.0.1:2" }]
+    "#;
+
+    #[test]
+    fn aliases_share_the_route_and_are_listed() {
+        let s = AppState::new(crate::config::parse(CFG).unwrap());
+        let snap = s.snapshot();
+        assert!(Arc::ptr_eq(&snap.routes["m"], &snap.routes["alias"]));
+        let v: serde_json::Value = serde_json::from_slice(&snap.models_body).unwrap();
+        let ids: Vec<_> = v["data"].as_array().unwrap().iter().map(|m| m["id"].clone()).collect();
+        assert_eq!(ids, vec!["m", "alias"]);
+    }
+
+    #[test]
+    fn publish_keeps_live_endpoint_state_of_kept_replicas() {
+        let s = AppState::new(crate::config::parse(CFG).unwrap());
+        let before = s.snapshot().routes["m"].versions[0].endpoints[0].clone();
+        let _g = crate::balance::InflightGuard::new(before.clone());
+        let next = CFG.replace(", { url = \"http://127.0.0.1:2\" }", "");
+        s.publish(crate::config::parse(&next).unwrap());
+        let after = s.snapshot().routes["m"].versions[0].endpoints[0].clone();
+        assert!(Arc::ptr_eq(&before, &after));
+        assert_eq!(after.inflight(), 1);
+        assert_eq!(s.endpoints.len(), 1);
+    }
+}

@@ -1,0 +1,6 @@
+//! The project's test and load tooling: a vLLM-like mock replica (also used as a library by the
+//! gateway's integration tests and demo) and, later, the load generator.
+
+pub mod mock;
+
+pub use mock::{ErrorBody, MockConfig, MockReplica, MockStats};
