@@ -25,6 +25,8 @@ pub struct ConnFlags {
     ambiguous: AtomicBool,
     /// Bytes arrived since the gateway last wrote: a request head is (partly) pending.
     read_since_write: AtomicBool,
+    /// Any byte arrived at all.
+    any_read: AtomicBool,
 }
 
 impl ConnFlags {
@@ -33,6 +35,9 @@ impl ConnFlags {
     }
     pub fn partial_request_pending(&self) -> bool {
         self.read_since_write.load(Ordering::Relaxed)
+    }
+    pub fn any_read(&self) -> bool {
+        self.any_read.load(Ordering::Relaxed)
     }
 }
 
@@ -167,6 +172,7 @@ impl AsyncRead for GuardedIo {
                 Ok(n) => {
                     if n > 0 {
                         this.flags.read_since_write.store(true, Ordering::Relaxed);
+                        this.flags.any_read.store(true, Ordering::Relaxed);
                         let ambiguous = this
                             .scanner
                             .get_mut()

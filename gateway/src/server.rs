@@ -161,6 +161,7 @@ async fn accept_data(
             flags: flags.clone(),
         });
         let io = TokioIo::new(GuardedIo::new(stream.clone(), flags.clone()));
+        let first_byte_timeout = app.snapshot().config.server.header_read_timeout;
         let app = app.clone();
         let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
             let (app, ctx) = (app.clone(), ctx.clone());
@@ -168,7 +169,19 @@ async fn accept_data(
         });
         let conn = graceful.watch(builder.serve_connection(io, svc).into_owned());
         tokio::spawn(async move {
-            if let Err(e) = conn.await {
+            tokio::pin!(conn);
+            // hyper-util reads the protocol preface (h1 or h2?) without any timeout, so a
+            // connection that never sends a byte would be held forever.
+            let result = tokio::select! {
+                r = &mut conn => Some(r),
+                _ = tokio::time::sleep(first_byte_timeout) => None,
+            };
+            let result = match result {
+                Some(r) => r,
+                None if !flags.any_read() => return,
+                None => conn.await,
+            };
+            if let Err(e) = result {
                 let timed_out = e
                     .downcast_ref::<hyper::Error>()
                     .is_some_and(|e| e.is_timeout());

@@ -91,6 +91,8 @@ pub struct MockStats {
     aborted_notify: tokio::sync::Notify,
     /// Bodies of the last requests (at most 16), for byte-identity checks.
     bodies: Mutex<Vec<Bytes>>,
+    /// Bytes of the last streams sent (at most 16), complete or not.
+    streams: Mutex<Vec<Bytes>>,
     /// Request headers of the last request.
     last_headers: Mutex<Option<http::HeaderMap>>,
     /// TCP connections accepted.
@@ -102,6 +104,10 @@ impl MockStats {
     /// Bodies received so far (most recent last, at most 16).
     pub fn bodies(&self) -> Vec<Bytes> {
         self.bodies.lock().map(|b| b.clone()).unwrap_or_default()
+    }
+    /// Exactly what the replica wrote for each of its last streams (most recent last).
+    pub fn streams(&self) -> Vec<Bytes> {
+        self.streams.lock().map(|b| b.clone()).unwrap_or_default()
     }
     /// Headers of the most recent inference request.
     pub fn last_headers(&self) -> Option<http::HeaderMap> {
@@ -371,6 +377,7 @@ async fn handle(
             sent: 0,
             phase: Phase::Start,
             sleep: Box::pin(tokio::time::sleep(cfg.ttft)),
+            written: Vec::new(),
             stats,
         };
         let mut resp = Response::new(http_body_util::Either::Right(stream));
@@ -410,6 +417,7 @@ enum Phase {
     Finish,
     Usage,
     Done,
+    Reset,
     Ended,
 }
 
@@ -429,6 +437,7 @@ pub struct TokenStream {
     sent: usize,
     phase: Phase,
     sleep: Pin<Box<Sleep>>,
+    written: Vec<u8>,
     stats: Arc<MockStats>,
 }
 
@@ -462,6 +471,27 @@ impl Body for TokenStream {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
         let this = self.get_mut();
+        let r = this.poll_inner(cx);
+        if let Poll::Ready(Some(Ok(f))) = &r {
+            if let Some(d) = f.data_ref() {
+                this.written.extend_from_slice(d);
+            }
+        }
+        r
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.phase == Phase::Ended
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        SizeHint::default()
+    }
+}
+
+impl TokenStream {
+    fn poll_inner(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, std::io::Error>>> {
+        let this = self;
         loop {
             match this.phase {
                 Phase::Start => {
@@ -479,11 +509,11 @@ impl Body for TokenStream {
                 }
                 Phase::Tokens => {
                     if this.reset_after.is_some_and(|n| this.sent >= n) {
-                        this.phase = Phase::Ended;
-                        return Poll::Ready(Some(Err(std::io::Error::new(
-                            std::io::ErrorKind::ConnectionReset,
-                            "injected reset",
-                        ))));
+                        // Yield once so hyper flushes the tokens already written: a real reset
+                        // comes after the bytes before it reached the wire.
+                        this.phase = Phase::Reset;
+                        cx.waker().wake_by_ref();
+                        return Poll::Pending;
                     }
                     if this.sent >= this.tokens {
                         this.phase = Phase::Finish;
@@ -535,22 +565,27 @@ impl Body for TokenStream {
                         b"data: [DONE]\n\n",
                     )))));
                 }
+                Phase::Reset => {
+                    this.phase = Phase::Ended;
+                    return Poll::Ready(Some(Err(std::io::Error::new(
+                        std::io::ErrorKind::ConnectionReset,
+                        "injected reset",
+                    ))));
+                }
                 Phase::Ended => return Poll::Ready(None),
             }
         }
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.phase == Phase::Ended
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        SizeHint::default()
     }
 }
 
 impl Drop for TokenStream {
     fn drop(&mut self) {
+        if let Ok(mut s) = self.stats.streams.lock() {
+            if s.len() >= 16 {
+                s.remove(0);
+            }
+            s.push(Bytes::from(std::mem::take(&mut self.written)));
+        }
         if self.phase != Phase::Ended {
             self.stats.record_abort();
         }

@@ -41,6 +41,8 @@ pin_project! {
         // The connection and the replica it belongs to; given back on a clean end.
         conn: Option<Sender>,
         guard: Option<InflightGuard>,
+        // An upstream error held back for one poll (see `poll_frame`).
+        deferred: Option<BoxError>,
     }
 }
 
@@ -57,6 +59,7 @@ impl UpstreamBody {
             idle_timeout,
             conn: Some(conn),
             guard: Some(guard),
+            deferred: None,
         }
     }
 }
@@ -78,6 +81,9 @@ impl Body for UpstreamBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let mut this = self.project();
+        if let Some(e) = this.deferred.take() {
+            return Poll::Ready(Some(Err(e)));
+        }
         match this.inner.as_mut().poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => {
                 let deadline = tokio::time::Instant::now() + *this.idle_timeout;
@@ -89,10 +95,14 @@ impl Body for UpstreamBody {
                 Poll::Ready(Some(Ok(frame)))
             }
             Poll::Ready(Some(Err(e))) => {
-                // Cut short by the replica: pass the break on, never paper over it.
+                // Cut short by the replica: pass the break on, never paper over it. But first
+                // let hyper flush what it buffered: an error returned right away makes it drop
+                // the connection with the replica's last chunks still unsent.
                 this.conn.take();
                 this.guard.take();
-                Poll::Ready(Some(Err(e.into())))
+                *this.deferred = Some(e.into());
+                cx.waker().wake_by_ref();
+                Poll::Pending
             }
             Poll::Ready(None) => {
                 finish(this.conn, this.guard);

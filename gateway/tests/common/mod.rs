@@ -1,0 +1,235 @@
+//! Test harness: the real gateway on 127.0.0.1:0 in-process, mock replicas, and small HTTP
+//! clients (hyper, and raw sockets for the hostile cases).
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use bytes::Bytes;
+use gateway::Gateway;
+use http::{HeaderMap, Request, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+use loadtest::{MockConfig, MockReplica};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio_util::sync::CancellationToken;
+
+pub const MODEL: &str = "test-model";
+
+pub struct TestGateway {
+    pub addr: SocketAddr,
+    pub admin: SocketAddr,
+    stop: CancellationToken,
+    task: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
+}
+
+impl TestGateway {
+    /// Starts the gateway from config text; listen addresses are forced to 127.0.0.1:0.
+    pub async fn start(toml: &str) -> Self {
+        let mut file = gateway::config::parse_file(toml).unwrap();
+        file.server.listen = Some("127.0.0.1:0".into());
+        file.server.admin_listen = Some("127.0.0.1:0".into());
+        let cfg = gateway::config::validate::validate(&file).unwrap();
+        let gw = Gateway::bind(cfg).unwrap();
+        let (addr, admin) = (gw.addrs.data, gw.addrs.admin);
+        let stop = CancellationToken::new();
+        let task = tokio::spawn(gw.serve(stop.clone()));
+        Self {
+            addr,
+            admin,
+            stop,
+            task: Some(task),
+        }
+    }
+
+    /// Begins a drain and waits for it to finish.
+    pub async fn shutdown(mut self) {
+        self.stop.cancel();
+        if let Some(t) = self.task.take() {
+            t.await.unwrap().unwrap();
+        }
+    }
+}
+
+impl Drop for TestGateway {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+/// A config with one model whose single version has these replicas, plus extra TOML on top.
+pub fn config(replicas: &[String], extra: &str) -> String {
+    let list: Vec<String> = replicas.iter().map(|u| format!("{{ url = \"{u}\" }}")).collect();
+    format!(
+        "{extra}\n[[models]]\nname = \"{MODEL}\"\naliases = [\"alias\"]\n\
+         [[models.versions]]\nname = \"1.0.0\"\nreplicas = [{}]\n",
+        list.join(", ")
+    )
+}
+
+pub async fn mock(cfg: MockConfig) -> MockReplica {
+    MockReplica::start(
+        "127.0.0.1:0".parse().unwrap(),
+        MockConfig {
+            model: MODEL.into(),
+            ..cfg
+        },
+    )
+    .await
+    .unwrap()
+}
+
+pub fn fast() -> MockConfig {
+    MockConfig {
+        ttft: Duration::from_millis(1),
+        inter_token: Duration::from_millis(1),
+        tokens: 5,
+        ..MockConfig::default()
+    }
+}
+
+/// A port nothing listens on: connections are refused.
+pub fn refused_url() -> String {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let a = l.local_addr().unwrap();
+    drop(l);
+    format!("http://{a}")
+}
+
+pub struct Reply {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+impl Reply {
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {:?}", String::from_utf8_lossy(&self.body)))
+    }
+    /// Asserts the OpenAI error shape and returns `error.code`.
+    pub fn error_code(&self) -> String {
+        let v = self.json();
+        let e = &v["error"];
+        assert!(e["message"].is_string(), "no error.message in {v}");
+        assert!(e["type"].is_string(), "no error.type in {v}");
+        assert!(e.get("code").is_some(), "no error.code in {v}");
+        e["code"].as_str().unwrap_or("").to_owned()
+    }
+}
+
+/// Sends one request on a fresh HTTP/1.1 connection and returns the head and the live body.
+pub async fn send(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: impl Into<Bytes>,
+) -> Response {
+    let stream = TcpStream::connect(addr).await.unwrap();
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .unwrap();
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    let mut req = Request::builder()
+        .method(method)
+        .uri(path)
+        .header("host", "gateway.test");
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let req = req.body(Full::new(body.into())).unwrap();
+    sender.send_request(req).await.unwrap()
+}
+
+pub type Response = http::Response<Incoming>;
+
+pub async fn request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: impl Into<Bytes>,
+) -> Reply {
+    let resp = send(addr, method, path, headers, body).await;
+    let (parts, body) = resp.into_parts();
+    let body = tokio::time::timeout(Duration::from_secs(10), body.collect())
+        .await
+        .expect("body timed out")
+        .expect("body failed")
+        .to_bytes();
+    Reply {
+        status: parts.status,
+        headers: parts.headers,
+        body,
+    }
+}
+
+pub async fn post_json(addr: SocketAddr, path: &str, body: serde_json::Value) -> Reply {
+    request(
+        addr,
+        "POST",
+        path,
+        &[("content-type", "application/json")],
+        body.to_string(),
+    )
+    .await
+}
+
+pub fn chat(stream: bool) -> serde_json::Value {
+    serde_json::json!({"model": MODEL, "stream": stream,
+        "messages": [{"role": "user", "content": "Hello"}]})
+}
+
+/// Reads a body to its end, returning what arrived and whether it ended cleanly.
+pub async fn read_all(mut body: Incoming) -> (Vec<u8>, bool) {
+    let mut out = Vec::new();
+    loop {
+        match tokio::time::timeout(Duration::from_secs(10), body.frame()).await {
+            Err(_) => panic!("body stalled"),
+            Ok(None) => return (out, true),
+            Ok(Some(Err(_))) => return (out, false),
+            Ok(Some(Ok(f))) => {
+                if let Ok(d) = f.into_data() {
+                    out.extend_from_slice(&d);
+                }
+            }
+        }
+    }
+}
+
+/// Writes raw bytes and reads until the server closes (or `wait` passes).
+pub async fn raw(addr: SocketAddr, bytes: &[u8], wait: Duration) -> (String, bool) {
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    s.write_all(bytes).await.unwrap();
+    read_until_close(&mut s, wait).await
+}
+
+/// Reads until EOF; returns the text and whether the server closed within `wait`.
+pub async fn read_until_close(s: &mut TcpStream, wait: Duration) -> (String, bool) {
+    let mut out = Vec::new();
+    let mut buf = [0u8; 8192];
+    let deadline = tokio::time::Instant::now() + wait;
+    loop {
+        match tokio::time::timeout_at(deadline, s.read(&mut buf)).await {
+            Err(_) => return (String::from_utf8_lossy(&out).into_owned(), false),
+            Ok(Ok(0)) | Ok(Err(_)) => return (String::from_utf8_lossy(&out).into_owned(), true),
+            Ok(Ok(n)) => out.extend_from_slice(&buf[..n]),
+        }
+    }
+}
+
+/// Splits a raw HTTP/1.1 response into status and body (content-length framed).
+pub fn parse_raw(resp: &str) -> (u16, String) {
+    let status = resp
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let body = resp.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
+    (status, body)
+}

@@ -1,0 +1,226 @@
+//! The `gateway` binary as operators run it: SIGTERM drain, check-config, the demo.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use common::*;
+use loadtest::MockConfig;
+
+const BIN: &str = env!("CARGO_BIN_EXE_gateway");
+
+fn temp_file(name: &str, text: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("gateway-test-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let p = dir.join(name);
+    std::fs::write(&p, text).unwrap();
+    p
+}
+
+/// Kills the child by its own PID if a test fails half-way.
+struct ChildGuard(Option<Child>);
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        if let Some(c) = self.0.as_mut() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+fn sigterm(pid: u32) {
+    let ok = Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok);
+}
+
+/// Reads the JSON log on stdout until the data listener reports its address.
+fn wait_for_addr(child: &mut Child) -> SocketAddr {
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut sent = false;
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if !sent && line.contains("data listener ready") {
+                let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+                let _ = tx.send(v["addr"].as_str().unwrap().parse::<SocketAddr>().unwrap());
+                sent = true;
+            }
+        }
+    });
+    rx.recv_timeout(Duration::from_secs(20)).expect("gateway did not start")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_lets_20_open_streams_finish_then_exits_0() {
+    let m = mock(MockConfig {
+        tokens: 20,
+        inter_token: Duration::from_millis(40),
+        ..fast()
+    })
+    .await;
+    let cfg = config(
+        &[m.url()],
+        "[server]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\n",
+    );
+    let path = temp_file("drain.toml", &cfg);
+    let child = Command::new(BIN)
+        .args(["serve", "--config", path.to_str().unwrap()])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let mut guard = ChildGuard(Some(child));
+    let child = guard.0.as_mut().unwrap();
+    let addr = wait_for_addr(child);
+    let mut streams = Vec::new();
+    for _ in 0..20 {
+        let resp = send(addr, "POST", "/v1/chat/completions", &[], chat(true).to_string()).await;
+        assert_eq!(resp.status(), 200);
+        streams.push(tokio::spawn(read_all(resp.into_body())));
+    }
+    sigterm(child.id());
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    // No new connections once draining.
+    assert!(tokio::net::TcpStream::connect(addr).await.is_err());
+    for s in streams {
+        let (body, clean) = s.await.unwrap();
+        assert!(clean, "stream cut by shutdown");
+        assert!(body.ends_with(b"data: [DONE]\n\n"));
+    }
+    let status = tokio::task::spawn_blocking(move || {
+        let mut c = guard.0.take().unwrap();
+        c.wait().unwrap()
+    })
+    .await
+    .unwrap();
+    assert!(status.success(), "{status:?}");
+}
+
+#[test]
+fn check_config_prints_every_error_and_exits_1() {
+    let path = temp_file(
+        "three-errors.toml",
+        r#"
+        [upstream]
+        connect_timeout = "5 parsecs"
+        [[models]]
+        name = "a"
+        balancer = "fastest"
+        [[models.versions]]
+        name = "v1"
+        replicas = [{ url = "htp:/x" }]
+        "#,
+    );
+    let out = Command::new(BIN)
+        .args(["check-config", path.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8(out.stderr).unwrap();
+    assert!(err.contains("3 error(s)"), "{err}");
+    assert!(err.contains("upstream.connect_timeout:"), "{err}");
+    assert!(err.contains("models[0].balancer: unknown balancer \"fastest\""), "{err}");
+    assert!(
+        err.contains(r#"models[0].versions[0].replicas[0].url: invalid URL "htp:/x""#),
+        "{err}"
+    );
+}
+
+#[test]
+fn check_config_accepts_the_shipped_configs() {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..").join("config");
+    for f in ["gateway.example.toml", "demo.toml", "minimal.toml"] {
+        let out = Command::new(BIN)
+            .args(["check-config", root.join(f).to_str().unwrap()])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{f}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+#[test]
+fn serve_without_a_config_or_with_a_bad_one_fails_clearly() {
+    let out = Command::new(BIN)
+        .arg("serve")
+        .env_remove("GATEWAY_CONFIG")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--config"));
+    let path = temp_file("syntax.toml", "[server\nlisten = 1");
+    let out = Command::new(BIN)
+        .args(["--config", path.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let out = Command::new(BIN).arg("hash-key").output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not supported yet"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_demo_serves_the_curl_it_prints() {
+    let child = Command::new(BIN)
+        .args([
+            "demo",
+            "--listen",
+            "127.0.0.1:0",
+            "--admin-listen",
+            "127.0.0.1:0",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut guard = ChildGuard(Some(child));
+    let child = guard.0.as_mut().unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if line.starts_with("curl ") {
+                let _ = tx.send(line);
+            }
+        }
+    });
+    let curl = rx.recv_timeout(Duration::from_secs(20)).expect("no curl printed");
+    let url = curl.split_whitespace().find(|w| w.starts_with("http://")).unwrap();
+    let addr: SocketAddr = url
+        .trim_start_matches("http://")
+        .split('/')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let body = curl.split("-d '").nth(1).unwrap().trim_end_matches('\'');
+    let resp = send(
+        addr,
+        "POST",
+        "/v1/chat/completions",
+        &[("content-type", "application/json")],
+        body.to_owned(),
+    )
+    .await;
+    assert_eq!(resp.status(), 200);
+    let (got, clean) = read_all(resp.into_body()).await;
+    assert!(clean && got.ends_with(b"data: [DONE]\n\n"));
+    sigterm(child.id());
+    let status = tokio::task::spawn_blocking(move || guard.0.take().unwrap().wait().unwrap())
+        .await
+        .unwrap();
+    assert!(status.success());
+}

@@ -1,0 +1,275 @@
+//! The happy path: streaming and non-streaming pass-through, byte identity, headers, HTTP/2.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use common::*;
+use http_body_util::{BodyExt, Full};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use loadtest::MockConfig;
+
+#[tokio::test]
+async fn streaming_chat_is_byte_identical_to_the_replicas_stream() {
+    let m = mock(MockConfig {
+        tokens: 12,
+        ..fast()
+    })
+    .await;
+    let gw = TestGateway::start(&config(&[m.url()], "")).await;
+    let resp = send(
+        gw.addr,
+        "POST",
+        "/v1/chat/completions",
+        &[("content-type", "application/json")],
+        chat(true).to_string(),
+    )
+    .await;
+    assert_eq!(resp.status(), 200);
+    assert_eq!(
+        resp.headers()["content-type"],
+        "text/event-stream; charset=utf-8"
+    );
+    assert_eq!(resp.headers()["x-gateway-model-version"], "1.0.0");
+    assert_eq!(resp.headers()["x-gateway-replica"], m.addr.to_string().as_str());
+    let (got, clean) = read_all(resp.into_body()).await;
+    assert!(clean);
+    let text = String::from_utf8(got.clone()).unwrap();
+    assert!(text.ends_with("data: [DONE]\n\n"), "{text}");
+    assert_eq!(text.matches("data: ").count(), 12 + 3);
+    // The replica records the stream once it is dropped; give it a moment.
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let sent = m.stats.streams();
+    assert_eq!(sent.last().unwrap().as_ref(), got.as_slice());
+}
+
+#[tokio::test]
+async fn a_200_kib_body_reaches_the_replica_byte_identical() {
+    let m = mock(fast()).await;
+    let gw = TestGateway::start(&config(&[m.url()], "")).await;
+    let filler = "x".repeat(200 * 1024);
+    // Unusual spacing and key order must survive: the gateway never re-serialises.
+    let body = format!(
+        "{{ \"messages\" : [{{\"role\":\"user\",\"content\":\"{filler}\"}}],\n  \"model\":\"{MODEL}\" , \"max_tokens\": 3 }}"
+    );
+    assert!(body.len() > 200 * 1024);
+    let r = request(
+        gw.addr,
+        "POST",
+        "/v1/chat/completions",
+        &[("content-type", "application/json")],
+        body.clone(),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    assert_eq!(m.stats.bodies().last().unwrap(), &Bytes::from(body));
+}
+
+#[tokio::test]
+async fn non_streaming_completions_and_embeddings_pass_through() {
+    let m = mock(fast()).await;
+    let gw = TestGateway::start(&config(&[m.url()], "")).await;
+    let r = post_json(gw.addr, "/v1/chat/completions", chat(false)).await;
+    assert_eq!(r.status, 200);
+    let v = r.json();
+    assert_eq!(v["object"], "chat.completion");
+    assert_eq!(v["usage"]["completion_tokens"], 5);
+
+    let r = post_json(
+        gw.addr,
+        "/v1/completions",
+        serde_json::json!({"model": "alias", "prompt": "Hi", "max_tokens": 2}),
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.json()["choices"][0]["text"], "tok0 tok1 ");
+
+    let r = post_json(
+        gw.addr,
+        "/v1/embeddings",
+        serde_json::json!({"model": MODEL, "input": ["a", "b"]}),
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.json()["data"].as_array().unwrap().len(), 2);
+}
+
+#[tokio::test]
+async fn models_are_listed_from_config() {
+    let m = mock(fast()).await;
+    let gw = TestGateway::start(&config(&[m.url()], "")).await;
+    let r = request(gw.addr, "GET", "/v1/models", &[], "").await;
+    assert_eq!(r.status, 200);
+    let ids: Vec<String> = r.json()["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["id"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(ids, vec![MODEL.to_owned(), "alias".to_owned()]);
+    let r = request(gw.addr, "GET", "/v1/models/alias", &[], "").await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.json()["id"], "alias");
+    let r = request(gw.addr, "GET", "/v1/models/nope", &[], "").await;
+    assert_eq!(r.status, 404);
+    assert_eq!(r.error_code(), "model_not_found");
+    // The replica was never asked.
+    assert_eq!(m.stats.requests.load(std::sync::atomic::Ordering::Relaxed), 0);
+}
+
+#[tokio::test]
+async fn request_id_is_propagated_or_generated_and_hop_by_hop_headers_dropped() {
+    let m = mock(fast()).await;
+    let gw = TestGateway::start(&config(&[m.url()], "")).await;
+    let r = request(
+        gw.addr,
+        "POST",
+        "/v1/chat/completions",
+        &[
+            ("x-request-id", "client-id-42"),
+            ("connection", "x-private"),
+            ("x-private", "secret"),
+            ("x-custom", "kept"),
+            ("accept-encoding", "gzip"),
+        ],
+        chat(false).to_string(),
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.headers["x-request-id"], "client-id-42");
+    let seen = m.stats.last_headers().unwrap();
+    assert_eq!(seen["x-request-id"], "client-id-42");
+    assert_eq!(seen["x-custom"], "kept");
+    assert_eq!(seen["host"], m.addr.to_string().as_str());
+    assert!(seen.get("x-private").is_none());
+    assert!(seen.get("accept-encoding").is_none());
+
+    let r = post_json(gw.addr, "/v1/chat/completions", chat(false)).await;
+    let id = r.headers["x-request-id"].to_str().unwrap().to_owned();
+    assert!(uuid::Uuid::parse_str(&id).is_ok(), "{id}");
+    assert_eq!(m.stats.last_headers().unwrap()["x-request-id"], id.as_str());
+    // Gateway-made answers carry the id too.
+    let r = request(gw.addr, "GET", "/nope", &[], "").await;
+    assert!(r.headers.contains_key("x-request-id"));
+}
+
+#[tokio::test]
+async fn round_robin_spreads_requests_over_replicas() {
+    let a = mock(fast()).await;
+    let b = mock(fast()).await;
+    let gw = TestGateway::start(&config(&[a.url(), b.url()], "")).await;
+    for _ in 0..10 {
+        assert_eq!(post_json(gw.addr, "/v1/chat/completions", chat(false)).await.status, 200);
+    }
+    let load = |m: &loadtest::MockReplica| m.stats.requests.load(std::sync::atomic::Ordering::Relaxed);
+    assert_eq!((load(&a), load(&b)), (5, 5));
+}
+
+#[tokio::test]
+async fn upstream_connections_are_reused() {
+    let m = mock(fast()).await;
+    let gw = TestGateway::start(&config(&[m.url()], "")).await;
+    for _ in 0..20 {
+        assert_eq!(post_json(gw.addr, "/v1/chat/completions", chat(false)).await.status, 200);
+        let resp = send(
+            gw.addr,
+            "POST",
+            "/v1/chat/completions",
+            &[],
+            chat(true).to_string(),
+        )
+        .await;
+        assert!(read_all(resp.into_body()).await.1);
+    }
+    let conns = m.stats.connections.load(std::sync::atomic::Ordering::Relaxed);
+    assert!(conns <= 2, "40 sequential requests opened {conns} upstream connections");
+}
+
+#[tokio::test]
+async fn idle_upstream_connections_are_not_reused_past_pool_idle_timeout() {
+    let m = mock(fast()).await;
+    let gw = TestGateway::start(&config(
+        &[m.url()],
+        "[upstream]\npool_idle_timeout = \"100ms\"\n",
+    ))
+    .await;
+    assert_eq!(post_json(gw.addr, "/v1/chat/completions", chat(false)).await.status, 200);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(post_json(gw.addr, "/v1/chat/completions", chat(false)).await.status, 200);
+    assert_eq!(m.stats.connections.load(std::sync::atomic::Ordering::Relaxed), 2);
+}
+
+#[tokio::test]
+async fn http2_prior_knowledge_on_the_same_port() {
+    let m = mock(fast()).await;
+    let gw = TestGateway::start(&config(&[m.url()], "")).await;
+    let stream = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+    let (mut sender, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    for stream in [false, true] {
+        let req = http::Request::builder()
+            .method("POST")
+            .uri(format!("http://{}/v1/chat/completions", gw.addr))
+            .header("content-type", "application/json")
+            .body(Full::new(Bytes::from(chat(stream).to_string())))
+            .unwrap();
+        let resp = sender.send_request(req).await.unwrap();
+        assert_eq!(resp.status(), 200);
+        assert_eq!(resp.version(), http::Version::HTTP_2);
+        let body = resp.into_body().collect().await.unwrap().to_bytes();
+        if stream {
+            assert!(body.ends_with(b"data: [DONE]\n\n"));
+        } else {
+            assert_eq!(
+                serde_json::from_slice::<serde_json::Value>(&body).unwrap()["object"],
+                "chat.completion"
+            );
+        }
+    }
+}
+
+#[tokio::test]
+async fn replica_errors_keep_their_status_and_get_the_openai_shape() {
+    let m = mock(MockConfig {
+        error_rate: 1.0,
+        error_status: 400,
+        ..fast()
+    })
+    .await;
+    let gw = TestGateway::start(&config(&[m.url()], "")).await;
+    // vLLM's own error shape is rewrapped, message kept.
+    let r = post_json(gw.addr, "/v1/chat/completions", chat(false)).await;
+    assert_eq!(r.status, 400);
+    assert_eq!(r.error_code(), "upstream_error");
+    assert_eq!(r.json()["error"]["message"], "injected fault");
+    // A plain-text 500 becomes JSON.
+    m.set_config(|c| {
+        c.error_status = 500;
+        c.error_body = loadtest::ErrorBody::Text;
+    });
+    let r = post_json(gw.addr, "/v1/chat/completions", chat(false)).await;
+    assert_eq!(r.status, 500);
+    assert_eq!(r.headers["content-type"], "application/json");
+    assert_eq!(r.json()["error"]["message"], "Internal Server Error");
+    assert_eq!(r.json()["error"]["type"], "api_error");
+    // 4xx is never retried.
+    assert_eq!(m.stats.requests.load(std::sync::atomic::Ordering::Relaxed), 2);
+}
+
+#[tokio::test]
+async fn admin_listener_serves_health_and_readiness_only() {
+    let m = mock(fast()).await;
+    let gw = TestGateway::start(&config(&[m.url()], "")).await;
+    let r = request(gw.admin, "GET", "/healthz", &[], "").await;
+    assert_eq!(r.status, 200);
+    let r = request(gw.admin, "GET", "/readyz", &[], "").await;
+    assert_eq!(r.status, 200);
+    let r = request(gw.admin, "POST", "/v1/chat/completions", &[], chat(false).to_string()).await;
+    assert_eq!(r.status, 404);
+    assert_eq!(r.error_code(), "unknown_url");
+}
