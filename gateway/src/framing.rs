@@ -105,7 +105,9 @@ impl FramingScanner {
             self.block_len = None;
             self.block_te = false;
         } else if let Some(v) = header_value(l, b"content-length:") {
-            let len = std::str::from_utf8(v).ok().and_then(|v| v.trim().parse::<u64>().ok());
+            let len = std::str::from_utf8(v)
+                .ok()
+                .and_then(|v| v.trim().parse::<u64>().ok());
             match (self.block_len, len) {
                 (Some(prev), Some(now)) if prev == now => {}
                 (Some(_), _) => {
@@ -280,11 +282,13 @@ mod tests {
         let (amb, out) = scan_all(&[req, req]);
         assert!(!amb);
         assert_eq!(out, [req, req].concat());
-        let chunked: &[u8] = b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n2\r\n{}\r\n0\r\n\r\n";
+        let chunked: &[u8] =
+            b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n2\r\n{}\r\n0\r\n\r\n";
         assert!(!scan_all(&[chunked, req]).0);
         let same = b"POST / HTTP/1.1\r\nContent-Length: 2\r\ncontent-length: 2\r\n\r\n{}";
         assert!(!scan_all(&[same]).0);
-        let pretty = b"POST / HTTP/1.1\r\nContent-Length: 30\r\n\r\n{\n \"model\": \"m\",\n \"x\": 1\n}";
+        let pretty =
+            b"POST / HTTP/1.1\r\nContent-Length: 30\r\n\r\n{\n \"model\": \"m\",\n \"x\": 1\n}";
         assert!(!scan_all(&[pretty]).0);
     }
 
@@ -305,13 +309,17 @@ mod tests {
         let (amb, out) = scan_all(&[a]);
         assert!(amb);
         let text = String::from_utf8(out).unwrap();
-        assert!(text.contains("Content-Length: 5\r\nx-conflict-len: 6\r\n"), "{text}");
+        assert!(
+            text.contains("Content-Length: 5\r\nx-conflict-len: 6\r\n"),
+            "{text}"
+        );
     }
 
     #[test]
     fn http2_preface_disables_scanning() {
         let mut s = FramingScanner::default();
-        let mut b = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\ncontent-length: 1\ntransfer-encoding: x\n".to_vec();
+        let mut b =
+            b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\ncontent-length: 1\ntransfer-encoding: x\n".to_vec();
         assert!(!s.scan(&mut b));
     }
 }

@@ -10,7 +10,11 @@ use gateway::{config, demo, Gateway};
 use tokio_util::sync::CancellationToken;
 
 #[derive(Parser)]
-#[command(name = "gateway", version, about = "OpenAI-compatible LLM inference gateway")]
+#[command(
+    name = "gateway",
+    version,
+    about = "OpenAI-compatible LLM inference gateway"
+)]
 struct Cli {
     /// Log format.
     #[arg(long, global = true, value_enum, default_value_t = LogFormat::Json)]
@@ -78,9 +82,10 @@ fn on_signals(token: CancellationToken) {
         #[cfg(unix)]
         {
             use tokio::signal::unix::{signal, SignalKind};
-            let (Ok(mut term), Ok(mut int)) =
-                (signal(SignalKind::terminate()), signal(SignalKind::interrupt()))
-            else {
+            let (Ok(mut term), Ok(mut int)) = (
+                signal(SignalKind::terminate()),
+                signal(SignalKind::interrupt()),
+            ) else {
                 return;
             };
             tokio::select! {
@@ -96,7 +101,10 @@ fn on_signals(token: CancellationToken) {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(r) => r,
         Err(e) => {
             eprintln!("error: cannot start runtime: {e}");
@@ -197,7 +205,11 @@ async fn run_demo(listen: Option<SocketAddr>, admin_listen: Option<SocketAddr>) 
     if admin_listen.is_none() && std::net::TcpListener::bind(cfg.server.admin_listen).is_err() {
         cfg.server.admin_listen.set_port(0);
     }
-    let model = cfg.models.first().map(|m| m.name.clone()).unwrap_or_default();
+    let model = cfg
+        .models
+        .first()
+        .map(|m| m.name.clone())
+        .unwrap_or_default();
     run_gateway(cfg, |gw| {
         let a = gw.addrs.data;
         eprintln!(

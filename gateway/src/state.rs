@@ -127,7 +127,12 @@ mod tests {
         let snap = s.snapshot();
         assert!(Arc::ptr_eq(&snap.routes["m"], &snap.routes["alias"]));
         let v: serde_json::Value = serde_json::from_slice(&snap.models_body).unwrap();
-        let ids: Vec<_> = v["data"].as_array().unwrap().iter().map(|m| m["id"].clone()).collect();
+        let ids: Vec<_> = v["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| m["id"].clone())
+            .collect();
         assert_eq!(ids, vec!["m", "alias"]);
     }
 

@@ -58,9 +58,14 @@ async fn a_stream_reset_after_five_tokens_reaches_the_client_cut_and_is_not_retr
     let (got, clean) = read_all(resp.into_body()).await;
     assert!(!clean, "a cut stream must end in an error, not a clean end");
     let text = String::from_utf8(got).unwrap();
-    let tokens = (0..20).filter(|i| text.contains(&format!("\"tok{i} \""))).count();
+    let tokens = (0..20)
+        .filter(|i| text.contains(&format!("\"tok{i} \"")))
+        .count();
     assert_eq!(tokens, 5, "{text}");
-    assert!(!text.contains("[DONE]"), "the gateway must not invent [DONE]");
+    assert!(
+        !text.contains("[DONE]"),
+        "the gateway must not invent [DONE]"
+    );
     assert!(!text.contains("finish_reason\":\"stop") && !text.contains("finish_reason\":\"length"));
     assert_eq!(load(&a) + load(&b), 1, "no retry after the first byte");
 }
@@ -126,7 +131,11 @@ async fn a_replica_that_never_answers_is_a_504_and_is_not_retried() {
     assert_eq!(r.status, 504);
     assert_eq!(r.error_code(), "upstream_timeout");
     assert!(started.elapsed() < Duration::from_secs(5));
-    assert_eq!(load(&other), 0, "the hung replica may still be working on it");
+    assert_eq!(
+        load(&other),
+        0,
+        "the hung replica may still be working on it"
+    );
 }
 
 #[tokio::test]
@@ -173,7 +182,14 @@ async fn slow_streams_are_not_cut_by_any_total_timeout() {
         "[upstream]\nidle_chunk_timeout = \"400ms\"\nresponse_head_timeout = \"400ms\"\n",
     ))
     .await;
-    let resp = send(gw.addr, "POST", "/v1/chat/completions", &[], chat(true).to_string()).await;
+    let resp = send(
+        gw.addr,
+        "POST",
+        "/v1/chat/completions",
+        &[],
+        chat(true).to_string(),
+    )
+    .await;
     let (got, clean) = read_all(resp.into_body()).await;
     assert!(clean);
     assert!(got.ends_with(b"data: [DONE]\n\n"));
@@ -227,14 +243,32 @@ async fn inflight_is_released_when_streams_end_or_break() {
     let stop = tokio_util::sync::CancellationToken::new();
     tokio::spawn(gw.serve(stop.clone()));
     let ep = state.snapshot().routes[MODEL].versions[0].endpoints[0].clone();
-    let resp = send(addr, "POST", "/v1/chat/completions", &[], chat(true).to_string()).await;
+    let resp = send(
+        addr,
+        "POST",
+        "/v1/chat/completions",
+        &[],
+        chat(true).to_string(),
+    )
+    .await;
     assert_eq!(ep.inflight(), 1, "a stream counts until its body ends");
     assert!(read_all(resp.into_body()).await.1);
     tokio::time::sleep(Duration::from_millis(20)).await;
     assert_eq!(ep.inflight(), 0);
-    assert_eq!(ep.idle_connections(), 1, "a clean end returns the connection");
+    assert_eq!(
+        ep.idle_connections(),
+        1,
+        "a clean end returns the connection"
+    );
     m.set_config(|c| c.reset_after = Some(1));
-    let resp = send(addr, "POST", "/v1/chat/completions", &[], chat(true).to_string()).await;
+    let resp = send(
+        addr,
+        "POST",
+        "/v1/chat/completions",
+        &[],
+        chat(true).to_string(),
+    )
+    .await;
     assert!(!read_all(resp.into_body()).await.1);
     tokio::time::sleep(Duration::from_millis(20)).await;
     assert_eq!(ep.inflight(), 0);

@@ -33,11 +33,27 @@ async fn bad_bodies_are_400_and_unknown_models_404() {
         (br#"{"messages":[]}"#.to_vec(), 400, "missing_model"),
         (br#"{"model":42}"#.to_vec(), 400, "invalid_body"),
         (br#"{"model":["a"]}"#.to_vec(), 400, "invalid_body"),
-        (format!(r#"{{"model":"{MODEL}","stream":"yes"}}"#).into_bytes(), 400, "invalid_body"),
+        (
+            format!(r#"{{"model":"{MODEL}","stream":"yes"}}"#).into_bytes(),
+            400,
+            "invalid_body",
+        ),
         (b"{\"model\":\"\xc3\x28\"}".to_vec(), 400, "invalid_body"),
-        (format!(r#"{{"model":"{MODEL}","model":"other"}}"#).into_bytes(), 400, "invalid_body"),
-        (br#"{"model":"no-such-model"}"#.to_vec(), 404, "model_not_found"),
-        (format!(r#"{{"model":"{MODEL}@9.9"}}"#).into_bytes(), 404, "model_not_found"),
+        (
+            format!(r#"{{"model":"{MODEL}","model":"other"}}"#).into_bytes(),
+            400,
+            "invalid_body",
+        ),
+        (
+            br#"{"model":"no-such-model"}"#.to_vec(),
+            404,
+            "model_not_found",
+        ),
+        (
+            format!(r#"{{"model":"{MODEL}@9.9"}}"#).into_bytes(),
+            404,
+            "model_not_found",
+        ),
     ];
     for (body, status, code) in cases {
         let r = request(gw.addr, "POST", "/v1/chat/completions", &[], body.clone()).await;
@@ -78,7 +94,8 @@ async fn bodies_over_the_cap_are_413_with_or_without_content_length() {
     assert_eq!(r.status, 413);
     assert_eq!(r.error_code(), "request_too_large");
     // Chunked, no Content-Length: caught while reading.
-    let head = "POST /v1/chat/completions HTTP/1.1\r\nHost: g\r\nTransfer-Encoding: chunked\r\n\r\n";
+    let head =
+        "POST /v1/chat/completions HTTP/1.1\r\nHost: g\r\nTransfer-Encoding: chunked\r\n\r\n";
     let chunked = format!("{head}{:x}\r\n{big}\r\n0\r\n\r\n", big.len());
     let (resp, _) = raw(gw.addr, chunked.as_bytes(), Duration::from_secs(3)).await;
     let (status, body) = parse_raw(&resp);
@@ -111,7 +128,11 @@ async fn content_length_with_transfer_encoding_is_rejected_and_the_connection_cl
         assert!(closed, "connection must be closed");
         let (status, rbody) = parse_raw(&resp);
         assert_eq!(status, 400, "{resp}");
-        assert_eq!(resp.matches("HTTP/1.1").count(), 1, "smuggled request was served: {resp}");
+        assert_eq!(
+            resp.matches("HTTP/1.1").count(),
+            1,
+            "smuggled request was served: {resp}"
+        );
         assert_openai_error(&rbody, "ambiguous_framing");
     }
     assert_eq!(m.stats.requests.load(Ordering::Relaxed), 0);
@@ -139,7 +160,14 @@ async fn oversized_header_sections_are_431() {
     let (_m, gw) = setup("[server]\nmax_header_bytes = 4096\nmax_headers = 20\n").await;
     let many: Vec<String> = (0..30).map(|i| format!("x-h{i}: v")).collect();
     let refs: Vec<(&str, &str)> = many.iter().map(|h| h.split_once(": ").unwrap()).collect();
-    let r = request(gw.addr, "POST", "/v1/chat/completions", &refs, chat(false).to_string()).await;
+    let r = request(
+        gw.addr,
+        "POST",
+        "/v1/chat/completions",
+        &refs,
+        chat(false).to_string(),
+    )
+    .await;
     assert_eq!(r.status, 431);
     assert_eq!(r.error_code(), "headers_too_large");
     let long = "v".repeat(5000);

@@ -57,7 +57,8 @@ fn wait_for_addr(child: &mut Child) -> SocketAddr {
             }
         }
     });
-    rx.recv_timeout(Duration::from_secs(20)).expect("gateway did not start")
+    rx.recv_timeout(Duration::from_secs(20))
+        .expect("gateway did not start")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -84,7 +85,14 @@ async fn sigterm_lets_20_open_streams_finish_then_exits_0() {
     let addr = wait_for_addr(child);
     let mut streams = Vec::new();
     for _ in 0..20 {
-        let resp = send(addr, "POST", "/v1/chat/completions", &[], chat(true).to_string()).await;
+        let resp = send(
+            addr,
+            "POST",
+            "/v1/chat/completions",
+            &[],
+            chat(true).to_string(),
+        )
+        .await;
         assert_eq!(resp.status(), 200);
         streams.push(tokio::spawn(read_all(resp.into_body())));
     }
@@ -129,7 +137,10 @@ fn check_config_prints_every_error_and_exits_1() {
     let err = String::from_utf8(out.stderr).unwrap();
     assert!(err.contains("3 error(s)"), "{err}");
     assert!(err.contains("upstream.connect_timeout:"), "{err}");
-    assert!(err.contains("models[0].balancer: unknown balancer \"fastest\""), "{err}");
+    assert!(
+        err.contains("models[0].balancer: unknown balancer \"fastest\""),
+        "{err}"
+    );
     assert!(
         err.contains(r#"models[0].versions[0].replicas[0].url: invalid URL "htp:/x""#),
         "{err}"
@@ -138,7 +149,9 @@ fn check_config_prints_every_error_and_exits_1() {
 
 #[test]
 fn check_config_accepts_the_shipped_configs() {
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..").join("config");
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("..")
+        .join("config");
     for f in ["gateway.example.toml", "demo.toml", "minimal.toml"] {
         let out = Command::new(BIN)
             .args(["check-config", root.join(f).to_str().unwrap()])
@@ -197,8 +210,13 @@ async fn the_demo_serves_the_curl_it_prints() {
             }
         }
     });
-    let curl = rx.recv_timeout(Duration::from_secs(20)).expect("no curl printed");
-    let url = curl.split_whitespace().find(|w| w.starts_with("http://")).unwrap();
+    let curl = rx
+        .recv_timeout(Duration::from_secs(20))
+        .expect("no curl printed");
+    let url = curl
+        .split_whitespace()
+        .find(|w| w.starts_with("http://"))
+        .unwrap();
     let addr: SocketAddr = url
         .trim_start_matches("http://")
         .split('/')

@@ -33,7 +33,10 @@ async fn streaming_chat_is_byte_identical_to_the_replicas_stream() {
         "text/event-stream; charset=utf-8"
     );
     assert_eq!(resp.headers()["x-gateway-model-version"], "1.0.0");
-    assert_eq!(resp.headers()["x-gateway-replica"], m.addr.to_string().as_str());
+    assert_eq!(
+        resp.headers()["x-gateway-replica"],
+        m.addr.to_string().as_str()
+    );
     let (got, clean) = read_all(resp.into_body()).await;
     assert!(clean);
     let text = String::from_utf8(got.clone()).unwrap();
@@ -116,7 +119,10 @@ async fn models_are_listed_from_config() {
     assert_eq!(r.status, 404);
     assert_eq!(r.error_code(), "model_not_found");
     // The replica was never asked.
-    assert_eq!(m.stats.requests.load(std::sync::atomic::Ordering::Relaxed), 0);
+    assert_eq!(
+        m.stats.requests.load(std::sync::atomic::Ordering::Relaxed),
+        0
+    );
 }
 
 #[tokio::test]
@@ -161,9 +167,15 @@ async fn round_robin_spreads_requests_over_replicas() {
     let b = mock(fast()).await;
     let gw = TestGateway::start(&config(&[a.url(), b.url()], "")).await;
     for _ in 0..10 {
-        assert_eq!(post_json(gw.addr, "/v1/chat/completions", chat(false)).await.status, 200);
+        assert_eq!(
+            post_json(gw.addr, "/v1/chat/completions", chat(false))
+                .await
+                .status,
+            200
+        );
     }
-    let load = |m: &loadtest::MockReplica| m.stats.requests.load(std::sync::atomic::Ordering::Relaxed);
+    let load =
+        |m: &loadtest::MockReplica| m.stats.requests.load(std::sync::atomic::Ordering::Relaxed);
     assert_eq!((load(&a), load(&b)), (5, 5));
 }
 
@@ -172,7 +184,12 @@ async fn upstream_connections_are_reused() {
     let m = mock(fast()).await;
     let gw = TestGateway::start(&config(&[m.url()], "")).await;
     for _ in 0..20 {
-        assert_eq!(post_json(gw.addr, "/v1/chat/completions", chat(false)).await.status, 200);
+        assert_eq!(
+            post_json(gw.addr, "/v1/chat/completions", chat(false))
+                .await
+                .status,
+            200
+        );
         let resp = send(
             gw.addr,
             "POST",
@@ -183,8 +200,14 @@ async fn upstream_connections_are_reused() {
         .await;
         assert!(read_all(resp.into_body()).await.1);
     }
-    let conns = m.stats.connections.load(std::sync::atomic::Ordering::Relaxed);
-    assert!(conns <= 2, "40 sequential requests opened {conns} upstream connections");
+    let conns = m
+        .stats
+        .connections
+        .load(std::sync::atomic::Ordering::Relaxed);
+    assert!(
+        conns <= 2,
+        "40 sequential requests opened {conns} upstream connections"
+    );
 }
 
 #[tokio::test]
@@ -195,10 +218,25 @@ async fn idle_upstream_connections_are_not_reused_past_pool_idle_timeout() {
         "[upstream]\npool_idle_timeout = \"100ms\"\n",
     ))
     .await;
-    assert_eq!(post_json(gw.addr, "/v1/chat/completions", chat(false)).await.status, 200);
+    assert_eq!(
+        post_json(gw.addr, "/v1/chat/completions", chat(false))
+            .await
+            .status,
+        200
+    );
     tokio::time::sleep(Duration::from_millis(200)).await;
-    assert_eq!(post_json(gw.addr, "/v1/chat/completions", chat(false)).await.status, 200);
-    assert_eq!(m.stats.connections.load(std::sync::atomic::Ordering::Relaxed), 2);
+    assert_eq!(
+        post_json(gw.addr, "/v1/chat/completions", chat(false))
+            .await
+            .status,
+        200
+    );
+    assert_eq!(
+        m.stats
+            .connections
+            .load(std::sync::atomic::Ordering::Relaxed),
+        2
+    );
 }
 
 #[tokio::test]
@@ -258,7 +296,10 @@ async fn replica_errors_keep_their_status_and_get_the_openai_shape() {
     assert_eq!(r.json()["error"]["message"], "Internal Server Error");
     assert_eq!(r.json()["error"]["type"], "api_error");
     // 4xx is never retried.
-    assert_eq!(m.stats.requests.load(std::sync::atomic::Ordering::Relaxed), 2);
+    assert_eq!(
+        m.stats.requests.load(std::sync::atomic::Ordering::Relaxed),
+        2
+    );
 }
 
 #[tokio::test]
@@ -269,7 +310,14 @@ async fn admin_listener_serves_health_and_readiness_only() {
     assert_eq!(r.status, 200);
     let r = request(gw.admin, "GET", "/readyz", &[], "").await;
     assert_eq!(r.status, 200);
-    let r = request(gw.admin, "POST", "/v1/chat/completions", &[], chat(false).to_string()).await;
+    let r = request(
+        gw.admin,
+        "POST",
+        "/v1/chat/completions",
+        &[],
+        chat(false).to_string(),
+    )
+    .await;
     assert_eq!(r.status, 404);
     assert_eq!(r.error_code(), "unknown_url");
 }

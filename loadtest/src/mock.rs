@@ -216,7 +216,9 @@ async fn serve(
             let mut builder = hyper::server::conn::http1::Builder::new();
             // hyper's header-read timer also runs while a keep-alive connection idles, which
             // is exactly uvicorn's keep-alive timeout.
-            builder.timer(TokioTimer::new()).header_read_timeout(keep_alive);
+            builder
+                .timer(TokioTimer::new())
+                .header_read_timeout(keep_alive);
             let conn = builder.serve_connection(TokioIo::new(stream), svc);
             tokio::pin!(conn);
             tokio::select! {
@@ -353,7 +355,11 @@ async fn handle(
         .or(parsed.max_tokens)
         .unwrap_or(usize::MAX);
     let tokens = cfg.tokens.min(limit);
-    let finish = if tokens < cfg.tokens { "length" } else { "stop" };
+    let finish = if tokens < cfg.tokens {
+        "length"
+    } else {
+        "stop"
+    };
     if parsed.stream.unwrap_or(false) {
         let include_usage = parsed
             .stream_options
@@ -490,7 +496,10 @@ impl Body for TokenStream {
 }
 
 impl TokenStream {
-    fn poll_inner(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, std::io::Error>>> {
+    fn poll_inner(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, std::io::Error>>> {
         let this = self;
         loop {
             match this.phase {
@@ -519,10 +528,8 @@ impl TokenStream {
                         this.phase = Phase::Finish;
                         continue;
                     }
-                    if this.sent > 0 {
-                        if this.sleep.as_mut().poll(cx).is_pending() {
-                            return Poll::Pending;
-                        }
+                    if this.sent > 0 && this.sleep.as_mut().poll(cx).is_pending() {
+                        return Poll::Pending;
                     }
                     let text = token_text(this.sent, this.sent + 1);
                     let c = this.chunk(serde_json::json!({"content": text}), None);

@@ -32,7 +32,11 @@ pub struct Pool {
 
 impl Pool {
     pub fn new(v: &VersionConfig, kind: BalancerKind, registry: &EndpointRegistry) -> Self {
-        let endpoints: Vec<_> = v.replicas.iter().map(|r| registry.get_or_insert(r)).collect();
+        let endpoints: Vec<_> = v
+            .replicas
+            .iter()
+            .map(|r| registry.get_or_insert(r))
+            .collect();
         let balancer: Box<dyn Balancer> = match kind {
             BalancerKind::RoundRobin => Box::new(RoundRobin::default()),
             BalancerKind::WeightedRoundRobin => Box::new(SmoothWeighted::new(

@@ -49,7 +49,11 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         "s" => n,
         "m" => n * 60.0,
         "h" => n * 3600.0,
-        _ => return Err(format!("duration {s:?} has unknown unit {unit:?} (use ms, s, m or h)")),
+        _ => {
+            return Err(format!(
+                "duration {s:?} has unknown unit {unit:?} (use ms, s, m or h)"
+            ))
+        }
     };
     if !secs.is_finite() || secs > 7.0 * 24.0 * 3600.0 {
         return Err(format!("duration {s:?} is out of range (at most 7 days)"));
@@ -109,7 +113,11 @@ pub fn validate(f: &FileConfig) -> Result<Config, Vec<String>> {
     let mut e = Errors(Vec::new());
     let s = &f.server;
     let listen = e.addr("server.listen", &s.listen, defaults::LISTEN);
-    let admin_listen = e.addr("server.admin_listen", &s.admin_listen, defaults::ADMIN_LISTEN);
+    let admin_listen = e.addr(
+        "server.admin_listen",
+        &s.admin_listen,
+        defaults::ADMIN_LISTEN,
+    );
     if listen == admin_listen && listen.port() != 0 {
         e.push(
             "server.admin_listen",
@@ -121,7 +129,10 @@ pub fn validate(f: &FileConfig) -> Result<Config, Vec<String>> {
         .clone()
         .unwrap_or_else(|| defaults::ADMIN_TOKEN_ENV.into());
     if admin_token_env.is_empty() {
-        e.push("server.admin_token_env", "must name an environment variable");
+        e.push(
+            "server.admin_token_env",
+            "must name an environment variable",
+        );
     }
     let server = ServerConfig {
         listen,
@@ -246,7 +257,10 @@ pub fn validate(f: &FileConfig) -> Result<Config, Vec<String>> {
             }
         };
         if m.deploy_dir.as_ref().is_some_and(|d| !d.is_empty()) {
-            e.not_yet(&format!("{at}.deploy_dir"), "versions from a deployment directory");
+            e.not_yet(
+                &format!("{at}.deploy_dir"),
+                "versions from a deployment directory",
+            );
         }
         if m.queue.is_some() {
             e.not_yet(&format!("{at}.queue"), "the per-model request queue");
@@ -345,8 +359,7 @@ pub fn validate(f: &FileConfig) -> Result<Config, Vec<String>> {
 fn is_token(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 128
-        && s
-            .chars()
+        && s.chars()
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
 }
 
@@ -379,7 +392,10 @@ fn check_replica(
 ) -> Option<ReplicaConfig> {
     let weight = r.weight.unwrap_or(1);
     if !(1..=1000).contains(&weight) {
-        e.push(format!("{at}.weight"), format!("{weight} is out of range (1..=1000)"));
+        e.push(
+            format!("{at}.weight"),
+            format!("{weight} is out of range (1..=1000)"),
+        );
     } else if weight != 1 && balancer == BalancerKind::RoundRobin {
         e.push(
             format!("{at}.weight"),
@@ -387,7 +403,10 @@ fn check_replica(
         );
     }
     if r.max_inflight.is_some_and(|m| m != 0) {
-        e.not_yet(&format!("{at}.max_inflight"), "per-replica concurrency limits");
+        e.not_yet(
+            &format!("{at}.max_inflight"),
+            "per-replica concurrency limits",
+        );
     }
     let Some(raw) = r.url.as_deref() else {
         e.push(format!("{at}.url"), "is required");
@@ -467,7 +486,10 @@ mod tests {
         assert_eq!(c.upstream.retries, 2);
         let m = &c.models[0];
         assert_eq!(m.versions[0].replicas[0].key, "http://127.0.0.1:8000");
-        assert_eq!(m.versions[0].replicas[0].authority.as_str(), "127.0.0.1:8000");
+        assert_eq!(
+            m.versions[0].replicas[0].authority.as_str(),
+            "127.0.0.1:8000"
+        );
         assert_eq!(m.versions[0].replicas[0].weight, 1);
     }
 
@@ -524,23 +546,35 @@ mod tests {
             ("[auth]\nenabled = true\n", "auth.enabled:"),
             ("[[api_keys]]\nname = \"k\"\n", "api_keys:"),
             ("[limits]\nredis_url = \"redis://x\"\n", "limits.redis_url:"),
-            ("[limits]\nper_ip_requests_per_second = 5.0\n", "limits.per_ip"),
+            (
+                "[limits]\nper_ip_requests_per_second = 5.0\n",
+                "limits.per_ip",
+            ),
             ("[server.tls]\ncert = \"a\"\nkey = \"b\"\n", "server.tls:"),
         ] {
             let errs = parse(&format!("{snippet}{MIN}")).unwrap_err();
-            assert!(errs.iter().any(|e| e.starts_with(field) && e.contains("not supported yet")),
-                "{snippet}: {errs:?}");
+            assert!(
+                errs.iter()
+                    .any(|e| e.starts_with(field) && e.contains("not supported yet")),
+                "{snippet}: {errs:?}"
+            );
         }
         for (kv, field) in [
             ("balancer = \"p2c_ewma\"", "models[0].balancer:"),
             ("deploy_dir = \"/opt/x\"", "models[0].deploy_dir:"),
-            ("canary = { version = \"v2\", weight_percent = 5.0 }", "models[0].canary:"),
+            (
+                "canary = { version = \"v2\", weight_percent = 5.0 }",
+                "models[0].canary:",
+            ),
             ("queue = { max_size = 4 }", "models[0].queue:"),
         ] {
             let cfg = MIN.replace("name = \"m\"", &format!("name = \"m\"\n{kv}"));
             let errs = parse(&cfg).unwrap_err();
-            assert!(errs.iter().any(|e| e.starts_with(field) && e.contains("not supported yet")),
-                "{kv}: {errs:?}");
+            assert!(
+                errs.iter()
+                    .any(|e| e.starts_with(field) && e.contains("not supported yet")),
+                "{kv}: {errs:?}"
+            );
         }
         let cfg = MIN.replace("8000\" }", "8000\", max_inflight = 4 }");
         let errs = parse(&cfg).unwrap_err();
@@ -596,15 +630,24 @@ mod tests {
         }
         let cfg = MIN.replace("http://127.0.0.1:8000", "http://replica.internal");
         let c = parse(&cfg).unwrap();
-        assert_eq!(c.models[0].versions[0].replicas[0].authority.as_str(), "replica.internal:80");
+        assert_eq!(
+            c.models[0].versions[0].replicas[0].authority.as_str(),
+            "replica.internal:80"
+        );
     }
 
     #[test]
     fn weights_need_a_weighted_balancer() {
         let cfg = MIN.replace("8000\" }", "8000\", weight = 3 }");
         assert!(parse(&cfg).unwrap_err()[0].contains("weighted_round_robin"));
-        let cfg = cfg.replace("name = \"m\"", "name = \"m\"\nbalancer = \"weighted_round_robin\"");
-        assert_eq!(parse(&cfg).unwrap().models[0].versions[0].replicas[0].weight, 3);
+        let cfg = cfg.replace(
+            "name = \"m\"",
+            "name = \"m\"\nbalancer = \"weighted_round_robin\"",
+        );
+        assert_eq!(
+            parse(&cfg).unwrap().models[0].versions[0].replicas[0].weight,
+            3
+        );
     }
 
     #[test]

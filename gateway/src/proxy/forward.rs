@@ -106,7 +106,15 @@ pub async fn forward(
         });
     };
     let replica = guard.endpoint().host_header.clone();
-    let response = respond(cfg, resp, sender, guard, &out.request_id, &pool.version_header).await;
+    let response = respond(
+        cfg,
+        resp,
+        sender,
+        guard,
+        &out.request_id,
+        &pool.version_header,
+    )
+    .await;
     Ok(Forwarded {
         response,
         replica,
@@ -238,13 +246,19 @@ async fn openai_error_body(
     } else {
         "api_error"
     };
-    (error_body(&message, error_type, Some("upstream_error")), true)
+    (
+        error_body(&message, error_type, Some("upstream_error")),
+        true,
+    )
 }
 
 fn is_openai_error(b: &[u8]) -> bool {
     serde_json::from_slice::<serde_json::Value>(b)
         .ok()
-        .and_then(|v| v.get("error").map(|e| e.is_object() && e.get("message").is_some()))
+        .and_then(|v| {
+            v.get("error")
+                .map(|e| e.is_object() && e.get("message").is_some())
+        })
         .unwrap_or(false)
 }
 
@@ -252,7 +266,10 @@ fn is_openai_error(b: &[u8]) -> bool {
 fn replica_message(b: &[u8]) -> Option<String> {
     let text = match serde_json::from_slice::<serde_json::Value>(b) {
         Ok(v) => {
-            let m = v.get("message").or_else(|| v.get("detail")).or_else(|| v.get("error"))?;
+            let m = v
+                .get("message")
+                .or_else(|| v.get("detail"))
+                .or_else(|| v.get("error"))?;
             match m {
                 serde_json::Value::String(s) => s.clone(),
                 other => other.to_string(),
@@ -263,7 +280,11 @@ fn replica_message(b: &[u8]) -> Option<String> {
     if text.is_empty() {
         return None;
     }
-    let mut t: String = text.chars().filter(|c| !c.is_control()).take(1000).collect();
+    let mut t: String = text
+        .chars()
+        .filter(|c| !c.is_control())
+        .take(1000)
+        .collect();
     if text.chars().count() > 1000 {
         t.push('…');
     }
@@ -276,16 +297,27 @@ mod tests {
 
     #[test]
     fn recognises_openai_errors_and_extracts_others() {
-        assert!(is_openai_error(br#"{"error":{"message":"x","type":"t","code":null}}"#));
+        assert!(is_openai_error(
+            br#"{"error":{"message":"x","type":"t","code":null}}"#
+        ));
         assert!(!is_openai_error(br#"{"detail":"Not Found"}"#));
         assert!(!is_openai_error(b"Internal Server Error"));
-        assert_eq!(replica_message(br#"{"detail":"Not Found"}"#).unwrap(), "Not Found");
+        assert_eq!(
+            replica_message(br#"{"detail":"Not Found"}"#).unwrap(),
+            "Not Found"
+        );
         assert_eq!(
             replica_message(br#"{"object":"error","message":"too long","code":400}"#).unwrap(),
             "too long"
         );
-        assert_eq!(replica_message(b"Internal Server Error\n").unwrap(), "Internal Server Error");
+        assert_eq!(
+            replica_message(b"Internal Server Error\n").unwrap(),
+            "Internal Server Error"
+        );
         assert_eq!(replica_message(b""), None);
-        assert_eq!(replica_message(&vec![b'x'; 5000]).unwrap().chars().count(), 1001);
+        assert_eq!(
+            replica_message(&vec![b'x'; 5000]).unwrap().chars().count(),
+            1001
+        );
     }
 }

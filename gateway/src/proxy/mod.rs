@@ -5,11 +5,11 @@
 //! 2. auth         — API key -> principal (not in this version: `[auth] enabled` is rejected)
 //! 3. limits       — per key / IP / tokens (not in this version)
 //! 4. `read`       — body once into `Bytes` (size cap 413, deadline 408), peek model/stream
-//!                                                                         -> `Peek`
+//!    -> `Peek`
 //! 5. `route`      — model or alias -> its versions' replica pools (404)  -> `Route`
 //! 6. `canary`     — which version serves this request                    -> `VersionChoice`
 //! 7. `forward`    — pick a replica, send, retry before the first byte only, stream back
-//!                                                                         -> `Forwarded`
+//!    -> `Forwarded`
 //! 8. access log, from what the stages left behind.
 //!
 //! Paths: POST /v1/chat/completions, /v1/completions, /v1/embeddings; GET /v1/models[/{id}].
@@ -117,8 +117,10 @@ pub async fn handle(
             e.into_response()
         }
     };
-    resp.headers_mut()
-        .insert(HeaderName::from_static(request_id::HEADER), request_id.clone());
+    resp.headers_mut().insert(
+        HeaderName::from_static(request_id::HEADER),
+        request_id.clone(),
+    );
     tracing::info!(
         target: "access",
         request_id = request_id.to_str().unwrap_or(""),
@@ -148,7 +150,8 @@ async fn serve(
     }
     let snapshot = app.snapshot();
     let server = &snapshot.config.server;
-    if req.headers().len() > server.max_headers || header_bytes(req.headers()) > server.max_header_bytes
+    if req.headers().len() > server.max_headers
+        || header_bytes(req.headers()) > server.max_header_bytes
     {
         return Err(GatewayError::HeadersTooLarge);
     }
@@ -255,9 +258,18 @@ mod tests {
 
     #[test]
     fn paths_and_methods() {
-        assert_eq!(classify(&Method::POST, "/v1/chat/completions").unwrap(), Operation::Chat);
-        assert_eq!(classify(&Method::GET, "/v1/models").unwrap(), Operation::ListModels);
-        assert_eq!(classify(&Method::GET, "/v1/models/x").unwrap(), Operation::GetModel);
+        assert_eq!(
+            classify(&Method::POST, "/v1/chat/completions").unwrap(),
+            Operation::Chat
+        );
+        assert_eq!(
+            classify(&Method::GET, "/v1/models").unwrap(),
+            Operation::ListModels
+        );
+        assert_eq!(
+            classify(&Method::GET, "/v1/models/x").unwrap(),
+            Operation::GetModel
+        );
         assert_eq!(
             classify(&Method::GET, "/v1/chat/completions").unwrap_err(),
             GatewayError::MethodNotAllowed { allow: "POST" }
@@ -266,8 +278,19 @@ mod tests {
             classify(&Method::POST, "/v1/models").unwrap_err(),
             GatewayError::MethodNotAllowed { allow: "GET" }
         );
-        for p in ["/", "/metrics", "/admin/reload", "/healthz", "/v1/models/", "/v2/chat"] {
-            assert_eq!(classify(&Method::GET, p).unwrap_err(), GatewayError::UnknownPath, "{p}");
+        for p in [
+            "/",
+            "/metrics",
+            "/admin/reload",
+            "/healthz",
+            "/v1/models/",
+            "/v2/chat",
+        ] {
+            assert_eq!(
+                classify(&Method::GET, p).unwrap_err(),
+                GatewayError::UnknownPath,
+                "{p}"
+            );
         }
     }
 

@@ -30,11 +30,15 @@ pub async fn read_body(
             Err(_) => return Err(GatewayError::RequestTimeout),
             Ok(None) => break,
             Ok(Some(Err(e))) => {
-                return Err(GatewayError::InvalidBody(format!("could not read body: {e}")))
+                return Err(GatewayError::InvalidBody(format!(
+                    "could not read body: {e}"
+                )))
             }
             Ok(Some(Ok(f))) => f,
         };
-        let Ok(data) = frame.into_data() else { continue };
+        let Ok(data) = frame.into_data() else {
+            continue;
+        };
         total += data.len();
         if total > max {
             return Err(GatewayError::BodyTooLarge { limit: max });
@@ -85,7 +89,10 @@ impl<'de: 'a, 'a> Deserialize<'de> for BorrowedStr<'a> {
             fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
                 f.write_str("a string")
             }
-            fn visit_borrowed_str<E: serde::de::Error>(self, v: &'de str) -> Result<Self::Value, E> {
+            fn visit_borrowed_str<E: serde::de::Error>(
+                self,
+                v: &'de str,
+            ) -> Result<Self::Value, E> {
                 Ok(BorrowedStr(Cow::Borrowed(v)))
             }
             fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Self::Value, E> {

@@ -17,8 +17,7 @@ pub fn assign(headers: &HeaderMap) -> HeaderValue {
 
 fn is_acceptable(v: &[u8]) -> bool {
     (1..=128).contains(&v.len())
-        && v
-            .iter()
+        && v.iter()
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':'))
 }
 

@@ -61,7 +61,10 @@ impl Drop for TestGateway {
 
 /// A config with one model whose single version has these replicas, plus extra TOML on top.
 pub fn config(replicas: &[String], extra: &str) -> String {
-    let list: Vec<String> = replicas.iter().map(|u| format!("{{ url = \"{u}\" }}")).collect();
+    let list: Vec<String> = replicas
+        .iter()
+        .map(|u| format!("{{ url = \"{u}\" }}"))
+        .collect();
     format!(
         "{extra}\n[[models]]\nname = \"{MODEL}\"\naliases = [\"alias\"]\n\
          [[models.versions]]\nname = \"1.0.0\"\nreplicas = [{}]\n",
@@ -230,6 +233,9 @@ pub fn parse_raw(resp: &str) -> (u16, String) {
         .nth(1)
         .and_then(|s| s.parse().ok())
         .unwrap_or(0);
-    let body = resp.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
+    let body = resp
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
     (status, body)
 }

@@ -7,7 +7,10 @@ use clap::Parser;
 use loadtest::{ErrorBody, MockConfig, MockReplica};
 
 #[derive(Parser, Debug)]
-#[command(name = "mock-replica", about = "vLLM-like mock OpenAI server with fault injection")]
+#[command(
+    name = "mock-replica",
+    about = "vLLM-like mock OpenAI server with fault injection"
+)]
 struct Args {
     /// Address to listen on.
     #[arg(long, default_value = "127.0.0.1:8000")]
@@ -62,7 +65,11 @@ async fn main() -> anyhow::Result<()> {
         keep_alive: Duration::from_millis(a.keep_alive_ms),
         error_rate: a.error_rate,
         error_status: a.error_status,
-        error_body: if a.error_text { ErrorBody::Text } else { ErrorBody::Vllm },
+        error_body: if a.error_text {
+            ErrorBody::Text
+        } else {
+            ErrorBody::Vllm
+        },
         hang: a.hang,
         reset_after: a.reset_after,
         slow_start: Duration::from_millis(a.slow_start_ms),

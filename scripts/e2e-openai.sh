@@ -1,0 +1,63 @@
+#!/usr/bin/env bash
+# End-to-end test: two mock-replica processes, the gateway binary in front of them, and the
+# official `openai` Python client driving it. Every process started here is stopped by its PID.
+# Needs: built binaries in $TARGET_DIR/debug, and a Python with `openai` ($PYTHON).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+TARGET_DIR="${CARGO_TARGET_DIR:-target}"
+BIN="$TARGET_DIR/debug"
+PYTHON="${PYTHON:-.venv/bin/python}"
+WORK="$(mktemp -d)"
+PIDS=()
+cleanup() {
+  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+  for p in "${PIDS[@]}"; do wait "$p" 2>/dev/null || true; done
+  rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+# Waits until FILE contains a line matching REGEX, prints the first match.
+wait_for() {
+  local file=$1 regex=$2
+  for _ in $(seq 1 200); do
+    if grep -qE "$regex" "$file" 2>/dev/null; then grep -oE "$regex" "$file" | head -1; return 0; fi
+    sleep 0.05
+  done
+  echo "timed out waiting for /$regex/ in $file:" >&2; cat "$file" >&2; return 1
+}
+
+URLS=()
+for i in 1 2; do
+  "$BIN/mock-replica" --listen 127.0.0.1:0 --model e2e-model --ttft-ms 5 --itl-ms 2 \
+    --tokens 16 2>"$WORK/mock$i.log" &
+  PIDS+=($!)
+  URLS+=("$(wait_for "$WORK/mock$i.log" 'http://127\.0\.0\.1:[0-9]+')")
+done
+
+cat >"$WORK/gateway.toml" <<TOML
+[server]
+listen = "127.0.0.1:0"
+admin_listen = "127.0.0.1:0"
+
+[[models]]
+name = "e2e-model"
+aliases = ["e2e-alias"]
+
+[[models.versions]]
+name = "1.0.0"
+replicas = [{ url = "${URLS[0]}" }, { url = "${URLS[1]}" }]
+TOML
+
+"$BIN/gateway" check-config "$WORK/gateway.toml"
+"$BIN/gateway" serve --config "$WORK/gateway.toml" >"$WORK/gateway.log" 2>&1 &
+GW_PID=$!
+PIDS+=($GW_PID)
+ADDR="$(wait_for "$WORK/gateway.log" '"message":"data listener ready","addr":"127\.0\.0\.1:[0-9]+"' | grep -oE '127\.0\.0\.1:[0-9]+')"
+echo "gateway on $ADDR, replicas ${URLS[*]}"
+
+"$PYTHON" scripts/e2e_openai.py "http://$ADDR/v1" e2e-model e2e-alias
+
+# Graceful stop: SIGTERM, exit status 0.
+kill -TERM "$GW_PID"
+wait "$GW_PID"
+echo "gateway exited 0 after SIGTERM"
