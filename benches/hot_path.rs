@@ -1,0 +1,150 @@
+//! Micro-benchmarks of the per-request work, each next to a baseline measured in the same run
+//! (this machine is shared and noisy: compare ratios, not absolute times).
+//!
+//! Run: `cargo bench -p gateway --bench hot_path`
+
+use std::hint::black_box;
+use std::sync::Arc;
+
+use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use gateway::balance::{Balancer, Endpoint, RoundRobin, SmoothWeighted};
+use gateway::config::ReplicaConfig;
+use gateway::framing::FramingScanner;
+use gateway::proxy::read::peek;
+
+fn chat_body(size: usize) -> Vec<u8> {
+    let filler = "lorem ipsum ".repeat(size / 12 + 1);
+    let body = format!(
+        r#"{{"messages":[{{"role":"system","content":"You are helpful."}},{{"role":"user","content":"{}"}}],"model":"llama-3-70b","stream":true,"max_tokens":256}}"#,
+        &filler[..size.saturating_sub(150)]
+    );
+    body.into_bytes()
+}
+
+/// Peek of `model`/`stream` against a full parse into `serde_json::Value` (what a naive proxy
+/// does) and a plain UTF-8 validation pass (the floor: every byte must be looked at once).
+fn body_peek(c: &mut Criterion) {
+    let mut g = c.benchmark_group("body_peek");
+    for size in [1024usize, 200 * 1024] {
+        let body = chat_body(size);
+        g.throughput(Throughput::Bytes(body.len() as u64));
+        let label = format!("{}KiB", size / 1024);
+        g.bench_with_input(BenchmarkId::new("peek", &label), &body, |b, body| {
+            b.iter(|| peek(black_box(body)).map(|p| p.stream))
+        });
+        g.bench_with_input(
+            BenchmarkId::new("baseline_full_parse", &label),
+            &body,
+            |b, body| {
+                b.iter(|| serde_json::from_slice::<serde_json::Value>(black_box(body)).is_ok())
+            },
+        );
+        g.bench_with_input(
+            BenchmarkId::new("baseline_utf8_check", &label),
+            &body,
+            |b, body| b.iter(|| std::str::from_utf8(black_box(body)).is_ok()),
+        );
+    }
+    g.finish();
+}
+
+/// The smuggling scanner over a whole request as read from the socket, against memchr
+/// counting the same line breaks (the cheapest pass that finds every line).
+fn framing_scan(c: &mut Criterion) {
+    let mut g = c.benchmark_group("framing_scan");
+    for size in [1024usize, 200 * 1024] {
+        let body = chat_body(size);
+        let mut req = format!(
+            "POST /v1/chat/completions HTTP/1.1\r\nHost: gw\r\nContent-Type: application/json\r\n\
+             Authorization: Bearer sk-xxxxxxxx\r\nContent-Length: {}\r\n\r\n",
+            body.len()
+        )
+        .into_bytes();
+        req.extend_from_slice(&body);
+        g.throughput(Throughput::Bytes(req.len() as u64));
+        let label = format!("{}KiB", size / 1024);
+        g.bench_with_input(BenchmarkId::new("scan", &label), &req, |b, req| {
+            let mut buf = req.clone();
+            b.iter(|| {
+                let mut s = FramingScanner::default();
+                s.scan(black_box(&mut buf))
+            })
+        });
+        g.bench_with_input(
+            BenchmarkId::new("baseline_memchr", &label),
+            &req,
+            |b, req| b.iter(|| memchr::memchr_iter(b'\n', black_box(req)).count()),
+        );
+    }
+    g.finish();
+}
+
+fn endpoints(n: usize) -> Vec<Arc<Endpoint>> {
+    (0..n)
+        .map(|i| {
+            let authority: http::uri::Authority = format!("10.0.0.{}:8000", i % 250)
+                .parse()
+                .unwrap_or_else(|_| http::uri::Authority::from_static("127.0.0.1:1"));
+            Arc::new(Endpoint::new(&ReplicaConfig {
+                key: format!("http://{authority}/{i}"),
+                authority,
+                weight: 1 + (i % 3) as u32,
+            }))
+        })
+        .collect()
+}
+
+/// One pick per request, against an atomic increment (the least a shared rotation costs).
+fn balancer_pick(c: &mut Criterion) {
+    let mut g = c.benchmark_group("balancer_pick");
+    for n in [8usize, 64] {
+        let eps = endpoints(n);
+        let rr = RoundRobin::default();
+        g.bench_function(BenchmarkId::new("round_robin", n), |b| {
+            b.iter(|| rr.pick(black_box(&eps), &[]))
+        });
+        let w = SmoothWeighted::new(
+            eps.iter()
+                .enumerate()
+                .map(|(i, _)| 1 + (i % 3) as u32)
+                .collect(),
+        );
+        g.bench_function(BenchmarkId::new("weighted_round_robin", n), |b| {
+            b.iter(|| w.pick(black_box(&eps), &[]))
+        });
+        let counter = std::sync::atomic::AtomicUsize::new(0);
+        g.bench_function(BenchmarkId::new("baseline_atomic_increment", n), |b| {
+            b.iter(|| counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % black_box(n))
+        });
+    }
+    g.finish();
+}
+
+/// Loading the config snapshot (once per request) against cloning an `Arc`.
+fn snapshot_load(c: &mut Criterion) {
+    let cfg = gateway::config::parse(
+        r#"
+        [[models]]
+        name = "m"
+        [[models.versions]]
+        name = "v"
+        replicas = [{ url = "http://127.0.0.1:1" }]
+        "#,
+    );
+    let Ok(cfg) = cfg else { return };
+    let state = gateway::state::AppState::new(cfg);
+    let mut g = c.benchmark_group("snapshot_load");
+    g.bench_function("arc_swap_load", |b| b.iter(|| black_box(state.snapshot())));
+    let arc = state.snapshot();
+    g.bench_function("baseline_arc_clone", |b| b.iter(|| black_box(arc.clone())));
+    g.finish();
+}
+
+criterion_group!(
+    benches,
+    body_peek,
+    framing_scan,
+    balancer_pick,
+    snapshot_load
+);
+criterion_main!(benches);
