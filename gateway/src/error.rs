@@ -33,6 +33,11 @@ pub enum GatewayError {
     UpstreamUnavailable { model: String },
     /// A replica did not send its response head in time.
     UpstreamTimeout { model: String },
+    // --- overload ---
+    /// Every replica is at `max_inflight` and the model's wait queue is full.
+    QueueFull { model: String },
+    /// Waited in the model's queue for `queue.timeout` without getting a replica.
+    QueueTimeout { model: String },
 }
 
 impl GatewayError {
@@ -49,6 +54,7 @@ impl GatewayError {
             Self::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
             Self::UpstreamUnavailable { .. } => StatusCode::BAD_GATEWAY,
             Self::UpstreamTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
+            Self::QueueFull { .. } | Self::QueueTimeout { .. } => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 
@@ -75,6 +81,8 @@ impl GatewayError {
             Self::AmbiguousFraming => "ambiguous_framing",
             Self::UpstreamUnavailable { .. } => "upstream_unavailable",
             Self::UpstreamTimeout { .. } => "upstream_timeout",
+            Self::QueueFull { .. } => "queue_full",
+            Self::QueueTimeout { .. } => "queue_timeout",
         }
     }
 
@@ -107,6 +115,12 @@ impl GatewayError {
             Self::UpstreamTimeout { model } => {
                 format!("A replica of model `{model}` did not answer in time.")
             }
+            Self::QueueFull { model } => format!(
+                "Every replica of model `{model}` is busy and its queue is full; retry later."
+            ),
+            Self::QueueTimeout { model } => format!(
+                "Every replica of model `{model}` stayed busy for the queue timeout; retry later."
+            ),
         }
     }
 
@@ -133,7 +147,10 @@ impl GatewayError {
         if self.closes_connection() {
             h.insert(header::CONNECTION, HeaderValue::from_static("close"));
         }
-        if matches!(self, Self::UpstreamUnavailable { .. }) {
+        if matches!(
+            self,
+            Self::UpstreamUnavailable { .. } | Self::QueueFull { .. } | Self::QueueTimeout { .. }
+        ) {
             h.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
         }
         resp
@@ -204,8 +221,10 @@ mod tests {
             GatewayError::AmbiguousFraming,
             GatewayError::UpstreamUnavailable { model: "m".into() },
             GatewayError::UpstreamTimeout { model: "m".into() },
+            GatewayError::QueueFull { model: "m".into() },
+            GatewayError::QueueTimeout { model: "m".into() },
         ];
-        let expected = [400, 400, 404, 413, 405, 404, 431, 408, 400, 502, 504];
+        let expected = [400, 400, 404, 413, 405, 404, 431, 408, 400, 502, 504, 503, 503];
         for (e, want) in all.into_iter().zip(expected) {
             assert_eq!(e.status().as_u16(), want, "{e:?}");
             let body = error_body(&e.message(), e.error_type(), Some(e.code()));

@@ -3,13 +3,16 @@
 //!
 //! Module map: `config` (file -> validated runtime types), `state` (the swappable snapshot),
 //! `server` (listeners, drain), `framing` (socket guard), `proxy` (the request path, one file
-//! per stage), `balance` (replica choice and live per-replica state), `error`, `demo`.
+//! per stage), `balance` (replica choice, live per-replica state, wait queues), `health`
+//! (active probes), `admin` (the admin listener's API), `error`, `demo`.
 
+pub mod admin;
 pub mod balance;
 pub mod config;
 pub mod demo;
 pub mod error;
 pub mod framing;
+pub mod health;
 pub mod proxy;
 pub mod server;
 pub mod state;

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use http::{header, HeaderValue, Request, Response, StatusCode};
+use http::Request;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
@@ -18,9 +18,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::validate::{MAX_HEADERS_CEILING, MAX_HEADER_BYTES_CEILING};
 use crate::config::Config;
-use crate::error::{error_body, error_response, GatewayError};
+use crate::error::{error_body, GatewayError};
 use crate::framing::{write_and_close, ConnFlags, GuardedIo};
-use crate::proxy::body::ResponseBody;
 use crate::proxy::{self, ConnCtx};
 use crate::state::AppState;
 
@@ -98,8 +97,10 @@ impl Gateway {
             let watcher = graceful.clone();
             tokio::spawn(async move { accept_admin(admin, app, watcher, shutdown).await })
         };
+        let health_task = tokio::spawn(crate::health::supervise(app.clone(), shutdown.clone()));
         shutdown.cancelled().await;
         app.start_draining();
+        let _ = health_task.await;
         let _ = data_task.await;
         let _ = admin_task.await;
         let drain_timeout = app.snapshot().config.server.drain_timeout;
@@ -230,37 +231,11 @@ async fn accept_admin(
         let app = app.clone();
         let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
             let app = app.clone();
-            async move { Ok::<_, Infallible>(admin(&app, req)) }
+            async move { Ok::<_, Infallible>(crate::admin::handle(&app, req)) }
         });
         let conn = graceful.watch(builder.serve_connection(TokioIo::new(stream), svc));
         tokio::spawn(async move {
             let _ = conn.await;
         });
-    }
-}
-
-/// The admin listener: liveness and readiness (the admin API proper arrives with later work).
-fn admin(app: &AppState, req: Request<Incoming>) -> Response<ResponseBody> {
-    let json = |status: StatusCode, body: &'static str| {
-        let mut r = Response::new(ResponseBody::full(body));
-        *r.status_mut() = status;
-        r.headers_mut().insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/json"),
-        );
-        r
-    };
-    match req.uri().path() {
-        "/healthz" => json(StatusCode::OK, r#"{"status":"ok"}"#),
-        "/readyz" if app.is_draining() => {
-            json(StatusCode::SERVICE_UNAVAILABLE, r#"{"status":"draining"}"#)
-        }
-        "/readyz" => json(StatusCode::OK, r#"{"status":"ready"}"#),
-        _ => error_response(
-            StatusCode::NOT_FOUND,
-            "Unknown admin path. Available: /healthz, /readyz.",
-            "invalid_request_error",
-            Some("unknown_url"),
-        ),
     }
 }

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use arc_swap::ArcSwap;
 use bytes::Bytes;
 
-use crate::balance::{EndpointRegistry, Pool};
+use crate::balance::{EndpointRegistry, Pool, QueueRegistry};
 use crate::config::Config;
 
 /// A model as the request path sees it: its versions' replica pools.
@@ -30,22 +30,42 @@ pub struct Snapshot {
 }
 
 impl Snapshot {
-    pub fn build(config: Config, registry: &EndpointRegistry) -> Self {
+    pub fn build(config: Config, registry: &EndpointRegistry, queues: &QueueRegistry) -> Self {
         let mut routes = HashMap::new();
         let mut listed = Vec::new();
+        let mut expected: HashMap<String, Vec<String>> = HashMap::new();
         for m in &config.models {
             let route = Arc::new(Route {
                 model: m.name.clone(),
                 versions: m
                     .versions
                     .iter()
-                    .map(|v| Pool::new(v, m.balancer, registry))
+                    .map(|v| {
+                        Pool::new(
+                            v,
+                            m.balancer,
+                            m.queue,
+                            config.upstream.ewma_decay,
+                            registry,
+                            queues.get_or_insert(&m.name, &v.name),
+                        )
+                    })
                     .collect(),
                 stable: m.stable,
             });
+            for ep in route.versions.iter().flat_map(|p| &p.endpoints) {
+                let names = expected.entry(ep.key.clone()).or_default();
+                names.push(m.name.clone());
+                names.extend(m.aliases.iter().cloned());
+            }
             for name in std::iter::once(&m.name).chain(&m.aliases) {
                 routes.insert(name.clone(), route.clone());
                 listed.push(model_object(name));
+            }
+        }
+        for (key, names) in expected {
+            if let Some(ep) = registry.find(&key) {
+                ep.set_expected_models(names);
             }
         }
         let models_body =
@@ -67,17 +87,22 @@ pub fn model_object(name: &str) -> serde_json::Value {
 pub struct AppState {
     snapshot: ArcSwap<Snapshot>,
     pub endpoints: EndpointRegistry,
+    pub queues: QueueRegistry,
     draining: AtomicBool,
+    pub started: std::time::Instant,
 }
 
 impl AppState {
     pub fn new(config: Config) -> Self {
         let endpoints = EndpointRegistry::default();
-        let snapshot = ArcSwap::from_pointee(Snapshot::build(config, &endpoints));
+        let queues = QueueRegistry::default();
+        let snapshot = ArcSwap::from_pointee(Snapshot::build(config, &endpoints, &queues));
         Self {
             snapshot,
             endpoints,
+            queues,
             draining: AtomicBool::new(false),
+            started: std::time::Instant::now(),
         }
     }
 
@@ -88,15 +113,21 @@ impl AppState {
 
     /// Replaces the snapshot in one step and forgets replicas that left the configuration.
     pub fn publish(&self, config: Config) {
-        let next = Snapshot::build(config, &self.endpoints);
+        let next = Snapshot::build(config, &self.endpoints, &self.queues);
         let keys: std::collections::HashSet<String> = next
             .routes
             .values()
             .flat_map(|r| r.versions.iter().flat_map(|p| p.endpoints.iter()))
             .map(|e| e.key.clone())
             .collect();
+        let pools: std::collections::HashSet<String> = next
+            .routes
+            .values()
+            .flat_map(|r| r.versions.iter().map(move |p| format!("{}/{}", r.model, p.version)))
+            .collect();
         self.snapshot.store(Arc::new(next));
         self.endpoints.retain(&|k| keys.contains(k));
+        self.queues.retain(&|k| pools.contains(k));
     }
 
     pub fn is_draining(&self) -> bool {
@@ -105,6 +136,31 @@ impl AppState {
 
     pub fn start_draining(&self) {
         self.draining.store(true, Ordering::Relaxed);
+    }
+
+    /// Ready: not draining, and every model has at least one replica that can take traffic.
+    pub fn is_ready(&self) -> bool {
+        if self.is_draining() {
+            return false;
+        }
+        let now = crate::balance::now_ns();
+        self.snapshot().routes.values().all(|r| {
+            r.versions
+                .get(r.stable)
+                .is_some_and(|p| p.endpoints.iter().any(|e| e.is_routable(now)))
+        })
+    }
+}
+
+impl Route {
+    /// Whether one more replica of this model may be ejected within `max_percent`.
+    pub fn may_eject_one_more(&self, max_percent: f64) -> bool {
+        let now = crate::balance::now_ns();
+        let eps = self.versions.iter().flat_map(|p| &p.endpoints);
+        let (total, ejected) = eps.fold((0usize, 0usize), |(t, e), ep| {
+            (t + 1, e + usize::from(ep.is_ejected(now)))
+        });
+        total > 0 && ((ejected + 1) as f64) * 100.0 <= max_percent * total as f64
     }
 }
 
@@ -140,7 +196,7 @@ mod tests {
     fn publish_keeps_live_endpoint_state_of_kept_replicas() {
         let s = AppState::new(crate::config::parse(CFG).unwrap());
         let before = s.snapshot().routes["m"].versions[0].endpoints[0].clone();
-        let _g = crate::balance::InflightGuard::new(before.clone());
+        let _g = before.try_acquire().unwrap();
         let next = CFG.replace(", { url = \"http://127.0.0.1:2\" }", "");
         s.publish(crate::config::parse(&next).unwrap());
         let after = s.snapshot().routes["m"].versions[0].endpoints[0].clone();

@@ -12,9 +12,8 @@ pub struct FileConfig {
     pub server: ServerFile,
     #[serde(default)]
     pub upstream: UpstreamFile,
-    /// Belongs to the health-checking feature (issue #3): parsed so typos are caught, then
-    /// rejected as not supported yet.
-    pub health: Option<HealthFile>,
+    #[serde(default)]
+    pub health: HealthFile,
     pub auth: Option<AuthFile>,
     #[serde(default)]
     pub api_keys: Vec<ApiKeyFile>,
@@ -57,11 +56,15 @@ pub struct UpstreamFile {
     pub idle_chunk_timeout: Option<String>,
     pub pool_idle_timeout: Option<String>,
     pub retries: Option<u64>,
+    /// Time constant of the latency EWMA used by `p2c_ewma` (also how fast an idle estimate fades).
+    pub ewma_decay: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct HealthFile {
+    /// Active probing on/off (passive outlier ejection is governed by `max_fails`).
+    pub active: Option<bool>,
     pub path: Option<String>,
     pub interval: Option<String>,
     pub timeout: Option<String>,
@@ -71,6 +74,8 @@ pub struct HealthFile {
     pub max_fails: Option<u64>,
     pub fail_timeout: Option<String>,
     pub max_ejection_percent: Option<f64>,
+    /// Cap of the doubling ejection time.
+    pub max_ejection_time: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -11,7 +11,24 @@ use http::uri::Authority;
 pub struct Config {
     pub server: ServerConfig,
     pub upstream: UpstreamConfig,
+    pub health: HealthConfig,
     pub models: Vec<ModelConfig>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct HealthConfig {
+    pub active: bool,
+    pub path: String,
+    pub interval: Duration,
+    pub timeout: Duration,
+    pub unhealthy_threshold: u32,
+    pub healthy_threshold: u32,
+    pub check_model: bool,
+    /// Passive: this many failures within `fail_timeout` eject a replica (0 = never).
+    pub max_fails: u32,
+    pub fail_timeout: Duration,
+    pub max_ejection_percent: f64,
+    pub max_ejection_time: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -34,22 +51,45 @@ pub struct UpstreamConfig {
     pub idle_chunk_timeout: Duration,
     pub pool_idle_timeout: Duration,
     pub retries: u32,
+    pub ewma_decay: Duration,
 }
 
 /// How a version's replicas share its traffic.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BalancerKind {
+    P2cEwma,
+    LeastInflight,
     RoundRobin,
     WeightedRoundRobin,
 }
 
 impl BalancerKind {
+    pub const ALL: [Self; 4] = [
+        Self::P2cEwma,
+        Self::LeastInflight,
+        Self::RoundRobin,
+        Self::WeightedRoundRobin,
+    ];
     pub fn as_str(self) -> &'static str {
         match self {
+            Self::P2cEwma => "p2c_ewma",
+            Self::LeastInflight => "least_inflight",
             Self::RoundRobin => "round_robin",
             Self::WeightedRoundRobin => "weighted_round_robin",
         }
     }
+    /// Whether replica weights change this balancer's choice.
+    pub fn uses_weights(self) -> bool {
+        self != Self::RoundRobin
+    }
+}
+
+/// The per-model wait for a free replica slot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct QueueConfig {
+    /// Requests that may wait at once; 0 = no waiting (503 at once when every replica is full).
+    pub max_size: usize,
+    pub timeout: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -57,6 +97,7 @@ pub struct ModelConfig {
     pub name: String,
     pub aliases: Vec<String>,
     pub balancer: BalancerKind,
+    pub queue: QueueConfig,
     /// Index into `versions` of the version that takes the traffic the canary does not.
     pub stable: usize,
     pub versions: Vec<VersionConfig>,
@@ -75,4 +116,6 @@ pub struct ReplicaConfig {
     /// `host:port`, used to connect, as the Host header and as the replica's label.
     pub authority: Authority,
     pub weight: u32,
+    /// Most requests in flight at once; 0 = unlimited.
+    pub max_inflight: u32,
 }

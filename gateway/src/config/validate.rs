@@ -27,6 +27,19 @@ pub mod defaults {
     pub const IDLE_CHUNK_TIMEOUT: &str = "60s";
     pub const POOL_IDLE_TIMEOUT: &str = "4s";
     pub const RETRIES: u64 = 2;
+    pub const EWMA_DECAY: &str = "10s";
+    pub const HEALTH_PATH: &str = "/health";
+    pub const HEALTH_INTERVAL: &str = "5s";
+    pub const HEALTH_TIMEOUT: &str = "2s";
+    pub const UNHEALTHY_THRESHOLD: u64 = 3;
+    pub const HEALTHY_THRESHOLD: u64 = 2;
+    pub const MAX_FAILS: u64 = 3;
+    pub const FAIL_TIMEOUT: &str = "30s";
+    pub const MAX_EJECTION_PERCENT: f64 = 50.0;
+    pub const MAX_EJECTION_TIME: &str = "300s";
+    pub const BALANCER: &str = "p2c_ewma";
+    pub const QUEUE_MAX_SIZE: u64 = 256;
+    pub const QUEUE_TIMEOUT: &str = "30s";
 }
 
 /// Hard ceilings: the gateway's HTTP/1 parser is configured just above these, so that our own
@@ -201,10 +214,9 @@ pub fn validate(f: &FileConfig) -> Result<Config, Vec<String>> {
             defaults::POOL_IDLE_TIMEOUT,
         ),
         retries: e.range("upstream.retries", u.retries, defaults::RETRIES, 0, 10) as u32,
+        ewma_decay: e.duration("upstream.ewma_decay", &u.ewma_decay, defaults::EWMA_DECAY),
     };
-    if f.health.is_some() {
-        e.not_yet("health", "active and passive health checking ([health])");
-    }
+    let health = check_health(&mut e, &f.health);
     if f.auth.as_ref().and_then(|a| a.enabled).unwrap_or(false) {
         e.not_yet(
             "auth.enabled",
@@ -238,14 +250,11 @@ pub fn validate(f: &FileConfig) -> Result<Config, Vec<String>> {
         for (ai, a) in m.aliases.iter().enumerate() {
             check_model_name(&mut e, &format!("{at}.aliases[{ai}]"), a, &mut names);
         }
-        let balancer = match m.balancer.as_deref().unwrap_or("round_robin") {
-            "round_robin" => BalancerKind::RoundRobin,
-            "weighted_round_robin" => BalancerKind::WeightedRoundRobin,
-            b @ ("p2c_ewma" | "least_inflight") => {
-                e.not_yet(&format!("{at}.balancer"), &format!("balancer {b:?}"));
-                BalancerKind::RoundRobin
-            }
-            other => {
+        let raw_balancer = m.balancer.as_deref().unwrap_or(defaults::BALANCER);
+        let balancer = match BalancerKind::ALL.into_iter().find(|b| b.as_str() == raw_balancer) {
+            Some(b) => b,
+            None => {
+                let other = raw_balancer;
                 e.push(
                     format!("{at}.balancer"),
                     format!(
@@ -262,9 +271,21 @@ pub fn validate(f: &FileConfig) -> Result<Config, Vec<String>> {
                 "versions from a deployment directory",
             );
         }
-        if m.queue.is_some() {
-            e.not_yet(&format!("{at}.queue"), "the per-model request queue");
-        }
+        let q = m.queue.as_ref();
+        let queue = QueueConfig {
+            max_size: e.range(
+                &format!("{at}.queue.max_size"),
+                q.and_then(|q| q.max_size),
+                defaults::QUEUE_MAX_SIZE,
+                0,
+                1_000_000,
+            ) as usize,
+            timeout: e.duration(
+                &format!("{at}.queue.timeout"),
+                &q.and_then(|q| q.timeout.clone()),
+                defaults::QUEUE_TIMEOUT,
+            ),
+        };
         if m.canary.is_some() {
             e.not_yet(&format!("{at}.canary"), "canary routing");
         }
@@ -342,6 +363,7 @@ pub fn validate(f: &FileConfig) -> Result<Config, Vec<String>> {
             name,
             aliases: m.aliases.clone(),
             balancer,
+            queue,
             stable,
             versions,
         });
@@ -352,8 +374,54 @@ pub fn validate(f: &FileConfig) -> Result<Config, Vec<String>> {
     Ok(Config {
         server,
         upstream,
+        health,
         models,
     })
+}
+
+fn check_health(e: &mut Errors, h: &HealthFile) -> HealthConfig {
+    let path = h.path.clone().unwrap_or_else(|| defaults::HEALTH_PATH.into());
+    if !path.starts_with('/') || path.parse::<http::uri::PathAndQuery>().is_err() {
+        e.push("health.path", format!("{path:?} must be a path starting with '/'"));
+    }
+    let interval = e.duration("health.interval", &h.interval, defaults::HEALTH_INTERVAL);
+    let timeout = e.duration("health.timeout", &h.timeout, defaults::HEALTH_TIMEOUT);
+    if timeout > interval {
+        e.push("health.timeout", "must not be longer than health.interval");
+    }
+    let pct = h.max_ejection_percent.unwrap_or(defaults::MAX_EJECTION_PERCENT);
+    if !(0.0..=100.0).contains(&pct) || pct.is_nan() {
+        e.push("health.max_ejection_percent", format!("{pct} is out of range (0..=100)"));
+    }
+    HealthConfig {
+        active: h.active.unwrap_or(true),
+        path,
+        interval,
+        timeout,
+        unhealthy_threshold: e.range(
+            "health.unhealthy_threshold",
+            h.unhealthy_threshold,
+            defaults::UNHEALTHY_THRESHOLD,
+            1,
+            100,
+        ) as u32,
+        healthy_threshold: e.range(
+            "health.healthy_threshold",
+            h.healthy_threshold,
+            defaults::HEALTHY_THRESHOLD,
+            1,
+            100,
+        ) as u32,
+        check_model: h.check_model.unwrap_or(false),
+        max_fails: e.range("health.max_fails", h.max_fails, defaults::MAX_FAILS, 0, 1000) as u32,
+        fail_timeout: e.duration("health.fail_timeout", &h.fail_timeout, defaults::FAIL_TIMEOUT),
+        max_ejection_percent: pct.clamp(0.0, 100.0),
+        max_ejection_time: e.duration(
+            "health.max_ejection_time",
+            &h.max_ejection_time,
+            defaults::MAX_EJECTION_TIME,
+        ),
+    }
 }
 
 fn is_token(s: &str) -> bool {
@@ -396,16 +464,17 @@ fn check_replica(
             format!("{at}.weight"),
             format!("{weight} is out of range (1..=1000)"),
         );
-    } else if weight != 1 && balancer == BalancerKind::RoundRobin {
+    } else if weight != 1 && !balancer.uses_weights() {
         e.push(
             format!("{at}.weight"),
             "has no effect with balancer \"round_robin\"; use \"weighted_round_robin\"",
         );
     }
-    if r.max_inflight.is_some_and(|m| m != 0) {
-        e.not_yet(
-            &format!("{at}.max_inflight"),
-            "per-replica concurrency limits",
+    let max_inflight = r.max_inflight.unwrap_or(0);
+    if max_inflight > 1_000_000 {
+        e.push(
+            format!("{at}.max_inflight"),
+            format!("{max_inflight} is out of range (0..=1000000)"),
         );
     }
     let Some(raw) = r.url.as_deref() else {
@@ -454,6 +523,7 @@ fn check_replica(
         key: format!("http://{authority}"),
         authority,
         weight: weight.clamp(1, 1000) as u32,
+        max_inflight: max_inflight.min(1_000_000) as u32,
     })
 }
 
@@ -542,7 +612,6 @@ mod tests {
     #[test]
     fn later_features_are_rejected_not_ignored() {
         for (snippet, field) in [
-            ("[health]\ninterval = \"5s\"\n", "health:"),
             ("[auth]\nenabled = true\n", "auth.enabled:"),
             ("[[api_keys]]\nname = \"k\"\n", "api_keys:"),
             ("[limits]\nredis_url = \"redis://x\"\n", "limits.redis_url:"),
@@ -560,13 +629,11 @@ mod tests {
             );
         }
         for (kv, field) in [
-            ("balancer = \"p2c_ewma\"", "models[0].balancer:"),
             ("deploy_dir = \"/opt/x\"", "models[0].deploy_dir:"),
             (
                 "canary = { version = \"v2\", weight_percent = 5.0 }",
                 "models[0].canary:",
             ),
-            ("queue = { max_size = 4 }", "models[0].queue:"),
         ] {
             let cfg = MIN.replace("name = \"m\"", &format!("name = \"m\"\n{kv}"));
             let errs = parse(&cfg).unwrap_err();
@@ -576,9 +643,6 @@ mod tests {
                 "{kv}: {errs:?}"
             );
         }
-        let cfg = MIN.replace("8000\" }", "8000\", max_inflight = 4 }");
-        let errs = parse(&cfg).unwrap_err();
-        assert!(errs[0].contains("max_inflight") && errs[0].contains("not supported yet"));
     }
 
     #[test]
@@ -639,11 +703,9 @@ mod tests {
     #[test]
     fn weights_need_a_weighted_balancer() {
         let cfg = MIN.replace("8000\" }", "8000\", weight = 3 }");
+        let cfg = cfg.replace("name = \"m\"", "name = \"m\"\nbalancer = \"round_robin\"");
         assert!(parse(&cfg).unwrap_err()[0].contains("weighted_round_robin"));
-        let cfg = cfg.replace(
-            "name = \"m\"",
-            "name = \"m\"\nbalancer = \"weighted_round_robin\"",
-        );
+        let cfg = cfg.replace("\"round_robin\"", "\"weighted_round_robin\"");
         assert_eq!(
             parse(&cfg).unwrap().models[0].versions[0].replicas[0].weight,
             3

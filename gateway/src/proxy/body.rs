@@ -6,16 +6,19 @@
 use std::future::Future;
 use std::pin::Pin;
 use std::task::{ready, Context, Poll};
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use pin_project_lite::pin_project;
-use tokio::time::Sleep;
+use tokio::time::{Instant, Sleep};
 
 use crate::balance::endpoint::Sender;
 use crate::balance::InflightGuard;
+use crate::config::Config;
+use crate::state::Route;
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -31,13 +34,24 @@ impl std::fmt::Display for IdleChunkTimeout {
 
 impl std::error::Error for IdleChunkTimeout {}
 
+/// What the pass-through body needs to know to account for the request when it ends.
+pub struct BodyCtx {
+    pub idle_timeout: Duration,
+    /// A stream's latency sample is its time to first chunk; a non-stream's, its full time.
+    pub stream: bool,
+    pub sent_at: Instant,
+    pub route: Arc<Route>,
+    pub config: Arc<Config>,
+}
+
 pin_project! {
     pub struct UpstreamBody {
         #[pin]
         inner: Incoming,
         #[pin]
         idle: Sleep,
-        idle_timeout: Duration,
+        ctx: BodyCtx,
+        first_seen: bool,
         // The connection and the replica it belongs to; given back on a clean end.
         conn: Option<Sender>,
         guard: Option<InflightGuard>,
@@ -47,16 +61,12 @@ pin_project! {
 }
 
 impl UpstreamBody {
-    pub fn new(
-        inner: Incoming,
-        conn: Sender,
-        guard: InflightGuard,
-        idle_timeout: Duration,
-    ) -> Self {
+    pub fn new(inner: Incoming, conn: Sender, guard: InflightGuard, ctx: BodyCtx) -> Self {
         Self {
             inner,
-            idle: tokio::time::sleep(idle_timeout),
-            idle_timeout,
+            idle: tokio::time::sleep(ctx.idle_timeout),
+            ctx,
+            first_seen: false,
             conn: Some(conn),
             guard: Some(guard),
             deferred: None,
@@ -65,11 +75,28 @@ impl UpstreamBody {
 }
 
 /// Returns the connection to its replica's pool and releases the in-flight count.
-fn finish(conn: &mut Option<Sender>, guard: &mut Option<InflightGuard>) {
-    if let (Some(c), Some(g)) = (conn.take(), guard.as_ref()) {
-        g.endpoint().checkin(c);
+fn finish(conn: &mut Option<Sender>, guard: &mut Option<InflightGuard>, ctx: &BodyCtx) {
+    if let Some(g) = guard.as_ref() {
+        if !ctx.stream {
+            g.endpoint()
+                .observe_latency(ctx.sent_at.elapsed(), ctx.config.upstream.ewma_decay);
+        }
+        if let Some(c) = conn.take() {
+            g.endpoint().checkin(c);
+        }
     }
     guard.take();
+}
+
+/// The replica broke the body (reset, or silent past the idle limit): a passive failure.
+fn broken(conn: &mut Option<Sender>, guard: &mut Option<InflightGuard>, ctx: &BodyCtx, why: &str) {
+    conn.take();
+    if let Some(g) = guard.take() {
+        let health = &ctx.config.health;
+        g.endpoint().record_failure(health, why, || {
+            ctx.route.may_eject_one_more(health.max_ejection_percent)
+        });
+    }
 }
 
 impl Body for UpstreamBody {
@@ -86,11 +113,22 @@ impl Body for UpstreamBody {
         }
         match this.inner.as_mut().poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => {
-                let deadline = tokio::time::Instant::now() + *this.idle_timeout;
-                this.idle.reset(deadline);
+                let now = Instant::now();
+                this.idle.reset(now + this.ctx.idle_timeout);
+                if !*this.first_seen && frame.is_data() {
+                    *this.first_seen = true;
+                    if this.ctx.stream {
+                        if let Some(g) = this.guard.as_ref() {
+                            g.endpoint().observe_latency(
+                                now - this.ctx.sent_at,
+                                this.ctx.config.upstream.ewma_decay,
+                            );
+                        }
+                    }
+                }
                 // hyper stops polling once `is_end_stream` says so: finish here, not on `None`.
                 if this.inner.is_end_stream() {
-                    finish(this.conn, this.guard);
+                    finish(this.conn, this.guard, this.ctx);
                 }
                 Poll::Ready(Some(Ok(frame)))
             }
@@ -98,20 +136,18 @@ impl Body for UpstreamBody {
                 // Cut short by the replica: pass the break on, never paper over it. But first
                 // let hyper flush what it buffered: an error returned right away makes it drop
                 // the connection with the replica's last chunks still unsent.
-                this.conn.take();
-                this.guard.take();
+                broken(this.conn, this.guard, this.ctx, "response body broken");
                 *this.deferred = Some(e.into());
                 cx.waker().wake_by_ref();
                 Poll::Pending
             }
             Poll::Ready(None) => {
-                finish(this.conn, this.guard);
+                finish(this.conn, this.guard, this.ctx);
                 Poll::Ready(None)
             }
             Poll::Pending => {
                 ready!(this.idle.poll(cx));
-                this.conn.take();
-                this.guard.take();
+                broken(this.conn, this.guard, this.ctx, "silent past idle_chunk_timeout");
                 Poll::Ready(Some(Err(Box::new(IdleChunkTimeout))))
             }
         }

@@ -11,12 +11,16 @@ use http::{Method, Request, Response, StatusCode, Uri};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 
-use super::body::{ResponseBody, UpstreamBody};
+use std::sync::Arc;
+
+use tokio::time::Instant;
+
+use super::body::{BodyCtx, ResponseBody, UpstreamBody};
 use super::canary::VersionChoice;
 use super::headers::strip_hop_by_hop;
 use crate::balance::endpoint::Sender;
-use crate::balance::InflightGuard;
-use crate::config::UpstreamConfig;
+use crate::balance::{AcquireError, Endpoint, InflightGuard};
+use crate::config::{Config, UpstreamConfig};
 use crate::error::{error_body, GatewayError};
 use crate::state::Route;
 
@@ -49,72 +53,103 @@ pub struct Failed {
 }
 
 enum Attempt {
-    /// Nothing reached the replica or it refused the request: try another.
-    Retry,
+    /// Nothing reached the replica or it broke before answering: try another.
+    Retry(String),
     Done(Response<Incoming>, Sender),
 }
 
 pub async fn forward(
-    cfg: &UpstreamConfig,
-    route: &Route,
+    config: &Arc<Config>,
+    route: &Arc<Route>,
     choice: VersionChoice,
     out: Outbound,
+    stream: bool,
 ) -> Result<Forwarded, Failed> {
+    let unavailable = |retries| Failed {
+        error: GatewayError::UpstreamUnavailable {
+            model: route.model.clone(),
+        },
+        retries,
+    };
     let Some(pool) = route.versions.get(choice.index) else {
-        return Err(Failed {
-            error: GatewayError::UpstreamUnavailable {
-                model: route.model.clone(),
-            },
-            retries: 0,
+        return Err(unavailable(0));
+    };
+    let cfg = &config.upstream;
+    let health = &config.health;
+    let fail = |ep: &Endpoint, why: &str| {
+        ep.record_failure(health, why, || {
+            route.may_eject_one_more(health.max_ejection_percent)
         });
     };
     let mut tried: Vec<usize> = Vec::with_capacity(cfg.retries as usize + 1);
-    let mut held: Option<(Response<Incoming>, Sender, InflightGuard)> = None;
+    let mut held: Option<(Response<Incoming>, Sender, InflightGuard, Instant)> = None;
     for attempt in 0..=cfg.retries {
-        let Some(i) = pool.pick(&tried) else { break };
-        tried.push(i);
-        let endpoint = &pool.endpoints[i];
-        let guard = InflightGuard::new(endpoint.clone());
-        let result = attempt_once(cfg, endpoint, &out).await;
-        let (resp, sender) = match result {
-            Err(error) => {
+        let (i, guard) = match pool.acquire(&tried).await {
+            Ok(x) => x,
+            Err(AcquireError::NoReplica) => break,
+            Err(AcquireError::QueueFull) => {
                 return Err(Failed {
-                    error: with_model(error, &route.model),
+                    error: GatewayError::QueueFull {
+                        model: route.model.clone(),
+                    },
                     retries: attempt,
                 })
             }
-            Ok(Attempt::Retry) => continue,
+            Err(AcquireError::QueueTimeout) => {
+                return Err(Failed {
+                    error: GatewayError::QueueTimeout {
+                        model: route.model.clone(),
+                    },
+                    retries: attempt,
+                })
+            }
+        };
+        tried.push(i);
+        let endpoint = guard.endpoint().clone();
+        let sent_at = Instant::now();
+        let (resp, sender) = match attempt_once(cfg, &endpoint, &out).await {
+            Err(Timeout) => {
+                fail(&endpoint, "no response head within response_head_timeout");
+                return Err(Failed {
+                    error: GatewayError::UpstreamTimeout {
+                        model: route.model.clone(),
+                    },
+                    retries: attempt,
+                });
+            }
+            Ok(Attempt::Retry(why)) => {
+                fail(&endpoint, &why);
+                continue;
+            }
             Ok(Attempt::Done(resp, sender)) => (resp, sender),
         };
+        let status = resp.status();
+        if status.is_server_error() {
+            fail(&endpoint, &format!("answered {status}"));
+        }
         let refused = matches!(
-            resp.status(),
+            status,
             StatusCode::BAD_GATEWAY | StatusCode::SERVICE_UNAVAILABLE
         );
-        held = Some((resp, sender, guard));
+        held = Some((resp, sender, guard, sent_at));
         if refused && attempt < cfg.retries {
             continue;
         }
         break;
     }
     let retries = (tried.len() as u32).saturating_sub(1);
-    let Some((resp, sender, guard)) = held else {
-        return Err(Failed {
-            error: GatewayError::UpstreamUnavailable {
-                model: route.model.clone(),
-            },
-            retries,
-        });
+    let Some((resp, sender, guard, sent_at)) = held else {
+        return Err(unavailable(retries));
     };
     let replica = guard.endpoint().host_header.clone();
-    let response = respond(
-        cfg,
-        resp,
-        sender,
-        guard,
-        &out.request_id,
-        &pool.version_header,
-    )
-    .await;
+    let ctx = BodyCtx {
+        idle_timeout: cfg.idle_chunk_timeout,
+        stream,
+        sent_at,
+        route: route.clone(),
+        config: config.clone(),
+    };
+    let response = respond(ctx, resp, sender, guard, &out.request_id, &pool.version_header).await;
     Ok(Forwarded {
         response,
         replica,
@@ -122,20 +157,14 @@ pub async fn forward(
     })
 }
 
-fn with_model(e: GatewayError, model: &str) -> GatewayError {
-    match e {
-        GatewayError::UpstreamTimeout { .. } => GatewayError::UpstreamTimeout {
-            model: model.to_owned(),
-        },
-        other => other,
-    }
-}
+/// The replica kept the request past `response_head_timeout`.
+struct Timeout;
 
 async fn attempt_once(
     cfg: &UpstreamConfig,
-    endpoint: &crate::balance::Endpoint,
+    endpoint: &Endpoint,
     out: &Outbound,
-) -> Result<Attempt, GatewayError> {
+) -> Result<Attempt, Timeout> {
     let mut sender = match endpoint
         .checkout(cfg.connect_timeout, cfg.pool_idle_timeout)
         .await
@@ -143,7 +172,7 @@ async fn attempt_once(
         Ok(s) => s,
         Err(e) => {
             tracing::warn!(replica = %endpoint.authority, error = %e, "replica unreachable");
-            return Ok(Attempt::Retry);
+            return Ok(Attempt::Retry(e.to_string()));
         }
     };
     let mut req = Request::new(Full::new(out.body.clone()));
@@ -156,19 +185,17 @@ async fn attempt_once(
     *req.headers_mut() = headers;
     match tokio::time::timeout(cfg.response_head_timeout, sender.send_request(req)).await {
         // The replica has the request and may be working on it: not safe to send it again.
-        Err(_) => Err(GatewayError::UpstreamTimeout {
-            model: String::new(),
-        }),
+        Err(_) => Err(Timeout),
         Ok(Err(e)) => {
             tracing::warn!(replica = %endpoint.authority, error = %e, "replica failed before response head");
-            Ok(Attempt::Retry)
+            Ok(Attempt::Retry(format!("failed before response head: {e}")))
         }
         Ok(Ok(resp)) => Ok(Attempt::Done(resp, sender)),
     }
 }
 
 async fn respond(
-    cfg: &UpstreamConfig,
+    ctx: BodyCtx,
     resp: Response<Incoming>,
     sender: Sender,
     guard: InflightGuard,
@@ -179,7 +206,8 @@ async fn respond(
     let (mut parts, incoming) = resp.into_parts();
     strip_hop_by_hop(&mut parts.headers);
     let body = if parts.status.as_u16() >= 400 {
-        let (bytes, replaced) = openai_error_body(cfg, parts.status, incoming, sender, guard).await;
+        let (bytes, replaced) =
+            openai_error_body(ctx.idle_timeout, parts.status, incoming, sender, guard).await;
         if replaced {
             parts.headers.remove(header::CONTENT_ENCODING);
             parts.headers.insert(
@@ -190,12 +218,7 @@ async fn respond(
         parts.headers.remove(header::CONTENT_LENGTH);
         ResponseBody::full(bytes)
     } else {
-        ResponseBody::upstream(UpstreamBody::new(
-            incoming,
-            sender,
-            guard,
-            cfg.idle_chunk_timeout,
-        ))
+        ResponseBody::upstream(UpstreamBody::new(incoming, sender, guard, ctx))
     };
     let h = &mut parts.headers;
     h.insert(REQUEST_ID, request_id.clone());
@@ -208,7 +231,7 @@ async fn respond(
 /// (vLLM's `{"object":"error","message":..}`, FastAPI's `{"detail":..}`, a plain-text 500).
 /// Returns the body and whether it was replaced.
 async fn openai_error_body(
-    cfg: &UpstreamConfig,
+    idle_timeout: std::time::Duration,
     status: StatusCode,
     mut incoming: Incoming,
     sender: Sender,
@@ -216,7 +239,7 @@ async fn openai_error_body(
 ) -> (Bytes, bool) {
     let mut buf = BytesMut::new();
     let mut complete = false;
-    let deadline = tokio::time::Instant::now() + cfg.idle_chunk_timeout;
+    let deadline = tokio::time::Instant::now() + idle_timeout;
     while buf.len() <= MAX_ERROR_BODY {
         match tokio::time::timeout_at(deadline, incoming.frame()).await {
             Ok(Some(Ok(f))) => {

@@ -202,7 +202,7 @@ async fn serve(
         body: body.clone(),
         request_id: request_id.clone(),
     };
-    match forward::forward(&snapshot.config.upstream, &route, choice, out).await {
+    match forward::forward(&snapshot.config, &route, choice, out, peek.stream).await {
         Ok(Forwarded {
             response,
             replica,
