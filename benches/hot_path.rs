@@ -7,8 +7,10 @@ use std::hint::black_box;
 use std::sync::Arc;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use gateway::balance::{Balancer, Endpoint, RoundRobin, SmoothWeighted};
-use gateway::config::ReplicaConfig;
+use std::time::Duration;
+
+use gateway::balance::{EndpointRegistry, Pool};
+use gateway::config::{BalancerKind, QueueConfig, ReplicaConfig, VersionConfig};
 use gateway::framing::FramingScanner;
 use gateway::proxy::read::peek;
 
@@ -79,39 +81,62 @@ fn framing_scan(c: &mut Criterion) {
     g.finish();
 }
 
-fn endpoints(n: usize) -> Vec<Arc<Endpoint>> {
-    (0..n)
+fn pool(kind: BalancerKind, n: usize) -> Pool {
+    let registry = EndpointRegistry::default();
+    let replicas = (0..n)
         .map(|i| {
-            let authority: http::uri::Authority = format!("10.0.0.{}:8000", i % 250)
+            let authority: http::uri::Authority = format!("10.0.{}.{}:8000", i / 250, i % 250)
                 .parse()
                 .unwrap_or_else(|_| http::uri::Authority::from_static("127.0.0.1:1"));
-            Arc::new(Endpoint::new(&ReplicaConfig {
-                key: format!("http://{authority}/{i}"),
+            ReplicaConfig {
+                key: format!("http://{authority}"),
                 authority,
                 weight: 1 + (i % 3) as u32,
-            }))
+                max_inflight: 0,
+            }
         })
-        .collect()
+        .collect();
+    let v = VersionConfig {
+        name: "v".into(),
+        replicas,
+    };
+    let queue = QueueConfig {
+        max_size: 0,
+        timeout: Duration::from_secs(1),
+    };
+    let p = Pool::new(
+        &v,
+        kind,
+        queue,
+        Duration::from_secs(10),
+        &registry,
+        Arc::default(),
+    );
+    // Realistic state: some load and some latency history on every replica.
+    for (i, ep) in p.endpoints.iter().enumerate() {
+        ep.observe_latency(
+            Duration::from_millis(20 + (i % 7) as u64),
+            Duration::from_secs(10),
+        );
+        for _ in 0..(i % 4) {
+            std::mem::forget(ep.try_acquire());
+        }
+    }
+    p
 }
 
-/// One pick per request, against an atomic increment (the least a shared rotation costs).
+/// One pick per request, through the whole eligibility check (drained, health, ejection,
+/// capacity) and the in-flight slot, against an atomic increment (the least a shared rotation
+/// can cost).
 fn balancer_pick(c: &mut Criterion) {
     let mut g = c.benchmark_group("balancer_pick");
     for n in [8usize, 64] {
-        let eps = endpoints(n);
-        let rr = RoundRobin::default();
-        g.bench_function(BenchmarkId::new("round_robin", n), |b| {
-            b.iter(|| rr.pick(black_box(&eps), &[]))
-        });
-        let w = SmoothWeighted::new(
-            eps.iter()
-                .enumerate()
-                .map(|(i, _)| 1 + (i % 3) as u32)
-                .collect(),
-        );
-        g.bench_function(BenchmarkId::new("weighted_round_robin", n), |b| {
-            b.iter(|| w.pick(black_box(&eps), &[]))
-        });
+        for kind in BalancerKind::ALL {
+            let p = pool(kind, n);
+            g.bench_function(BenchmarkId::new(kind.as_str(), n), |b| {
+                b.iter(|| p.try_acquire(black_box(&[])).map(|(i, _guard)| i).ok())
+            });
+        }
         let counter = std::sync::atomic::AtomicUsize::new(0);
         g.bench_function(BenchmarkId::new("baseline_atomic_increment", n), |b| {
             b.iter(|| counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % black_box(n))

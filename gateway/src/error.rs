@@ -224,7 +224,9 @@ mod tests {
             GatewayError::QueueFull { model: "m".into() },
             GatewayError::QueueTimeout { model: "m".into() },
         ];
-        let expected = [400, 400, 404, 413, 405, 404, 431, 408, 400, 502, 504, 503, 503];
+        let expected = [
+            400, 400, 404, 413, 405, 404, 431, 408, 400, 502, 504, 503, 503,
+        ];
         for (e, want) in all.into_iter().zip(expected) {
             assert_eq!(e.status().as_u16(), want, "{e:?}");
             let body = error_body(&e.message(), e.error_type(), Some(e.code()));

@@ -123,7 +123,11 @@ impl AppState {
         let pools: std::collections::HashSet<String> = next
             .routes
             .values()
-            .flat_map(|r| r.versions.iter().map(move |p| format!("{}/{}", r.model, p.version)))
+            .flat_map(|r| {
+                r.versions
+                    .iter()
+                    .map(move |p| format!("{}/{}", r.model, p.version))
+            })
             .collect();
         self.snapshot.store(Arc::new(next));
         self.endpoints.retain(&|k| keys.contains(k));

@@ -165,7 +165,12 @@ async fn request_id_is_propagated_or_generated_and_hop_by_hop_headers_dropped() 
 async fn round_robin_spreads_requests_over_replicas() {
     let a = mock(fast()).await;
     let b = mock(fast()).await;
-    let gw = TestGateway::start(&config(&[a.url(), b.url()], "")).await;
+    let gw = TestGateway::start(&config_model(
+        &[a.url(), b.url()],
+        "",
+        "balancer = \"round_robin\"",
+    ))
+    .await;
     for _ in 0..10 {
         assert_eq!(
             post_json(gw.addr, "/v1/chat/completions", chat(false))
@@ -182,7 +187,7 @@ async fn round_robin_spreads_requests_over_replicas() {
 #[tokio::test]
 async fn upstream_connections_are_reused() {
     let m = mock(fast()).await;
-    let gw = TestGateway::start(&config(&[m.url()], "")).await;
+    let gw = TestGateway::start(&config(&[m.url()], NO_PROBES)).await;
     for _ in 0..20 {
         assert_eq!(
             post_json(gw.addr, "/v1/chat/completions", chat(false))
@@ -215,7 +220,7 @@ async fn idle_upstream_connections_are_not_reused_past_pool_idle_timeout() {
     let m = mock(fast()).await;
     let gw = TestGateway::start(&config(
         &[m.url()],
-        "[upstream]\npool_idle_timeout = \"100ms\"\n",
+        &format!("{NO_PROBES}[upstream]\npool_idle_timeout = \"100ms\"\n"),
     ))
     .await;
     assert_eq!(

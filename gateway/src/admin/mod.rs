@@ -40,8 +40,8 @@ pub fn handle(app: &AppState, req: Request<Incoming>) -> Response<ResponseBody> 
             }
         }
         (_, p) if p.starts_with("/admin/") => {
-            if let Err(resp) = authorize(app, &req) {
-                return resp;
+            if let Some(denied) = authorize(app, &req) {
+                return denied;
             }
             admin_api(app, &method, p)
         }
@@ -130,12 +130,13 @@ fn replica_json(app: &AppState, ep: &Endpoint) -> serde_json::Value {
     })
 }
 
-/// Checks `Authorization: Bearer <token>` against the env var, in constant time.
-fn authorize(app: &AppState, req: &Request<Incoming>) -> Result<(), Response<ResponseBody>> {
+/// Checks `Authorization: Bearer <token>` against the env var, in constant time; returns the
+/// refusal, if any.
+fn authorize(app: &AppState, req: &Request<Incoming>) -> Option<Response<ResponseBody>> {
     let var = &app.snapshot().config.server.admin_token_env;
     let expected = std::env::var(var).unwrap_or_default();
     if expected.is_empty() {
-        return Err(error_response(
+        return Some(error_response(
             StatusCode::FORBIDDEN,
             &format!("The admin API is disabled: set the environment variable {var}."),
             "permission_error",
@@ -149,7 +150,7 @@ fn authorize(app: &AppState, req: &Request<Incoming>) -> Result<(), Response<Res
         .and_then(|v| v.strip_prefix("Bearer "))
         .unwrap_or("");
     if constant_time_eq(given.as_bytes(), expected.as_bytes()) {
-        return Ok(());
+        return None;
     }
     let mut r = error_response(
         StatusCode::UNAUTHORIZED,
@@ -159,7 +160,7 @@ fn authorize(app: &AppState, req: &Request<Incoming>) -> Result<(), Response<Res
     );
     r.headers_mut()
         .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
-    Err(r)
+    Some(r)
 }
 
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {

@@ -304,7 +304,11 @@ impl Endpoint {
         let window = cfg.fail_timeout.as_nanos() as u64;
         let mut ej = self.ejection.lock().unwrap_or_else(|p| p.into_inner());
         ej.fails.push_back(now);
-        while ej.fails.front().is_some_and(|&t| now.saturating_sub(t) > window) {
+        while ej
+            .fails
+            .front()
+            .is_some_and(|&t| now.saturating_sub(t) > window)
+        {
             ej.fails.pop_front();
         }
         if ej.fails.len() < cfg.max_fails as usize || !may_eject() {
@@ -509,7 +513,9 @@ pub(crate) mod tests {
     }
 
     pub(crate) fn endpoints(n: usize) -> Vec<Arc<Endpoint>> {
-        (0..n).map(|i| Arc::new(Endpoint::new(&replica(i, 0)))).collect()
+        (0..n)
+            .map(|i| Arc::new(Endpoint::new(&replica(i, 0))))
+            .collect()
     }
 
     pub(crate) fn health() -> HealthConfig {
@@ -556,7 +562,10 @@ pub(crate) mod tests {
         ep.observe_latency(Duration::from_millis(10), decay);
         assert_eq!(ep.ewma_ns(now_ns(), decay).round(), 10_000_000.0);
         ep.observe_latency(Duration::from_millis(50), decay);
-        assert!((ep.ewma_ns(now_ns(), decay) - 50e6).abs() < 1e3, "peak taken at once");
+        assert!(
+            (ep.ewma_ns(now_ns(), decay) - 50e6).abs() < 1e3,
+            "peak taken at once"
+        );
         tokio::time::advance(Duration::from_secs(10)).await;
         let faded = ep.ewma_ns(now_ns(), decay);
         assert!((faded - 50e6 / std::f64::consts::E).abs() < 1e5, "{faded}");
@@ -588,7 +597,11 @@ pub(crate) mod tests {
         for _ in 0..3 {
             ep.record_failure(&cfg, "x", || true);
         }
-        assert_eq!(ep.ejected_for(now_ns()), Some(Duration::from_secs(25)), "capped");
+        assert_eq!(
+            ep.ejected_for(now_ns()),
+            Some(Duration::from_secs(25)),
+            "capped"
+        );
         assert_eq!(ep.ejections_total(), 3);
         ep.clear_ejection();
         assert!(ep.is_routable(now_ns()));

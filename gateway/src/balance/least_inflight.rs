@@ -11,7 +11,7 @@ impl Balancer for LeastInflight {
     fn pick(&self, ctx: &PickCtx<'_>) -> Option<usize> {
         let mut best: Option<(usize, u64, u64)> = None; // (index, inflight, weight)
         let mut ties = 0u32;
-        for i in (0..ctx.endpoints.len()).filter(|&i| (ctx.eligible)(i)) {
+        for i in (0..ctx.endpoints.len()).filter(|&i| ctx.eligible(i)) {
             let load = ctx.endpoints[i].inflight() as u64;
             let w = u64::from(ctx.weight(i));
             match best {

@@ -31,8 +31,11 @@ use crate::config::{BalancerKind, QueueConfig, VersionConfig};
 pub struct PickCtx<'a> {
     pub endpoints: &'a [Arc<Endpoint>],
     pub weights: &'a [u32],
-    /// Whether replica `i` may be picked.
-    pub eligible: &'a dyn Fn(usize) -> bool,
+    /// Replicas already tried for this request, or found full a moment ago.
+    pub tried: &'a [usize],
+    pub raced: &'a [usize],
+    /// No replica is routable: ignore health (panic mode).
+    pub panic: bool,
     pub now: u64,
     pub decay: Duration,
 }
@@ -40,6 +43,18 @@ pub struct PickCtx<'a> {
 impl PickCtx<'_> {
     pub fn weight(&self, i: usize) -> u32 {
         self.weights.get(i).copied().unwrap_or(1).max(1)
+    }
+
+    /// Whether replica `i` may be picked. A plain method (not a closure object) so that the
+    /// balancers' loops inline it.
+    #[inline]
+    pub fn eligible(&self, i: usize) -> bool {
+        let ep = &self.endpoints[i];
+        !ep.is_drained()
+            && ep.has_capacity()
+            && (self.panic || ep.is_routable(self.now))
+            && !self.tried.contains(&i)
+            && !self.raced.contains(&i)
     }
 }
 
@@ -97,7 +112,11 @@ impl Pool {
         registry: &EndpointRegistry,
         queue: Arc<PoolQueue>,
     ) -> Self {
-        let endpoints: Vec<_> = v.replicas.iter().map(|r| registry.get_or_insert(r)).collect();
+        let endpoints: Vec<_> = v
+            .replicas
+            .iter()
+            .map(|r| registry.get_or_insert(r))
+            .collect();
         for ep in &endpoints {
             ep.subscribe_queue(&queue);
         }
@@ -124,22 +143,21 @@ impl Pool {
         let now = now_ns();
         let eps = &self.endpoints;
         let n = eps.len();
-        let open = |i: usize| !tried.contains(&i) && !eps[i].is_drained();
+        let open = |i: usize| !eps[i].is_drained() && !tried.contains(&i);
         // Panic mode: when health rules out every replica, use them all rather than fail
         // every request; health checks can be wrong, an empty pool is always wrong.
-        let panic = !(0..n).any(|i| open(i) && eps[i].is_routable(now));
+        let panic = !(0..n).any(|i| eps[i].is_routable(now) && open(i));
         if panic && (0..n).any(open) {
             self.log_panic(now);
         }
-        let candidate = |i: usize| open(i) && (panic || eps[i].is_routable(now));
         let mut raced: Vec<usize> = Vec::new();
         loop {
-            let eligible =
-                |i: usize| candidate(i) && eps[i].has_capacity() && !raced.contains(&i);
             let ctx = PickCtx {
                 endpoints: eps,
                 weights: &self.weights,
-                eligible: &eligible,
+                tried,
+                raced: &raced,
+                panic,
                 now,
                 decay: self.decay,
             };
@@ -152,7 +170,7 @@ impl Pool {
                 None => raced.push(i),
             }
         }
-        if (0..n).any(candidate) {
+        if (0..n).any(|i| open(i) && (panic || eps[i].is_routable(now))) {
             Err(Unavailable::Full)
         } else {
             Err(Unavailable::NoReplica)
@@ -212,9 +230,7 @@ pub struct QueueRegistry {
 impl QueueRegistry {
     pub fn get_or_insert(&self, model: &str, version: &str) -> Arc<PoolQueue> {
         let mut m = self.map.lock().unwrap_or_else(|p| p.into_inner());
-        m.entry(format!("{model}/{version}"))
-            .or_default()
-            .clone()
+        m.entry(format!("{model}/{version}")).or_default().clone()
     }
 
     pub fn retain(&self, keep: &dyn Fn(&str) -> bool) {
@@ -259,7 +275,10 @@ mod tests {
 
     #[test]
     fn round_robin_cycles_evenly() {
-        assert_eq!(counts(&pool(BalancerKind::RoundRobin, 3, 0, &[]), 300), [100, 100, 100]);
+        assert_eq!(
+            counts(&pool(BalancerKind::RoundRobin, 3, 0, &[]), 300),
+            [100, 100, 100]
+        );
     }
 
     #[test]
@@ -352,7 +371,10 @@ mod tests {
             let (b, _gb) = p.try_acquire(&[a]).unwrap();
             let (c, _gc) = p.try_acquire(&[a, b]).unwrap();
             assert!(a != b && b != c && a != c, "{kind:?}");
-            assert_eq!(p.try_acquire(&[a, b, c]).unwrap_err(), Unavailable::NoReplica);
+            assert_eq!(
+                p.try_acquire(&[a, b, c]).unwrap_err(),
+                Unavailable::NoReplica
+            );
         }
     }
 
@@ -392,7 +414,10 @@ mod tests {
     async fn a_queued_request_times_out() {
         let p = pool(BalancerKind::P2cEwma, 1, 1, &[]);
         let (_, _held) = p.try_acquire(&[]).unwrap();
-        assert_eq!(p.acquire(&[]).await.unwrap_err(), AcquireError::QueueTimeout);
+        assert_eq!(
+            p.acquire(&[]).await.unwrap_err(),
+            AcquireError::QueueTimeout
+        );
         assert!(p.queue.is_empty());
     }
 
@@ -417,15 +442,20 @@ mod tests {
     }
 
     fn state() -> impl Strategy<Value = State> {
-        (any::<bool>(), any::<bool>(), any::<bool>(), any::<bool>(), any::<bool>()).prop_map(
-            |(unhealthy, drained, ejected, full, tried)| State {
+        (
+            any::<bool>(),
+            any::<bool>(),
+            any::<bool>(),
+            any::<bool>(),
+            any::<bool>(),
+        )
+            .prop_map(|(unhealthy, drained, ejected, full, tried)| State {
                 unhealthy,
                 drained,
                 ejected,
                 full,
                 tried,
-            },
-        )
+            })
     }
 
     proptest! {

@@ -18,6 +18,6 @@ impl Balancer for RoundRobin {
         let start = self.next.fetch_add(1, Ordering::Relaxed);
         (0..n)
             .map(|i| start.wrapping_add(i) % n)
-            .find(|&i| (ctx.eligible)(i))
+            .find(|&i| ctx.eligible(i))
     }
 }

@@ -23,7 +23,7 @@ impl Balancer for SmoothWeighted {
         let n = ctx.endpoints.len().min(current.len());
         let mut total = 0;
         let mut best: Option<usize> = None;
-        for i in (0..n).filter(|&i| (ctx.eligible)(i)) {
+        for i in (0..n).filter(|&i| ctx.eligible(i)) {
             let w = i64::from(ctx.weight(i));
             current[i] += w;
             total += w;

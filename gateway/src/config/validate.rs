@@ -251,7 +251,10 @@ pub fn validate(f: &FileConfig) -> Result<Config, Vec<String>> {
             check_model_name(&mut e, &format!("{at}.aliases[{ai}]"), a, &mut names);
         }
         let raw_balancer = m.balancer.as_deref().unwrap_or(defaults::BALANCER);
-        let balancer = match BalancerKind::ALL.into_iter().find(|b| b.as_str() == raw_balancer) {
+        let balancer = match BalancerKind::ALL
+            .into_iter()
+            .find(|b| b.as_str() == raw_balancer)
+        {
             Some(b) => b,
             None => {
                 let other = raw_balancer;
@@ -380,18 +383,29 @@ pub fn validate(f: &FileConfig) -> Result<Config, Vec<String>> {
 }
 
 fn check_health(e: &mut Errors, h: &HealthFile) -> HealthConfig {
-    let path = h.path.clone().unwrap_or_else(|| defaults::HEALTH_PATH.into());
+    let path = h
+        .path
+        .clone()
+        .unwrap_or_else(|| defaults::HEALTH_PATH.into());
     if !path.starts_with('/') || path.parse::<http::uri::PathAndQuery>().is_err() {
-        e.push("health.path", format!("{path:?} must be a path starting with '/'"));
+        e.push(
+            "health.path",
+            format!("{path:?} must be a path starting with '/'"),
+        );
     }
     let interval = e.duration("health.interval", &h.interval, defaults::HEALTH_INTERVAL);
     let timeout = e.duration("health.timeout", &h.timeout, defaults::HEALTH_TIMEOUT);
     if timeout > interval {
         e.push("health.timeout", "must not be longer than health.interval");
     }
-    let pct = h.max_ejection_percent.unwrap_or(defaults::MAX_EJECTION_PERCENT);
+    let pct = h
+        .max_ejection_percent
+        .unwrap_or(defaults::MAX_EJECTION_PERCENT);
     if !(0.0..=100.0).contains(&pct) || pct.is_nan() {
-        e.push("health.max_ejection_percent", format!("{pct} is out of range (0..=100)"));
+        e.push(
+            "health.max_ejection_percent",
+            format!("{pct} is out of range (0..=100)"),
+        );
     }
     HealthConfig {
         active: h.active.unwrap_or(true),
@@ -413,8 +427,18 @@ fn check_health(e: &mut Errors, h: &HealthFile) -> HealthConfig {
             100,
         ) as u32,
         check_model: h.check_model.unwrap_or(false),
-        max_fails: e.range("health.max_fails", h.max_fails, defaults::MAX_FAILS, 0, 1000) as u32,
-        fail_timeout: e.duration("health.fail_timeout", &h.fail_timeout, defaults::FAIL_TIMEOUT),
+        max_fails: e.range(
+            "health.max_fails",
+            h.max_fails,
+            defaults::MAX_FAILS,
+            0,
+            1000,
+        ) as u32,
+        fail_timeout: e.duration(
+            "health.fail_timeout",
+            &h.fail_timeout,
+            defaults::FAIL_TIMEOUT,
+        ),
         max_ejection_percent: pct.clamp(0.0, 100.0),
         max_ejection_time: e.duration(
             "health.max_ejection_time",

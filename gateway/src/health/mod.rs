@@ -102,9 +102,7 @@ pub async fn probe(ep: &Endpoint, cfg: &HealthConfig) -> Result<(), String> {
             let expected = ep.expected_models();
             let served = served_models(&body);
             if !expected.is_empty() && !served.iter().any(|m| expected.contains(m)) {
-                return Err(format!(
-                    "serves {served:?}, expected one of {expected:?}"
-                ));
+                return Err(format!("serves {served:?}, expected one of {expected:?}"));
             }
         }
         Ok(())
@@ -122,7 +120,8 @@ async fn get(
     let mut req = Request::new(Full::new(Bytes::new()));
     *req.method_mut() = Method::GET;
     *req.uri_mut() = path.parse().map_err(|_| format!("bad path {path}"))?;
-    req.headers_mut().insert(header::HOST, ep.host_header.clone());
+    req.headers_mut()
+        .insert(header::HOST, ep.host_header.clone());
     req.headers_mut().insert(
         header::USER_AGENT,
         HeaderValue::from_static("inference-gateway-health"),

@@ -5,8 +5,8 @@
 
 use std::future::Future;
 use std::pin::Pin;
-use std::task::{ready, Context, Poll};
 use std::sync::Arc;
+use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -147,7 +147,12 @@ impl Body for UpstreamBody {
             }
             Poll::Pending => {
                 ready!(this.idle.poll(cx));
-                broken(this.conn, this.guard, this.ctx, "silent past idle_chunk_timeout");
+                broken(
+                    this.conn,
+                    this.guard,
+                    this.ctx,
+                    "silent past idle_chunk_timeout",
+                );
                 Poll::Ready(Some(Err(Box::new(IdleChunkTimeout))))
             }
         }

@@ -149,7 +149,15 @@ pub async fn forward(
         route: route.clone(),
         config: config.clone(),
     };
-    let response = respond(ctx, resp, sender, guard, &out.request_id, &pool.version_header).await;
+    let response = respond(
+        ctx,
+        resp,
+        sender,
+        guard,
+        &out.request_id,
+        &pool.version_header,
+    )
+    .await;
     Ok(Forwarded {
         response,
         replica,

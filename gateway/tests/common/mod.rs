@@ -21,6 +21,7 @@ pub const MODEL: &str = "test-model";
 pub struct TestGateway {
     pub addr: SocketAddr,
     pub admin: SocketAddr,
+    pub state: std::sync::Arc<gateway::state::AppState>,
     stop: CancellationToken,
     task: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
 }
@@ -34,11 +35,13 @@ impl TestGateway {
         let cfg = gateway::config::validate::validate(&file).unwrap();
         let gw = Gateway::bind(cfg).unwrap();
         let (addr, admin) = (gw.addrs.data, gw.addrs.admin);
+        let state = gw.state();
         let stop = CancellationToken::new();
         let task = tokio::spawn(gw.serve(stop.clone()));
         Self {
             addr,
             admin,
+            state,
             stop,
             task: Some(task),
         }
@@ -61,16 +64,29 @@ impl Drop for TestGateway {
 
 /// A config with one model whose single version has these replicas, plus extra TOML on top.
 pub fn config(replicas: &[String], extra: &str) -> String {
+    config_model(replicas, extra, "")
+}
+
+/// Like `config`, with extra keys for the model (e.g. `balancer = "round_robin"`).
+pub fn config_model(replicas: &[String], extra: &str, model_keys: &str) -> String {
     let list: Vec<String> = replicas
         .iter()
         .map(|u| format!("{{ url = \"{u}\" }}"))
         .collect();
+    config_replicas(&list, extra, model_keys)
+}
+
+/// Like `config_model`, with each replica's inline table given in full.
+pub fn config_replicas(replicas: &[String], extra: &str, model_keys: &str) -> String {
     format!(
-        "{extra}\n[[models]]\nname = \"{MODEL}\"\naliases = [\"alias\"]\n\
+        "{extra}\n[[models]]\nname = \"{MODEL}\"\naliases = [\"alias\"]\n{model_keys}\n\
          [[models.versions]]\nname = \"1.0.0\"\nreplicas = [{}]\n",
-        list.join(", ")
+        replicas.join(", ")
     )
 }
+
+/// Extra TOML that turns active health probes off (for tests that count connections).
+pub const NO_PROBES: &str = "[health]\nactive = false\n";
 
 pub async fn mock(cfg: MockConfig) -> MockReplica {
     MockReplica::start(
@@ -238,4 +254,27 @@ pub fn parse_raw(resp: &str) -> (u16, String) {
         .map(|(_, b)| b.to_owned())
         .unwrap_or_default();
     (status, body)
+}
+
+/// Calls the admin API with a bearer token.
+pub async fn admin(gw: &TestGateway, method: &str, path: &str, token: &str) -> Reply {
+    let auth = format!("Bearer {token}");
+    request(gw.admin, method, path, &[("authorization", &auth)], "").await
+}
+
+/// The live endpoint of a replica URL.
+pub fn endpoint(gw: &TestGateway, url: &str) -> std::sync::Arc<gateway::balance::Endpoint> {
+    gw.state.endpoints.find(url).expect("no such replica")
+}
+
+/// Polls `cond` every 10 ms until it holds or `within` passes.
+pub async fn eventually(within: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let deadline = tokio::time::Instant::now() + within;
+    while tokio::time::Instant::now() < deadline {
+        if cond() {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    cond()
 }
