@@ -120,9 +120,10 @@ async fn a_replica_that_never_answers_is_a_504_and_is_not_retried() {
     })
     .await;
     let other = mock(fast()).await;
-    let gw = TestGateway::start(&config(
+    let gw = TestGateway::start(&config_model(
         &[hung.url(), other.url()],
         "[upstream]\nresponse_head_timeout = \"300ms\"\n",
+        "balancer = \"round_robin\"",
     ))
     .await;
     // Round robin starts at the first replica.
