@@ -56,14 +56,7 @@ async fn least_inflight_spreads_30_long_streams_10_per_replica() {
     let gw = TestGateway::start(&config_model(&urls, "", "balancer = \"least_inflight\"")).await;
     let mut open = Vec::new();
     for _ in 0..30 {
-        let resp = send(
-            gw.addr,
-            "POST",
-            "/v1/chat/completions",
-            &[],
-            chat(true).to_string(),
-        )
-        .await;
+        let resp = open_stream(gw.addr).await;
         assert_eq!(resp.status(), 200);
         open.push(resp);
     }
@@ -260,8 +253,8 @@ async fn every_replica_unhealthy_means_panic_mode_not_failure() {
     assert_eq!(r.status, 503);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn full_replicas_queue_fifo_and_a_full_queue_sheds_in_under_10ms() {
+/// One replica with a single slot (its streams are long), and the given queue settings.
+async fn one_slot_gateway(queue: &str) -> (MockReplica, TestGateway) {
     let m = mock(MockConfig {
         tokens: 1000,
         inter_token: Duration::from_millis(10),
@@ -271,18 +264,17 @@ async fn full_replicas_queue_fifo_and_a_full_queue_sheds_in_under_10ms() {
     let gw = TestGateway::start(&config_replicas(
         &[format!("{{ url = \"{}\", max_inflight = 1 }}", m.url())],
         NO_PROBES,
-        "queue = { max_size = 2, timeout = \"10s\" }",
+        &format!("queue = {{ {queue} }}"),
     ))
     .await;
+    (m, gw)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn full_replicas_queue_fifo_and_a_full_queue_sheds_in_under_10ms() {
+    let (m, gw) = one_slot_gateway("max_size = 2, timeout = \"10s\"").await;
     // Occupy the only slot with a long stream.
-    let held = send(
-        gw.addr,
-        "POST",
-        "/v1/chat/completions",
-        &[],
-        chat(true).to_string(),
-    )
-    .await;
+    let held = open_stream(gw.addr).await;
     assert_eq!(held.status(), 200);
     // Two short requests queue, in this order.
     let mut queued = Vec::new();
@@ -327,26 +319,8 @@ async fn full_replicas_queue_fifo_and_a_full_queue_sheds_in_under_10ms() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_queued_request_times_out_with_503() {
-    let m = mock(MockConfig {
-        tokens: 1000,
-        inter_token: Duration::from_millis(10),
-        ..fast()
-    })
-    .await;
-    let gw = TestGateway::start(&config_replicas(
-        &[format!("{{ url = \"{}\", max_inflight = 1 }}", m.url())],
-        NO_PROBES,
-        "queue = { max_size = 4, timeout = \"200ms\" }",
-    ))
-    .await;
-    let _held = send(
-        gw.addr,
-        "POST",
-        "/v1/chat/completions",
-        &[],
-        chat(true).to_string(),
-    )
-    .await;
+    let (_m, gw) = one_slot_gateway("max_size = 4, timeout = \"200ms\"").await;
+    let _held = open_stream(gw.addr).await;
     let started = Instant::now();
     let r = post_json(gw.addr, "/v1/chat/completions", chat(false)).await;
     assert_eq!(r.status, 503);
@@ -371,14 +345,7 @@ async fn a_drained_replica_gets_nothing_new_and_its_streams_finish() {
         &format!("[server]\nadmin_token_env = \"{TOKEN_ENV}\"\n"),
     ))
     .await;
-    let stream = send(
-        gw.addr,
-        "POST",
-        "/v1/chat/completions",
-        &[],
-        chat(true).to_string(),
-    )
-    .await;
+    let stream = open_stream(gw.addr).await;
     let id = stream.headers()["x-gateway-replica"]
         .to_str()
         .unwrap()

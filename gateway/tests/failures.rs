@@ -46,14 +46,7 @@ async fn a_stream_reset_after_five_tokens_reaches_the_client_cut_and_is_not_retr
     let a = mock(cfg.clone()).await;
     let b = mock(cfg).await;
     let gw = TestGateway::start(&config(&[a.url(), b.url()], "")).await;
-    let resp = send(
-        gw.addr,
-        "POST",
-        "/v1/chat/completions",
-        &[],
-        chat(true).to_string(),
-    )
-    .await;
+    let resp = open_stream(gw.addr).await;
     assert_eq!(resp.status(), 200);
     let (got, clean) = read_all(resp.into_body()).await;
     assert!(!clean, "a cut stream must end in an error, not a clean end");
@@ -152,14 +145,7 @@ async fn a_replica_that_goes_silent_mid_stream_is_cut_by_the_idle_chunk_timeout(
         "[upstream]\nidle_chunk_timeout = \"300ms\"\n",
     ))
     .await;
-    let resp = send(
-        gw.addr,
-        "POST",
-        "/v1/chat/completions",
-        &[],
-        chat(true).to_string(),
-    )
-    .await;
+    let resp = open_stream(gw.addr).await;
     assert_eq!(resp.status(), 200);
     let started = Instant::now();
     let (got, clean) = read_all(resp.into_body()).await;
@@ -183,14 +169,7 @@ async fn slow_streams_are_not_cut_by_any_total_timeout() {
         "[upstream]\nidle_chunk_timeout = \"400ms\"\nresponse_head_timeout = \"400ms\"\n",
     ))
     .await;
-    let resp = send(
-        gw.addr,
-        "POST",
-        "/v1/chat/completions",
-        &[],
-        chat(true).to_string(),
-    )
-    .await;
+    let resp = open_stream(gw.addr).await;
     let (got, clean) = read_all(resp.into_body()).await;
     assert!(clean);
     assert!(got.ends_with(b"data: [DONE]\n\n"));
@@ -205,14 +184,7 @@ async fn client_disconnect_mid_stream_closes_the_upstream_within_100ms() {
     })
     .await;
     let gw = TestGateway::start(&config(&[m.url()], "")).await;
-    let mut resp = send(
-        gw.addr,
-        "POST",
-        "/v1/chat/completions",
-        &[],
-        chat(true).to_string(),
-    )
-    .await;
+    let mut resp = open_stream(gw.addr).await;
     use http_body_util::BodyExt;
     for _ in 0..3 {
         resp.body_mut().frame().await.unwrap().unwrap();
@@ -244,14 +216,7 @@ async fn inflight_is_released_when_streams_end_or_break() {
     let stop = tokio_util::sync::CancellationToken::new();
     tokio::spawn(gw.serve(stop.clone()));
     let ep = state.snapshot().routes[MODEL].versions[0].endpoints[0].clone();
-    let resp = send(
-        addr,
-        "POST",
-        "/v1/chat/completions",
-        &[],
-        chat(true).to_string(),
-    )
-    .await;
+    let resp = open_stream(addr).await;
     assert_eq!(ep.inflight(), 1, "a stream counts until its body ends");
     assert!(read_all(resp.into_body()).await.1);
     tokio::time::sleep(Duration::from_millis(20)).await;
@@ -262,14 +227,7 @@ async fn inflight_is_released_when_streams_end_or_break() {
         "a clean end returns the connection"
     );
     m.set_config(|c| c.reset_after = Some(1));
-    let resp = send(
-        addr,
-        "POST",
-        "/v1/chat/completions",
-        &[],
-        chat(true).to_string(),
-    )
-    .await;
+    let resp = open_stream(addr).await;
     assert!(!read_all(resp.into_body()).await.1);
     tokio::time::sleep(Duration::from_millis(20)).await;
     assert_eq!(ep.inflight(), 0);

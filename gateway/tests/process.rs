@@ -85,14 +85,7 @@ async fn sigterm_lets_20_open_streams_finish_then_exits_0() {
     let addr = wait_for_addr(child);
     let mut streams = Vec::new();
     for _ in 0..20 {
-        let resp = send(
-            addr,
-            "POST",
-            "/v1/chat/completions",
-            &[],
-            chat(true).to_string(),
-        )
-        .await;
+        let resp = open_stream(addr).await;
         assert_eq!(resp.status(), 200);
         streams.push(tokio::spawn(read_all(resp.into_body())));
     }

@@ -195,14 +195,7 @@ async fn upstream_connections_are_reused() {
                 .status,
             200
         );
-        let resp = send(
-            gw.addr,
-            "POST",
-            "/v1/chat/completions",
-            &[],
-            chat(true).to_string(),
-        )
-        .await;
+        let resp = open_stream(gw.addr).await;
         assert!(read_all(resp.into_body()).await.1);
     }
     let conns = m

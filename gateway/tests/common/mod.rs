@@ -167,6 +167,18 @@ pub async fn send(
 
 pub type Response = http::Response<Incoming>;
 
+/// Opens a streaming chat completion and returns once its response head arrived.
+pub async fn open_stream(addr: SocketAddr) -> Response {
+    send(
+        addr,
+        "POST",
+        "/v1/chat/completions",
+        &[],
+        chat(true).to_string(),
+    )
+    .await
+}
+
 pub async fn request(
     addr: SocketAddr,
     method: &str,
