@@ -149,6 +149,8 @@ fn balancer_pick(c: &mut Criterion) {
 fn snapshot_load(c: &mut Criterion) {
     let cfg = gateway::config::parse(
         r#"
+        [auth]
+        enabled = false
         [[models]]
         name = "m"
         [[models.versions]]

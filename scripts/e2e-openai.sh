@@ -39,6 +39,9 @@ cat >"$WORK/gateway.toml" <<TOML
 listen = "127.0.0.1:0"
 admin_listen = "127.0.0.1:0"
 
+[auth]
+enabled = false
+
 [[models]]
 name = "e2e-model"
 aliases = ["e2e-alias"]

@@ -11,12 +11,19 @@ use crate::config::{self, ConfigError};
 /// The demo configuration, embedded so the binary works from any directory.
 pub const DEMO_TOML: &str = include_str!("../../config/demo.toml");
 
+/// The demo's API key (its SHA-256 is in `config/demo.toml`). For the demo only.
+pub const DEMO_KEY: &str = "sk-demo-0123456789";
+
 /// Mock replicas for every replica of `DEMO_TOML`, and the config rewritten to point at them.
 pub async fn prepare(
     listen: Option<SocketAddr>,
     admin_listen: Option<SocketAddr>,
+    auth: bool,
 ) -> anyhow::Result<(config::Config, Vec<MockReplica>)> {
     let mut file = config::parse_file(DEMO_TOML)?;
+    if let Some(a) = file.auth.as_mut() {
+        a.enabled = Some(auth);
+    }
     let mut mocks = Vec::new();
     for m in &mut file.models {
         let model = m.name.clone().unwrap_or_default();

@@ -26,6 +26,16 @@ pub enum GatewayError {
     HeadersTooLarge,
     /// The client sent its body too slowly.
     RequestTimeout,
+    /// No API key, or one the gateway does not know.
+    InvalidApiKey,
+    /// The key may not use this model.
+    ModelNotAllowed(String),
+    /// A rate limit refused the request.
+    RateLimited {
+        scope: crate::limits::Scope,
+        limit: u32,
+        retry_after: std::time::Duration,
+    },
     /// Ambiguous framing (Content-Length with Transfer-Encoding, or conflicting lengths).
     AmbiguousFraming,
     // --- the replicas' fault ---
@@ -34,6 +44,8 @@ pub enum GatewayError {
     /// A replica did not send its response head in time.
     UpstreamTimeout { model: String },
     // --- overload ---
+    /// Limits are shared through Redis, Redis is down, and the policy is to refuse.
+    LimiterUnavailable,
     /// Every replica is at `max_inflight` and the model's wait queue is full.
     QueueFull { model: String },
     /// Waited in the model's queue for `queue.timeout` without getting a replica.
@@ -52,6 +64,10 @@ impl GatewayError {
             Self::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             Self::HeadersTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             Self::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
+            Self::InvalidApiKey => StatusCode::UNAUTHORIZED,
+            Self::ModelNotAllowed(_) => StatusCode::FORBIDDEN,
+            Self::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
+            Self::LimiterUnavailable => StatusCode::SERVICE_UNAVAILABLE,
             Self::UpstreamUnavailable { .. } => StatusCode::BAD_GATEWAY,
             Self::UpstreamTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
             Self::QueueFull { .. } | Self::QueueTimeout { .. } => StatusCode::SERVICE_UNAVAILABLE,
@@ -60,6 +76,17 @@ impl GatewayError {
 
     /// OpenAI's `error.type`.
     pub fn error_type(&self) -> &'static str {
+        match self {
+            Self::ModelNotAllowed(_) => return "permission_error",
+            Self::RateLimited { scope, .. } => {
+                return if *scope == crate::limits::Scope::Tokens {
+                    "tokens"
+                } else {
+                    "requests"
+                }
+            }
+            _ => {}
+        }
         match self.status().as_u16() {
             400..=499 => "invalid_request_error",
             503 => "overloaded_error",
@@ -78,6 +105,10 @@ impl GatewayError {
             Self::UnknownPath => "unknown_url",
             Self::HeadersTooLarge => "headers_too_large",
             Self::RequestTimeout => "request_timeout",
+            Self::InvalidApiKey => "invalid_api_key",
+            Self::ModelNotAllowed(_) => "model_not_allowed",
+            Self::RateLimited { .. } => "rate_limit_exceeded",
+            Self::LimiterUnavailable => "ratelimit_unavailable",
             Self::AmbiguousFraming => "ambiguous_framing",
             Self::UpstreamUnavailable { .. } => "upstream_unavailable",
             Self::UpstreamTimeout { .. } => "upstream_timeout",
@@ -106,6 +137,29 @@ impl GatewayError {
                 .into(),
             Self::HeadersTooLarge => "Request header section is too large.".into(),
             Self::RequestTimeout => "The request was not received in time.".into(),
+            Self::InvalidApiKey => "Incorrect or missing API key. Send it as \
+                `Authorization: Bearer <key>` or `x-api-key: <key>`."
+                .into(),
+            Self::ModelNotAllowed(m) => {
+                format!("This API key may not use the model `{}`.", printable(m))
+            }
+            Self::RateLimited {
+                scope, retry_after, ..
+            } => {
+                let what = match scope {
+                    crate::limits::Scope::Ip => "requests from this address",
+                    crate::limits::Scope::Key => "requests for this API key",
+                    crate::limits::Scope::Model => "requests for this model",
+                    crate::limits::Scope::Tokens => "tokens per minute for this API key",
+                };
+                format!(
+                    "Rate limit reached for {what}. Retry in {:.1}s.",
+                    retry_after.as_secs_f64()
+                )
+            }
+            Self::LimiterUnavailable => {
+                "Rate limits cannot be checked right now; retry shortly.".into()
+            }
             Self::AmbiguousFraming => "Request has ambiguous framing (Content-Length together \
                 with Transfer-Encoding, or conflicting Content-Length values)."
                 .into(),
@@ -149,9 +203,43 @@ impl GatewayError {
         }
         if matches!(
             self,
-            Self::UpstreamUnavailable { .. } | Self::QueueFull { .. } | Self::QueueTimeout { .. }
+            Self::UpstreamUnavailable { .. }
+                | Self::QueueFull { .. }
+                | Self::QueueTimeout { .. }
+                | Self::LimiterUnavailable
         ) {
             h.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        if matches!(self, Self::InvalidApiKey) {
+            h.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        if let Self::RateLimited {
+            scope,
+            limit,
+            retry_after,
+        } = &self
+        {
+            // Seconds, rounded up: a client that waits that long will be admitted.
+            let secs = retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0);
+            h.insert(header::RETRY_AFTER, HeaderValue::from(secs.max(1)));
+            let kind = if *scope == crate::limits::Scope::Tokens {
+                "tokens"
+            } else {
+                "requests"
+            };
+            let reset = crate::limits::openai_duration(*retry_after);
+            for (name, value) in [
+                (format!("x-ratelimit-limit-{kind}"), limit.to_string()),
+                (format!("x-ratelimit-remaining-{kind}"), "0".to_owned()),
+                (format!("x-ratelimit-reset-{kind}"), reset),
+            ] {
+                if let (Ok(n), Ok(v)) = (
+                    http::header::HeaderName::from_bytes(name.as_bytes()),
+                    HeaderValue::from_str(&value),
+                ) {
+                    h.insert(n, v);
+                }
+            }
         }
         resp
     }
@@ -235,6 +323,23 @@ mod tests {
             assert!(v["error"]["type"].is_string());
             assert_eq!(v["error"]["code"], e.code());
         }
+    }
+
+    #[test]
+    fn rate_limited_answers_carry_retry_after_rounded_up_and_openai_headers() {
+        let r = GatewayError::RateLimited {
+            scope: crate::limits::Scope::Key,
+            limit: 10,
+            retry_after: std::time::Duration::from_millis(1200),
+        }
+        .into_response();
+        assert_eq!(r.status(), 429);
+        assert_eq!(r.headers()["retry-after"], "2");
+        assert_eq!(r.headers()["x-ratelimit-limit-requests"], "10");
+        assert_eq!(r.headers()["x-ratelimit-remaining-requests"], "0");
+        assert_eq!(r.headers()["x-ratelimit-reset-requests"], "1.2s");
+        let r = GatewayError::InvalidApiKey.into_response();
+        assert_eq!(r.headers()["www-authenticate"], "Bearer");
     }
 
     #[test]

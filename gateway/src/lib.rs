@@ -4,17 +4,23 @@
 //! Module map: `config` (file -> validated runtime types), `state` (the swappable snapshot),
 //! `server` (listeners, drain), `framing` (socket guard), `proxy` (the request path, one file
 //! per stage), `balance` (replica choice, live per-replica state, wait queues), `health`
-//! (active probes), `admin` (the admin listener's API), `error`, `demo`.
+//! (active probes), `auth` (API keys), `limits` (rate limits and token budgets, local or in
+//! Redis), `sse` (reading usage from responses), `metrics`, `admin` (the admin listener's
+//! API), `error`, `demo`.
 
 pub mod admin;
+pub mod auth;
 pub mod balance;
 pub mod config;
 pub mod demo;
 pub mod error;
 pub mod framing;
 pub mod health;
+pub mod limits;
+pub mod metrics;
 pub mod proxy;
 pub mod server;
+pub mod sse;
 pub mod state;
 
 pub use server::{BoundAddrs, Gateway};

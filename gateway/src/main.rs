@@ -43,6 +43,9 @@ enum Command {
     CheckConfig { path: PathBuf },
     /// Start mock replicas in-process behind the gateway (config/demo.toml).
     Demo {
+        /// Run without API keys (the default demo requires the demo key it prints).
+        #[arg(long)]
+        no_auth: bool,
         /// Data-plane address (default from demo.toml: 127.0.0.1:8080; port 0 = any free port).
         #[arg(long)]
         listen: Option<SocketAddr>,
@@ -50,7 +53,7 @@ enum Command {
         #[arg(long)]
         admin_listen: Option<SocketAddr>,
     },
-    /// Hash an API key read on stdin (not supported yet).
+    /// Print the SHA-256 of an API key read on stdin, for `[[api_keys]] sha256`.
     HashKey,
     /// Manage a model's version directory (not supported yet).
     Versions {
@@ -134,11 +137,12 @@ fn main() -> ExitCode {
             }
         },
         Some(Command::Demo {
+            no_auth,
             listen,
             admin_listen,
         }) => {
             init_logs(cli.log_format);
-            runtime.block_on(run_demo(listen, admin_listen))
+            runtime.block_on(run_demo(listen, admin_listen, no_auth))
         }
         Some(Command::Serve { config }) => {
             init_logs(cli.log_format);
@@ -148,10 +152,34 @@ fn main() -> ExitCode {
             init_logs(cli.log_format);
             runtime.block_on(serve(cli.config))
         }
-        Some(Command::HashKey | Command::Versions { .. } | Command::Canary { .. }) => {
+        Some(Command::HashKey) => hash_key(),
+        Some(Command::Versions { .. } | Command::Canary { .. }) => {
             eprintln!("error: this subcommand is not supported yet in this version of the gateway");
             ExitCode::from(2)
         }
+    }
+}
+
+/// Reads a key on stdin (one line; the line break is not part of it) and prints its hash.
+fn hash_key() -> ExitCode {
+    use std::io::{Read, Write};
+    let mut input = Vec::new();
+    if let Err(e) = std::io::stdin().read_to_end(&mut input) {
+        eprintln!("error: cannot read stdin: {e}");
+        return ExitCode::FAILURE;
+    }
+    let key = input
+        .strip_suffix(b"\n")
+        .map(|k| k.strip_suffix(b"\r").unwrap_or(k))
+        .unwrap_or(&input);
+    if key.is_empty() || key.iter().any(|b| b.is_ascii_whitespace()) {
+        eprintln!("error: expected one API key on stdin (no spaces), e.g. `echo -n \"$KEY\" | gateway hash-key`");
+        return ExitCode::from(2);
+    }
+    let mut out = std::io::stdout();
+    match writeln!(out, "{}", gateway::auth::hash_key(key)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(_) => ExitCode::FAILURE,
     }
 }
 
@@ -190,8 +218,12 @@ async fn run_gateway(cfg: config::Config, on_ready: impl FnOnce(&Gateway)) -> Ex
     }
 }
 
-async fn run_demo(listen: Option<SocketAddr>, admin_listen: Option<SocketAddr>) -> ExitCode {
-    let (mut cfg, _mocks) = match demo::prepare(listen, admin_listen).await {
+async fn run_demo(
+    listen: Option<SocketAddr>,
+    admin_listen: Option<SocketAddr>,
+    no_auth: bool,
+) -> ExitCode {
+    let (mut cfg, _mocks) = match demo::prepare(listen, admin_listen, !no_auth).await {
         Ok(x) => x,
         Err(e) => {
             eprintln!("error: {e:#}");

@@ -98,9 +98,25 @@ impl Gateway {
             tokio::spawn(async move { accept_admin(admin, app, watcher, shutdown).await })
         };
         let health_task = tokio::spawn(crate::health::supervise(app.clone(), shutdown.clone()));
+        let sweeper = {
+            let (app, stop) = (app.clone(), shutdown.clone());
+            tokio::spawn(async move {
+                // Idle per-IP limiter state goes, so memory follows the active clients only.
+                loop {
+                    tokio::select! {
+                        _ = stop.cancelled() => return,
+                        _ = tokio::time::sleep(Duration::from_secs(5)) => app.limits.sweep(),
+                    }
+                }
+            })
+        };
+        if let Some(shared) = app.shared.clone() {
+            tokio::spawn(shared.watch(shutdown.clone()));
+        }
         shutdown.cancelled().await;
         app.start_draining();
         let _ = health_task.await;
+        let _ = sweeper.await;
         let _ = data_task.await;
         let _ = admin_task.await;
         let drain_timeout = app.snapshot().config.server.drain_timeout;

@@ -9,8 +9,11 @@ use std::sync::Arc;
 use arc_swap::ArcSwap;
 use bytes::Bytes;
 
+use crate::auth::{KeyEntry, KeyTable};
 use crate::balance::{EndpointRegistry, Pool, QueueRegistry};
 use crate::config::Config;
+use crate::limits::{IpLimiter, LimitsRegistry, RequestLimiter, Scope, Shared};
+use crate::metrics::Metrics;
 
 /// A model as the request path sees it: its versions' replica pools.
 pub struct Route {
@@ -19,18 +22,28 @@ pub struct Route {
     pub versions: Vec<Pool>,
     /// Index of the stable version in `versions`.
     pub stable: usize,
+    /// The model's global request limit.
+    pub limiter: Option<Arc<RequestLimiter>>,
 }
 
 pub struct Snapshot {
     pub config: Arc<Config>,
     /// Model names and aliases to their route.
     pub routes: HashMap<String, Arc<Route>>,
-    /// The `GET /v1/models` answer, rendered once.
+    /// The `GET /v1/models` answer for callers who may use every model, rendered once.
     pub models_body: Bytes,
+    pub keys: KeyTable,
+    pub ip_limiter: Option<Arc<IpLimiter>>,
 }
 
 impl Snapshot {
-    pub fn build(config: Config, registry: &EndpointRegistry, queues: &QueueRegistry) -> Self {
+    pub fn build(
+        config: Config,
+        registry: &EndpointRegistry,
+        queues: &QueueRegistry,
+        limits: &LimitsRegistry,
+    ) -> Self {
+        let instances = config.limits.redis.as_ref().map_or(1, |r| r.instances);
         let mut routes = HashMap::new();
         let mut listed = Vec::new();
         let mut expected: HashMap<String, Vec<String>> = HashMap::new();
@@ -52,6 +65,9 @@ impl Snapshot {
                     })
                     .collect(),
                 stable: m.stable,
+                limiter: m
+                    .rate
+                    .map(|r| limits.request_limiter(Scope::Model, &m.name, r, instances)),
             });
             for ep in route.versions.iter().flat_map(|p| &p.endpoints) {
                 let names = expected.entry(ep.key.clone()).or_default();
@@ -70,11 +86,46 @@ impl Snapshot {
         }
         let models_body =
             Bytes::from(serde_json::json!({"object": "list", "data": listed}).to_string());
+        let keys = KeyTable::new(
+            config
+                .api_keys
+                .iter()
+                .map(|k| {
+                    KeyEntry::new(
+                        k.name.clone(),
+                        k.sha256,
+                        k.models.as_ref().map(|m| m.iter().cloned().collect()),
+                        k.rate
+                            .map(|r| limits.request_limiter(Scope::Key, &k.name, r, instances)),
+                        k.tokens_per_minute
+                            .map(|t| limits.token_budget(&k.name, t, instances)),
+                    )
+                })
+                .collect(),
+        );
+        let ip_limiter = limits.ip_limiter(&config.limits);
         Self {
             config: Arc::new(config),
             routes,
             models_body,
+            keys,
+            ip_limiter,
         }
+    }
+}
+
+impl Snapshot {
+    /// The `GET /v1/models` answer for a key that may use only some models.
+    pub fn models_body_for(&self, allowed: &std::collections::HashSet<String>) -> Bytes {
+        let listed: Vec<_> = self
+            .config
+            .models
+            .iter()
+            .filter(|m| allowed.contains(&m.name))
+            .flat_map(|m| std::iter::once(&m.name).chain(&m.aliases))
+            .map(|n| model_object(n))
+            .collect();
+        Bytes::from(serde_json::json!({"object": "list", "data": listed}).to_string())
     }
 }
 
@@ -88,6 +139,10 @@ pub struct AppState {
     snapshot: ArcSwap<Snapshot>,
     pub endpoints: EndpointRegistry,
     pub queues: QueueRegistry,
+    pub limits: LimitsRegistry,
+    pub metrics: Arc<Metrics>,
+    /// Redis, when limits are shared.
+    pub shared: Option<Arc<Shared>>,
     draining: AtomicBool,
     pub started: std::time::Instant,
 }
@@ -96,11 +151,22 @@ impl AppState {
     pub fn new(config: Config) -> Self {
         let endpoints = EndpointRegistry::default();
         let queues = QueueRegistry::default();
-        let snapshot = ArcSwap::from_pointee(Snapshot::build(config, &endpoints, &queues));
+        let limits = LimitsRegistry::default();
+        let metrics = Arc::new(Metrics::new());
+        let shared = config.limits.redis.clone().map(|r| {
+            Arc::new(Shared::new(
+                crate::limits::redis::RedisClient::new(r),
+                metrics.clone(),
+            ))
+        });
+        let snapshot = ArcSwap::from_pointee(Snapshot::build(config, &endpoints, &queues, &limits));
         Self {
             snapshot,
             endpoints,
             queues,
+            limits,
+            metrics,
+            shared,
             draining: AtomicBool::new(false),
             started: std::time::Instant::now(),
         }
@@ -113,7 +179,7 @@ impl AppState {
 
     /// Replaces the snapshot in one step and forgets replicas that left the configuration.
     pub fn publish(&self, config: Config) {
-        let next = Snapshot::build(config, &self.endpoints, &self.queues);
+        let next = Snapshot::build(config, &self.endpoints, &self.queues, &self.limits);
         let keys: std::collections::HashSet<String> = next
             .routes
             .values()
@@ -173,6 +239,8 @@ mod tests {
     use super::*;
 
     const CFG: &str = r#"
+        [auth]
+        enabled = false
         [[models]]
         name = "m"
         aliases = ["alias"]

@@ -112,6 +112,8 @@ fn check_config_prints_every_error_and_exits_1() {
     let path = temp_file(
         "three-errors.toml",
         r#"
+        [auth]
+        enabled = false
         [upstream]
         connect_timeout = "5 parsecs"
         [[models]]

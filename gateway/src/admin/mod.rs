@@ -3,6 +3,7 @@
 //! variable named by `server.admin_token_env`.
 //!
 //! - `GET  /healthz`                      process alive
+//! - `GET  /metrics`                      Prometheus text format
 //! - `GET  /readyz`                       not draining and every model has a routable replica
 //! - `GET  /admin/replicas`               per replica: models, health, load, ejections, drain
 //! - `POST /admin/replicas/{id}/drain`    no new requests; in-flight ones finish
@@ -24,6 +25,14 @@ pub fn handle(app: &AppState, req: Request<Incoming>) -> Response<ResponseBody> 
     let method = req.method().clone();
     match (&method, path.as_str()) {
         (&Method::GET, "/healthz") => json(StatusCode::OK, serde_json::json!({"status": "ok"})),
+        (&Method::GET, "/metrics") => {
+            let mut r = Response::new(ResponseBody::full(Bytes::from(app.metrics.render())));
+            r.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+            );
+            r
+        }
         (&Method::GET, "/readyz") => {
             if app.is_draining() {
                 json(
@@ -45,7 +54,7 @@ pub fn handle(app: &AppState, req: Request<Incoming>) -> Response<ResponseBody> 
             }
             admin_api(app, &method, p)
         }
-        _ => not_found("Unknown admin path. See /healthz, /readyz, /admin/replicas."),
+        _ => not_found("Unknown admin path. See /healthz, /readyz, /metrics, /admin/replicas."),
     }
 }
 

@@ -520,7 +520,7 @@ pub(crate) mod tests {
 
     pub(crate) fn health() -> HealthConfig {
         crate::config::parse(
-            "[[models]]\nname = \"m\"\n[[models.versions]]\nname = \"v\"\n\
+            "[auth]\nenabled = false\n[[models]]\nname = \"m\"\n[[models.versions]]\nname = \"v\"\n\
              replicas = [{ url = \"http://127.0.0.1:1\" }]\n",
         )
         .unwrap()

@@ -82,6 +82,8 @@ pub struct HealthFile {
 #[serde(deny_unknown_fields)]
 pub struct AuthFile {
     pub enabled: Option<bool>,
+    /// A key that may not use a model gets 404 (as if the model did not exist) instead of 403.
+    pub hide_unlisted_models: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -102,6 +104,17 @@ pub struct LimitsFile {
     pub per_ip_burst: Option<u64>,
     pub trusted_proxies: Option<Vec<String>>,
     pub redis_url: Option<String>,
+    /// When Redis is unreachable: "local" (each instance enforces 1/`instances` of every
+    /// limit), "open" (no limits) or "closed" (refuse with 503).
+    pub redis_fallback: Option<String>,
+    /// How many gateway instances share the Redis limits (for the local fallback share).
+    pub instances: Option<u64>,
+    /// Longest wait for one Redis round trip before falling back.
+    pub redis_timeout: Option<String>,
+    /// Worst-case completion tokens reserved for a request that sets no max_tokens.
+    pub default_max_tokens: Option<u64>,
+    /// Per-IP limiter entries kept before idle ones are evicted early.
+    pub per_ip_max_tracked: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -113,6 +126,9 @@ pub struct ModelFile {
     pub balancer: Option<String>,
     pub deploy_dir: Option<String>,
     pub stable: Option<String>,
+    /// Global request rate limit of the model, over all callers (0 or absent = none).
+    pub requests_per_second: Option<f64>,
+    pub burst: Option<u64>,
     pub queue: Option<QueueFile>,
     pub canary: Option<CanaryFile>,
     #[serde(default)]

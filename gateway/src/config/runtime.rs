@@ -12,7 +12,101 @@ pub struct Config {
     pub server: ServerConfig,
     pub upstream: UpstreamConfig,
     pub health: HealthConfig,
+    pub auth: AuthConfig,
+    pub api_keys: Vec<ApiKeyConfig>,
+    pub limits: LimitsConfig,
     pub models: Vec<ModelConfig>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AuthConfig {
+    pub enabled: bool,
+    pub hide_unlisted_models: bool,
+}
+
+/// A request rate: `per_second` sustained, `burst` at once.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Rate {
+    pub per_second: f64,
+    pub burst: u32,
+}
+
+#[derive(Clone, PartialEq)]
+pub struct ApiKeyConfig {
+    pub name: String,
+    /// SHA-256 of the key. The key itself is never known to the gateway.
+    pub sha256: [u8; 32],
+    /// Canonical model names the key may use; `None` = all.
+    pub models: Option<Vec<String>>,
+    pub rate: Option<Rate>,
+    pub tokens_per_minute: Option<u64>,
+}
+
+impl std::fmt::Debug for ApiKeyConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ApiKeyConfig")
+            .field("name", &self.name)
+            .field("models", &self.models)
+            .field("rate", &self.rate)
+            .field("tokens_per_minute", &self.tokens_per_minute)
+            .finish_non_exhaustive()
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RedisFallback {
+    Local,
+    Open,
+    Closed,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RedisConfig {
+    pub host: String,
+    pub port: u16,
+    pub db: u32,
+    pub password: Option<String>,
+    pub timeout: Duration,
+    pub fallback: RedisFallback,
+    pub instances: u32,
+}
+
+/// An address range (`10.0.0.0/8`, `::1/128`, or a single address).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IpNet {
+    pub addr: std::net::IpAddr,
+    pub prefix: u8,
+}
+
+impl IpNet {
+    pub fn contains(&self, ip: std::net::IpAddr) -> bool {
+        use std::net::IpAddr;
+        match (self.addr, ip) {
+            (IpAddr::V4(n), IpAddr::V4(i)) => {
+                let mask = u32::MAX
+                    .checked_shl(32 - u32::from(self.prefix))
+                    .unwrap_or(0);
+                u32::from(n) & mask == u32::from(i) & mask
+            }
+            (IpAddr::V6(n), IpAddr::V6(i)) => {
+                let mask = u128::MAX
+                    .checked_shl(128 - u32::from(self.prefix))
+                    .unwrap_or(0);
+                u128::from(n) & mask == u128::from(i) & mask
+            }
+            (IpAddr::V6(_), IpAddr::V4(i)) => self.contains(IpAddr::V6(i.to_ipv6_mapped())),
+            _ => false,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct LimitsConfig {
+    pub per_ip: Option<Rate>,
+    pub trusted_proxies: Vec<IpNet>,
+    pub redis: Option<RedisConfig>,
+    pub default_max_tokens: u64,
+    pub per_ip_max_tracked: usize,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -98,6 +192,8 @@ pub struct ModelConfig {
     pub aliases: Vec<String>,
     pub balancer: BalancerKind,
     pub queue: QueueConfig,
+    /// Global request limit of the model over all callers.
+    pub rate: Option<Rate>,
     /// Index into `versions` of the version that takes the traffic the canary does not.
     pub stable: usize,
     pub versions: Vec<VersionConfig>,

@@ -217,27 +217,22 @@ pub fn validate(f: &FileConfig) -> Result<Config, Vec<String>> {
         ewma_decay: e.duration("upstream.ewma_decay", &u.ewma_decay, defaults::EWMA_DECAY),
     };
     let health = check_health(&mut e, &f.health);
-    if f.auth.as_ref().and_then(|a| a.enabled).unwrap_or(false) {
-        e.not_yet(
+    let auth = AuthConfig {
+        enabled: f.auth.as_ref().and_then(|a| a.enabled).unwrap_or(true),
+        hide_unlisted_models: f
+            .auth
+            .as_ref()
+            .and_then(|a| a.hide_unlisted_models)
+            .unwrap_or(false),
+    };
+    if auth.enabled && f.api_keys.is_empty() {
+        e.push(
             "auth.enabled",
-            "API-key authentication (set enabled = false for now)",
+            "is true (the default) but no [[api_keys]] are configured: every request would be \
+             refused; add keys, or set enabled = false for local use",
         );
     }
-    if !f.api_keys.is_empty() {
-        e.not_yet("api_keys", "API keys ([[api_keys]])");
-    }
-    if let Some(l) = &f.limits {
-        if l.per_ip_requests_per_second.is_some_and(|r| r != 0.0) {
-            e.not_yet("limits.per_ip_requests_per_second", "per-IP rate limiting");
-        }
-        if l.trusted_proxies.as_ref().is_some_and(|t| !t.is_empty()) {
-            e.not_yet("limits.trusted_proxies", "X-Forwarded-For trust");
-        }
-        if l.redis_url.as_ref().is_some_and(|r| !r.is_empty()) {
-            e.not_yet("limits.redis_url", "limits shared through Redis");
-        }
-    }
-
+    let limits = check_limits(&mut e, f.limits.as_ref());
     let mut models = Vec::new();
     let mut names: HashSet<String> = HashSet::new();
     if f.models.is_empty() {
@@ -292,6 +287,7 @@ pub fn validate(f: &FileConfig) -> Result<Config, Vec<String>> {
         if m.canary.is_some() {
             e.not_yet(&format!("{at}.canary"), "canary routing");
         }
+        let rate = check_rate(&mut e, &at, m.requests_per_second, m.burst);
         let mut versions = Vec::new();
         let mut version_names = HashSet::new();
         if m.versions.is_empty() {
@@ -367,10 +363,12 @@ pub fn validate(f: &FileConfig) -> Result<Config, Vec<String>> {
             aliases: m.aliases.clone(),
             balancer,
             queue,
+            rate,
             stable,
             versions,
         });
     }
+    let api_keys = check_api_keys(&mut e, &f.api_keys, &models);
     if !e.0.is_empty() {
         return Err(e.0);
     }
@@ -378,8 +376,262 @@ pub fn validate(f: &FileConfig) -> Result<Config, Vec<String>> {
         server,
         upstream,
         health,
+        auth,
+        api_keys,
+        limits,
         models,
     })
+}
+
+/// A `requests_per_second` + `burst` pair under `at`; absent or 0 = no limit.
+fn check_rate(e: &mut Errors, at: &str, rps: Option<f64>, burst: Option<u64>) -> Option<Rate> {
+    // `limits.per_ip` names its keys `per_ip_requests_per_second` and `per_ip_burst`.
+    let (at, sep) = match at.strip_suffix(".per_ip") {
+        Some(base) => (format!("{base}.per_ip"), "_"),
+        None => (at.to_owned(), if at.is_empty() { "" } else { "." }),
+    };
+    let rps = rps.unwrap_or(0.0);
+    if !rps.is_finite() || !(0.0..=1e6).contains(&rps) {
+        e.push(
+            format!("{at}{sep}requests_per_second"),
+            format!("{rps} is out of range (0 = off, up to 1000000)"),
+        );
+        return None;
+    }
+    if burst == Some(0) || burst.is_some_and(|b| b > 1_000_000) {
+        e.push(format!("{at}{sep}burst"), "is out of range (1..=1000000)");
+        return None;
+    }
+    if rps == 0.0 {
+        return None;
+    }
+    let burst = burst.unwrap_or_else(|| rps.ceil().max(1.0) as u64) as u32;
+    Some(Rate {
+        per_second: rps,
+        burst,
+    })
+}
+
+fn check_api_keys(
+    e: &mut Errors,
+    keys: &[ApiKeyFile],
+    models: &[ModelConfig],
+) -> Vec<ApiKeyConfig> {
+    let mut out = Vec::new();
+    let mut names = HashSet::new();
+    let mut hashes = HashSet::new();
+    for (i, k) in keys.iter().enumerate() {
+        let at = format!("api_keys[{i}]");
+        let name = k.name.clone().unwrap_or_default();
+        if name.is_empty() || name.len() > 128 || name.chars().any(|c| c.is_control()) {
+            e.push(
+                format!("{at}.name"),
+                "is required (at most 128 printable characters)",
+            );
+        } else if !names.insert(name.clone()) {
+            e.push(
+                format!("{at}.name"),
+                format!("{name:?} is used by another key"),
+            );
+        }
+        let sha256 = match k.sha256.as_deref().map(parse_sha256) {
+            Some(Some(h)) => {
+                if !hashes.insert(h) {
+                    e.push(format!("{at}.sha256"), "the same key hash appears twice");
+                }
+                h
+            }
+            Some(None) => {
+                e.push(
+                    format!("{at}.sha256"),
+                    "must be 64 hex digits: the SHA-256 of the key (see `gateway hash-key`)",
+                );
+                [0; 32]
+            }
+            None => {
+                e.push(
+                    format!("{at}.sha256"),
+                    "is required (see `gateway hash-key`)",
+                );
+                [0; 32]
+            }
+        };
+        let allowed = match &k.models {
+            None => None,
+            Some(list) if list.is_empty() => None,
+            Some(list) => {
+                let mut canon = Vec::new();
+                for (j, m) in list.iter().enumerate() {
+                    match models
+                        .iter()
+                        .find(|c| &c.name == m || c.aliases.contains(m))
+                    {
+                        Some(c) => canon.push(c.name.clone()),
+                        None => e.push(
+                            format!("{at}.models[{j}]"),
+                            format!("{m:?} is not a configured model or alias"),
+                        ),
+                    }
+                }
+                Some(canon)
+            }
+        };
+        let rate = check_rate(e, &at, k.requests_per_second, k.burst);
+        let tpm = k.tokens_per_minute.filter(|&t| t > 0);
+        if tpm.is_some_and(|t| t > 1_000_000_000_000) {
+            e.push(format!("{at}.tokens_per_minute"), "is out of range");
+        }
+        out.push(ApiKeyConfig {
+            name,
+            sha256,
+            models: allowed,
+            rate,
+            tokens_per_minute: tpm,
+        });
+    }
+    out
+}
+
+fn parse_sha256(hex: &str) -> Option<[u8; 32]> {
+    let b = hex.trim().as_bytes();
+    if b.len() != 64 {
+        return None;
+    }
+    let mut out = [0u8; 32];
+    for (i, pair) in b.chunks(2).enumerate() {
+        let hi = (pair[0] as char).to_digit(16)?;
+        let lo = (pair[1] as char).to_digit(16)?;
+        out[i] = (hi * 16 + lo) as u8;
+    }
+    Some(out)
+}
+
+fn check_limits(e: &mut Errors, l: Option<&LimitsFile>) -> LimitsConfig {
+    let empty = LimitsFile::default();
+    let l = l.unwrap_or(&empty);
+    let per_ip = check_rate(
+        e,
+        "limits.per_ip",
+        l.per_ip_requests_per_second,
+        l.per_ip_burst.or(Some(20)),
+    );
+    let mut trusted = Vec::new();
+    for (i, t) in l.trusted_proxies.iter().flatten().enumerate() {
+        match parse_net(t) {
+            Some(n) => trusted.push(n),
+            None => e.push(
+                format!("limits.trusted_proxies[{i}]"),
+                format!("{t:?} is not an IP address or CIDR range (e.g. \"10.0.0.0/8\")"),
+            ),
+        }
+    }
+    let redis = match l.redis_url.as_deref().filter(|u| !u.is_empty()) {
+        None => None,
+        Some(url) => {
+            let fallback = match l.redis_fallback.as_deref().unwrap_or("local") {
+                "local" => RedisFallback::Local,
+                "open" => RedisFallback::Open,
+                "closed" => RedisFallback::Closed,
+                other => {
+                    e.push(
+                        "limits.redis_fallback",
+                        format!("unknown fallback {other:?} (expected local, open or closed)"),
+                    );
+                    RedisFallback::Local
+                }
+            };
+            let timeout = e.duration("limits.redis_timeout", &l.redis_timeout, "100ms");
+            let instances = e.range("limits.instances", l.instances, 1, 1, 10_000) as u32;
+            match parse_redis_url(url) {
+                Ok((host, port, db, password)) => Some(RedisConfig {
+                    host,
+                    port,
+                    db,
+                    password,
+                    timeout,
+                    fallback,
+                    instances,
+                }),
+                Err(why) => {
+                    e.push("limits.redis_url", why);
+                    None
+                }
+            }
+        }
+    };
+    LimitsConfig {
+        per_ip,
+        trusted_proxies: trusted,
+        redis,
+        default_max_tokens: e.range(
+            "limits.default_max_tokens",
+            l.default_max_tokens,
+            1024,
+            1,
+            10_000_000,
+        ),
+        per_ip_max_tracked: e.range(
+            "limits.per_ip_max_tracked",
+            l.per_ip_max_tracked,
+            100_000,
+            100,
+            100_000_000,
+        ) as usize,
+    }
+}
+
+/// `10.0.0.0/8`, `fd00::/8`, or a bare address.
+pub fn parse_net(s: &str) -> Option<IpNet> {
+    let (addr, prefix) = match s.split_once('/') {
+        Some((a, p)) => (a, Some(p.parse::<u8>().ok()?)),
+        None => (s, None),
+    };
+    let addr: std::net::IpAddr = addr.trim().parse().ok()?;
+    let max = if addr.is_ipv4() { 32 } else { 128 };
+    let prefix = prefix.unwrap_or(max);
+    (prefix <= max).then_some(IpNet { addr, prefix })
+}
+
+/// `redis://[:password@]host[:port][/db]`.
+fn parse_redis_url(url: &str) -> Result<(String, u16, u32, Option<String>), String> {
+    let bad = || {
+        format!(
+            "invalid Redis URL {:?} (expected redis://[:password@]host[:port][/db])",
+            redact(url)
+        )
+    };
+    let rest = url.strip_prefix("redis://").ok_or_else(bad)?;
+    let (auth, rest) = match rest.rsplit_once('@') {
+        Some((a, r)) => (Some(a), r),
+        None => (None, rest),
+    };
+    let password = auth
+        .map(|a| a.split_once(':').map_or(a, |(_, p)| p).to_owned())
+        .filter(|p| !p.is_empty());
+    let (hostport, db) = match rest.split_once('/') {
+        Some((h, "")) => (h, 0),
+        Some((h, d)) => (h, d.parse().map_err(|_| bad())?),
+        None => (rest, 0),
+    };
+    let (host, port) = match hostport.rsplit_once(':') {
+        Some((h, p)) if !h.ends_with(']') || hostport.starts_with('[') => (
+            h.trim_matches(|c| c == '[' || c == ']'),
+            p.parse().map_err(|_| bad())?,
+        ),
+        _ => (hostport, 6379),
+    };
+    if host.is_empty() {
+        return Err(bad());
+    }
+    Ok((host.to_owned(), port, db, password))
+}
+
+/// A Redis URL with its password hidden, for error messages.
+fn redact(url: &str) -> String {
+    match url.rsplit_once('@') {
+        Some((_, rest)) => format!("redis://***@{rest}"),
+        None => url.to_owned(),
+    }
 }
 
 fn check_health(e: &mut Errors, h: &HealthFile) -> HealthConfig {
@@ -566,6 +818,8 @@ mod tests {
         [[models.versions]]
         name = "v1"
         replicas = [{ url = "http://127.0.0.1:8000" }]
+        [auth]
+        enabled = false
     "#;
 
     #[test]
@@ -603,6 +857,8 @@ mod tests {
     fn all_errors_are_collected_with_field_paths() {
         let errs = parse(
             r#"
+            [auth]
+            enabled = false
             [server]
             drain_timeout = "soon"
             [[models]]
@@ -635,23 +891,12 @@ mod tests {
 
     #[test]
     fn later_features_are_rejected_not_ignored() {
-        for (snippet, field) in [
-            ("[auth]\nenabled = true\n", "auth.enabled:"),
-            ("[[api_keys]]\nname = \"k\"\n", "api_keys:"),
-            ("[limits]\nredis_url = \"redis://x\"\n", "limits.redis_url:"),
-            (
-                "[limits]\nper_ip_requests_per_second = 5.0\n",
-                "limits.per_ip",
-            ),
-            ("[server.tls]\ncert = \"a\"\nkey = \"b\"\n", "server.tls:"),
-        ] {
-            let errs = parse(&format!("{snippet}{MIN}")).unwrap_err();
-            assert!(
-                errs.iter()
-                    .any(|e| e.starts_with(field) && e.contains("not supported yet")),
-                "{snippet}: {errs:?}"
-            );
-        }
+        let errs = parse(&format!("[server.tls]\ncert = \"a\"\nkey = \"b\"\n{MIN}")).unwrap_err();
+        assert!(
+            errs.iter()
+                .any(|e| e.starts_with("server.tls:") && e.contains("not supported yet")),
+            "{errs:?}"
+        );
         for (kv, field) in [
             ("deploy_dir = \"/opt/x\"", "models[0].deploy_dir:"),
             (
@@ -672,10 +917,85 @@ mod tests {
     #[test]
     fn harmless_off_values_of_later_features_are_accepted() {
         let cfg = format!(
-            "[auth]\nenabled = false\n[limits]\nper_ip_requests_per_second = 0.0\n\
+            "[limits]\nper_ip_requests_per_second = 0.0\n\
              per_ip_burst = 20\ntrusted_proxies = []\nredis_url = \"\"\n{MIN}"
         );
         parse(&cfg).unwrap();
+    }
+
+    #[test]
+    fn keys_and_limits_are_validated() {
+        let keys = r#"
+            [[api_keys]]
+            name = "a"
+            sha256 = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"
+            models = ["m", "nope"]
+            requests_per_second = 5.0
+            [[api_keys]]
+            name = "a"
+            sha256 = "xyz"
+            burst = 0
+            [limits]
+            per_ip_requests_per_second = -1.0
+            trusted_proxies = ["10.0.0.0/8", "not-an-ip"]
+            redis_url = "http://x"
+        "#;
+        let cfg = MIN.replace("[auth]\n        enabled = false", "");
+        let errs = parse(&format!("{keys}{cfg}")).unwrap_err();
+        for want in [
+            "limits.per_ip_requests_per_second:",
+            "limits.trusted_proxies[1]:",
+            "limits.redis_url: invalid Redis URL",
+            "api_keys[0].models[1]: \"nope\"",
+            "api_keys[1].name: \"a\" is used",
+            "api_keys[1].sha256: must be 64 hex",
+            "api_keys[1].burst:",
+        ] {
+            assert!(
+                errs.iter().any(|e| e.starts_with(want)),
+                "{want}: {errs:#?}"
+            );
+        }
+        // Auth on (the default) with no keys would refuse everything: an error.
+        let errs = parse(&cfg).unwrap_err();
+        assert!(errs[0].starts_with("auth.enabled:"), "{errs:?}");
+    }
+
+    #[test]
+    fn good_keys_and_redis_urls_parse() {
+        let keys = r#"
+            [[api_keys]]
+            name = "a"
+            sha256 = "9F86D081884C7D659A2FEAA0C55AD015A3BF4F1B2B0B822CD15D6C15B0F00A08"
+            requests_per_second = 2.5
+            tokens_per_minute = 1000
+            [limits]
+            redis_url = "redis://:s3cret@cache.internal:6380/2"
+            redis_fallback = "closed"
+            instances = 4
+        "#;
+        let cfg = MIN.replace("[auth]\n        enabled = false", "");
+        let c = parse(&format!("{keys}{cfg}")).unwrap();
+        let k = &c.api_keys[0];
+        assert_eq!(
+            k.rate,
+            Some(Rate {
+                per_second: 2.5,
+                burst: 3
+            })
+        );
+        assert_eq!(k.tokens_per_minute, Some(1000));
+        assert_eq!(k.sha256[0], 0x9f);
+        assert!(
+            !format!("{k:?}").contains("9f86"),
+            "the hash stays out of debug output"
+        );
+        let r = c.limits.redis.unwrap();
+        assert_eq!((r.host.as_str(), r.port, r.db), ("cache.internal", 6380, 2));
+        assert_eq!(r.password.as_deref(), Some("s3cret"));
+        assert_eq!((r.fallback, r.instances), (RedisFallback::Closed, 4));
+        let e = parse_redis_url("redis://:pw@").unwrap_err();
+        assert!(!e.contains("pw"), "{e}");
     }
 
     #[test]
@@ -687,6 +1007,8 @@ mod tests {
     #[test]
     fn stable_is_required_with_several_versions_and_must_exist() {
         let two = r#"
+            [auth]
+            enabled = false
             [[models]]
             name = "m"
             [[models.versions]]

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use pin_project_lite::pin_project;
@@ -18,6 +18,8 @@ use tokio::time::{Instant, Sleep};
 use crate::balance::endpoint::Sender;
 use crate::balance::InflightGuard;
 use crate::config::Config;
+use crate::limits::Reservation;
+use crate::sse::{json_usage, SseMeter};
 use crate::state::Route;
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -34,6 +36,65 @@ impl std::fmt::Display for IdleChunkTimeout {
 
 impl std::error::Error for IdleChunkTimeout {}
 
+/// Reads the replica's `usage` from the body as it passes (when a token reservation must be
+/// settled) and, if the gateway asked for a usage event the client did not, removes it.
+pub struct Meter {
+    reservation: Option<Reservation>,
+    sse: Option<SseMeter>,
+    json: Option<BytesMut>,
+}
+
+/// Largest JSON answer kept (as a copy) to read its `usage`.
+const MAX_METERED_JSON: usize = 8 * 1024 * 1024;
+
+impl Meter {
+    pub fn new(reservation: Reservation, stream: bool, strip_usage: bool) -> Self {
+        Self {
+            reservation: Some(reservation),
+            sse: stream.then(|| SseMeter::new(strip_usage)),
+            json: (!stream).then(BytesMut::new),
+        }
+    }
+
+    fn feed(&mut self, data: Bytes) -> Bytes {
+        if let Some(s) = self.sse.as_mut() {
+            return s.feed(data);
+        }
+        if let Some(j) = self.json.as_mut() {
+            if j.len() + data.len() <= MAX_METERED_JSON {
+                j.extend_from_slice(&data);
+            } else {
+                self.json = None;
+            }
+        }
+        data
+    }
+
+    /// Bytes held back at the end of a stream (an unterminated last event).
+    fn tail(&mut self) -> Bytes {
+        self.sse.as_mut().map(SseMeter::finish).unwrap_or_default()
+    }
+
+    /// The response ended cleanly: settle to the reported usage (or keep it all if none).
+    fn settle(&mut self) {
+        let used = match (&self.sse, &self.json) {
+            (Some(s), _) => s.usage,
+            (None, Some(j)) => json_usage(j),
+            _ => None,
+        };
+        if let Some(r) = self.reservation.take() {
+            r.settle(used.map(|u| u.total()));
+        }
+    }
+
+    /// The replica refused the request: nothing was generated, give everything back.
+    pub fn refund(&mut self) {
+        if let Some(r) = self.reservation.take() {
+            r.settle(Some(0));
+        }
+    }
+}
+
 /// What the pass-through body needs to know to account for the request when it ends.
 pub struct BodyCtx {
     pub idle_timeout: Duration,
@@ -42,6 +103,7 @@ pub struct BodyCtx {
     pub sent_at: Instant,
     pub route: Arc<Route>,
     pub config: Arc<Config>,
+    pub meter: Option<Meter>,
 }
 
 pin_project! {
@@ -75,7 +137,10 @@ impl UpstreamBody {
 }
 
 /// Returns the connection to its replica's pool and releases the in-flight count.
-fn finish(conn: &mut Option<Sender>, guard: &mut Option<InflightGuard>, ctx: &BodyCtx) {
+fn finish(conn: &mut Option<Sender>, guard: &mut Option<InflightGuard>, ctx: &mut BodyCtx) {
+    if let Some(m) = ctx.meter.as_mut() {
+        m.settle();
+    }
     if let Some(g) = guard.as_ref() {
         if !ctx.stream {
             g.endpoint()
@@ -112,7 +177,7 @@ impl Body for UpstreamBody {
             return Poll::Ready(Some(Err(e)));
         }
         match this.inner.as_mut().poll_frame(cx) {
-            Poll::Ready(Some(Ok(frame))) => {
+            Poll::Ready(Some(Ok(mut frame))) => {
                 let now = Instant::now();
                 this.idle.reset(now + this.ctx.idle_timeout);
                 if !*this.first_seen && frame.is_data() {
@@ -126,8 +191,23 @@ impl Body for UpstreamBody {
                         }
                     }
                 }
+                let end = this.inner.is_end_stream();
+                if let Some(m) = this.ctx.meter.as_mut() {
+                    if let Some(data) = frame.data_ref() {
+                        let mut out = m.feed(data.clone());
+                        if end {
+                            let tail = m.tail();
+                            if !tail.is_empty() {
+                                let mut joined = BytesMut::from(&out[..]);
+                                joined.extend_from_slice(&tail);
+                                out = joined.freeze();
+                            }
+                        }
+                        frame = Frame::data(out);
+                    }
+                }
                 // hyper stops polling once `is_end_stream` says so: finish here, not on `None`.
-                if this.inner.is_end_stream() {
+                if end {
                     finish(this.conn, this.guard, this.ctx);
                 }
                 Poll::Ready(Some(Ok(frame)))
@@ -142,8 +222,13 @@ impl Body for UpstreamBody {
                 Poll::Pending
             }
             Poll::Ready(None) => {
+                let tail = this.ctx.meter.as_mut().map(Meter::tail).unwrap_or_default();
                 finish(this.conn, this.guard, this.ctx);
-                Poll::Ready(None)
+                if tail.is_empty() {
+                    Poll::Ready(None)
+                } else {
+                    Poll::Ready(Some(Ok(Frame::data(tail))))
+                }
             }
             Poll::Pending => {
                 ready!(this.idle.poll(cx));

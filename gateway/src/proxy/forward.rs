@@ -15,6 +15,7 @@ use std::sync::Arc;
 
 use tokio::time::Instant;
 
+pub use super::body::Meter;
 use super::body::{BodyCtx, ResponseBody, UpstreamBody};
 use super::canary::VersionChoice;
 use super::headers::strip_hop_by_hop;
@@ -64,6 +65,7 @@ pub async fn forward(
     choice: VersionChoice,
     out: Outbound,
     stream: bool,
+    meter: Option<Meter>,
 ) -> Result<Forwarded, Failed> {
     let unavailable = |retries| Failed {
         error: GatewayError::UpstreamUnavailable {
@@ -148,6 +150,7 @@ pub async fn forward(
         sent_at,
         route: route.clone(),
         config: config.clone(),
+        meter,
     };
     let response = respond(
         ctx,
@@ -203,7 +206,7 @@ async fn attempt_once(
 }
 
 async fn respond(
-    ctx: BodyCtx,
+    mut ctx: BodyCtx,
     resp: Response<Incoming>,
     sender: Sender,
     guard: InflightGuard,
@@ -214,6 +217,9 @@ async fn respond(
     let (mut parts, incoming) = resp.into_parts();
     strip_hop_by_hop(&mut parts.headers);
     let body = if parts.status.as_u16() >= 400 {
+        if let Some(m) = ctx.meter.as_mut() {
+            m.refund();
+        }
         let (bytes, replaced) =
             openai_error_body(ctx.idle_timeout, parts.status, incoming, sender, guard).await;
         if replaced {

@@ -2,11 +2,15 @@
 //!
 //! 1. `request_id` — keep a sane client `x-request-id` or make a UUID      -> `HeaderValue`
 //!    (before it: connection-level checks — ambiguous framing (400, close), header caps (431))
-//! 2. auth         — API key -> principal (not in this version: `[auth] enabled` is rejected)
-//! 3. limits       — per key / IP / tokens (not in this version)
+//! 2. limits, then `auth` — the client IP's rate first (so key guessing is limited too; 429),
+//!    then the API key -> `Principal` (401)
+//! 3. limits       — the key's request rate (429; `x-ratelimit-*` headers on every answer)
 //! 4. `read`       — body once into `Bytes` (size cap 413, deadline 408), peek model/stream
 //!    -> `Peek`
-//! 5. `route`      — model or alias -> its versions' replica pools (404)  -> `Route`
+//! 5. `route`      — model or alias -> its versions' replica pools (404)  -> `Route`;
+//!    then the key's model access (403, or 404 with `hide_unlisted_models`), the model's
+//!    global limit (429) and the key's token budget: the worst case is reserved now and
+//!    settled to the replica's `usage` when the response ends (429)
 //! 6. `canary`     — which version serves this request                    -> `VersionChoice`
 //! 7. `forward`    — pick a replica, send, retry before the first byte only, stream back
 //!    -> `Forwarded`
@@ -33,8 +37,10 @@ use hyper::body::Incoming;
 
 use self::body::ResponseBody;
 use self::forward::{Failed, Forwarded, Outbound};
+use crate::auth::Principal;
 use crate::error::GatewayError;
 use crate::framing::ConnFlags;
+use crate::limits::{self, Decision, Scope};
 use crate::state::{model_object, AppState};
 
 /// What the request path knows about the connection a request came on.
@@ -93,6 +99,11 @@ fn header_bytes(h: &http::HeaderMap) -> usize {
 #[derive(Default)]
 struct Trace {
     op: &'static str,
+    key: Option<String>,
+    /// The key's request limit after this request: (limit, remaining, reset).
+    requests_left: Option<(u32, u32, std::time::Duration)>,
+    /// The key's token budget after the reservation: (per minute, left).
+    tokens_left: Option<(u64, u64)>,
     model: Option<String>,
     version: Option<String>,
     replica: Option<HeaderValue>,
@@ -121,10 +132,12 @@ pub async fn handle(
         HeaderName::from_static(request_id::HEADER),
         request_id.clone(),
     );
+    ratelimit_headers(resp.headers_mut(), &trace);
     tracing::info!(
         target: "access",
         request_id = request_id.to_str().unwrap_or(""),
         peer = %conn.peer,
+        key = trace.key.as_deref().unwrap_or("-"),
         op = trace.op,
         model = trace.model.as_deref().unwrap_or("-"),
         version = trace.version.as_deref().unwrap_or("-"),
@@ -149,7 +162,8 @@ async fn serve(
         return Err(GatewayError::AmbiguousFraming);
     }
     let snapshot = app.snapshot();
-    let server = &snapshot.config.server;
+    let config = &snapshot.config;
+    let server = &config.server;
     if req.headers().len() > server.max_headers
         || header_bytes(req.headers()) > server.max_header_bytes
     {
@@ -157,12 +171,50 @@ async fn serve(
     }
     let op = classify(req.method(), req.uri().path())?;
     trace.op = op.as_str();
+    let shared = app.shared.as_deref();
+    // Stage 3a: per client IP, before auth.
+    if let Some(ip_limiter) = &snapshot.ip_limiter {
+        let ip = limits::client_ip::client_ip(
+            conn.peer.ip(),
+            req.headers(),
+            &config.limits.trusted_proxies,
+        );
+        admit(app, Scope::Ip, ip_limiter.check(ip, shared).await)?;
+    }
+    // Stage 2: auth.
+    let principal = if config.auth.enabled {
+        Principal {
+            key: Some(snapshot.keys.authenticate(req.headers())?),
+        }
+    } else {
+        Principal::default()
+    };
+    trace.key = principal.name().map(str::to_owned);
+    // Stage 3b: the key's request rate.
+    if let Some(limiter) = principal.key.as_ref().and_then(|k| k.requests.as_ref()) {
+        if let Decision::Allowed {
+            limit,
+            remaining,
+            reset,
+        } = admit(app, Scope::Key, limiter.check(shared).await)?
+        {
+            trace.requests_left = Some((limit, remaining, reset));
+        }
+    }
+    let hide = config.auth.hide_unlisted_models;
     match op {
-        Operation::ListModels => return Ok(json_ok(snapshot.models_body.clone())),
+        Operation::ListModels => {
+            let body = match principal.key.as_ref().and_then(|k| k.allowed.as_ref()) {
+                Some(allowed) => snapshot.models_body_for(allowed),
+                None => snapshot.models_body.clone(),
+            };
+            return Ok(json_ok(body));
+        }
         Operation::GetModel => {
             let id = &req.uri().path()["/v1/models/".len()..];
             let id = percent_decode(id);
-            route::resolve(&snapshot, &id)?;
+            let route = route::resolve(&snapshot, &id)?;
+            check_access(&principal, &route.model, &id, true)?;
             return Ok(json_ok(Bytes::from(model_object(&id).to_string())));
         }
         _ => {}
@@ -184,9 +236,50 @@ async fn serve(
     trace.bytes_in = body.len();
     let peek = read::peek(&body)?;
     trace.stream = peek.stream;
-    // Stage 5: route.
+    // Stage 5: route, then what this caller may do with the model.
     let route = route::resolve(&snapshot, &peek.model)?;
+    check_access(&principal, &route.model, &peek.model, hide)?;
     trace.model = Some(route.model.clone());
+    if let Some(limiter) = &route.limiter {
+        admit(app, Scope::Model, limiter.check(shared).await)?;
+    }
+    let mut forwarded_body = body.clone();
+    let mut meter = None;
+    if let Some(budget) = principal.key.as_ref().and_then(|k| k.tokens.as_ref()) {
+        let completion = if op == Operation::Embedding {
+            0
+        } else {
+            peek.max_tokens.unwrap_or(config.limits.default_max_tokens)
+        };
+        // About four bytes of JSON per prompt token: an overestimate, as a reservation should be.
+        let cost = (body.len() as u64).div_ceil(4) + completion;
+        let (reservation, left) = match budget.reserve(cost, app.shared.as_ref()).await {
+            Ok(r) => r,
+            Err(Some(retry_after)) => {
+                app.metrics
+                    .ratelimited
+                    .with_label_values(&[Scope::Tokens.as_str()])
+                    .inc();
+                return Err(GatewayError::RateLimited {
+                    scope: Scope::Tokens,
+                    limit: budget.tpm().min(u64::from(u32::MAX)) as u32,
+                    retry_after,
+                });
+            }
+            Err(None) => return Err(GatewayError::LimiterUnavailable),
+        };
+        trace.tokens_left = Some((budget.tpm(), left));
+        // Settling needs the real usage; in a stream it comes only when asked for. Ask for it
+        // if the client did not, and take that extra event out of the client's stream.
+        let mut strip = false;
+        if peek.stream && !peek.has_stream_options {
+            if let Some(b) = crate::sse::inject_include_usage(&body) {
+                forwarded_body = b;
+                strip = true;
+            }
+        }
+        meter = Some(forward::Meter::new(reservation, peek.stream, strip));
+    }
     // Stage 6: version.
     let choice = canary::choose(&route);
     trace.version = route.versions.get(choice.index).map(|p| p.version.clone());
@@ -199,10 +292,10 @@ async fn serve(
     let out = Outbound {
         uri,
         headers: headers::upstream_request_headers(&parts.headers),
-        body: body.clone(),
+        body: forwarded_body,
         request_id: request_id.clone(),
     };
-    match forward::forward(&snapshot.config, &route, choice, out, peek.stream).await {
+    match forward::forward(&snapshot.config, &route, choice, out, peek.stream, meter).await {
         Ok(Forwarded {
             response,
             replica,
@@ -216,6 +309,63 @@ async fn serve(
             trace.retries = retries;
             Err(error)
         }
+    }
+}
+
+/// Turns a limit decision into admission or the right error, counting refusals.
+fn admit(app: &AppState, scope: Scope, d: Decision) -> Result<Decision, GatewayError> {
+    match d {
+        Decision::Allowed { .. } => Ok(d),
+        Decision::Limited { limit, retry_after } => {
+            app.metrics
+                .ratelimited
+                .with_label_values(&[scope.as_str()])
+                .inc();
+            Err(GatewayError::RateLimited {
+                scope,
+                limit,
+                retry_after,
+            })
+        }
+        Decision::Unavailable => Err(GatewayError::LimiterUnavailable),
+    }
+}
+
+/// A key may use only its models: 403, or 404 as if the model did not exist when `hide`.
+fn check_access(
+    principal: &Principal,
+    model: &str,
+    asked: &str,
+    hide: bool,
+) -> Result<(), GatewayError> {
+    if principal.may_use(model) {
+        return Ok(());
+    }
+    Err(if hide {
+        GatewayError::ModelNotFound(asked.to_owned())
+    } else {
+        GatewayError::ModelNotAllowed(asked.to_owned())
+    })
+}
+
+/// OpenAI's `x-ratelimit-*` headers for the caller's key, on every answer it gets.
+fn ratelimit_headers(h: &mut http::HeaderMap, trace: &Trace) {
+    let mut set = |name: &'static str, value: String| {
+        if let Ok(v) = HeaderValue::from_str(&value) {
+            h.entry(HeaderName::from_static(name)).or_insert(v);
+        }
+    };
+    if let Some((limit, remaining, reset)) = trace.requests_left {
+        set("x-ratelimit-limit-requests", limit.to_string());
+        set("x-ratelimit-remaining-requests", remaining.to_string());
+        set("x-ratelimit-reset-requests", limits::openai_duration(reset));
+    }
+    if let Some((tpm, left)) = trace.tokens_left {
+        set("x-ratelimit-limit-tokens", tpm.to_string());
+        set("x-ratelimit-remaining-tokens", left.to_string());
+        let missing = tpm.saturating_sub(left) as f64;
+        let reset = std::time::Duration::from_secs_f64(missing / (tpm.max(1) as f64 / 60.0));
+        set("x-ratelimit-reset-tokens", limits::openai_duration(reset));
     }
 }
 

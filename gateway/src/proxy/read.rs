@@ -67,6 +67,10 @@ pub async fn read_body(
 pub struct Peek<'a> {
     pub model: Cow<'a, str>,
     pub stream: bool,
+    /// `max_completion_tokens`, else `max_tokens`.
+    pub max_tokens: Option<u64>,
+    /// The client sent `stream_options` (so the gateway must not add its own).
+    pub has_stream_options: bool,
 }
 
 #[derive(Deserialize)]
@@ -75,6 +79,17 @@ struct RawPeek<'a> {
     model: Option<BorrowedStr<'a>>,
     #[serde(default)]
     stream: Option<bool>,
+    #[serde(default)]
+    max_tokens: Option<u64>,
+    #[serde(default)]
+    max_completion_tokens: Option<u64>,
+    #[serde(default, deserialize_with = "present")]
+    stream_options: bool,
+}
+
+/// True for any value, `null` included: a present key must not be added a second time.
+fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<bool, D::Error> {
+    serde::de::IgnoredAny::deserialize(d).map(|_| true)
 }
 
 /// A string that borrows from the body unless it has escapes. (serde's own `Cow<str>` always
@@ -124,6 +139,8 @@ pub fn peek(body: &[u8]) -> Result<Peek<'_>, GatewayError> {
     Ok(Peek {
         model,
         stream: raw.stream.unwrap_or(false),
+        max_tokens: raw.max_completion_tokens.or(raw.max_tokens),
+        has_stream_options: raw.stream_options,
     })
 }
 
@@ -141,6 +158,13 @@ mod tests {
         let p = peek(br#" {"model":"m\u0031","stream":null}"#).unwrap();
         assert_eq!(p.model, "m1");
         assert!(!p.stream);
+        assert!(!p.has_stream_options && p.max_tokens.is_none());
+        let p = peek(
+            br#"{"model":"m","max_tokens":5,"max_completion_tokens":7,"stream_options":null}"#,
+        )
+        .unwrap();
+        assert_eq!(p.max_tokens, Some(7));
+        assert!(p.has_stream_options);
     }
 
     #[test]

@@ -78,8 +78,14 @@ pub fn config_model(replicas: &[String], extra: &str, model_keys: &str) -> Strin
 
 /// Like `config_model`, with each replica's inline table given in full.
 pub fn config_replicas(replicas: &[String], extra: &str, model_keys: &str) -> String {
+    // Auth is on by default; tests that are not about auth turn it off.
+    let auth = if extra.contains("[auth]") || extra.contains("[[api_keys]]") {
+        ""
+    } else {
+        "[auth]\nenabled = false\n"
+    };
     format!(
-        "{extra}\n[[models]]\nname = \"{MODEL}\"\naliases = [\"alias\"]\n{model_keys}\n\
+        "{auth}{extra}\n[[models]]\nname = \"{MODEL}\"\naliases = [\"alias\"]\n{model_keys}\n\
          [[models.versions]]\nname = \"1.0.0\"\nreplicas = [{}]\n",
         replicas.join(", ")
     )
@@ -289,4 +295,110 @@ pub async fn eventually(within: Duration, mut cond: impl FnMut() -> bool) -> boo
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     cond()
+}
+
+/// A `redis-server` of the test's own on a free port, stopped by its PID when dropped.
+pub struct RedisServer {
+    pub port: u16,
+    child: Option<std::process::Child>,
+}
+
+impl RedisServer {
+    pub async fn start() -> Self {
+        Self::start_on(free_port()).await
+    }
+
+    pub async fn start_on(port: u16) -> Self {
+        let child = std::process::Command::new("redis-server")
+            .args([
+                "--port",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("redis-server is needed for these tests (.ci/run installs Debian's)");
+        let s = Self {
+            port,
+            child: Some(child),
+        };
+        for _ in 0..200 {
+            if TcpStream::connect(("127.0.0.1", port)).await.is_ok() {
+                return s;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        panic!("redis-server did not start on port {port}");
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+pub fn free_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap().port()
+}
+
+/// Hex SHA-256 of a key, for `[[api_keys]] sha256`.
+pub fn sha(key: &str) -> String {
+    gateway::auth::hash_key(key.as_bytes())
+}
+
+/// Sends chat requests with `key` at `per_second` for `secs` (open loop: a slow answer does
+/// not delay the next request). Returns (accepted, rate limited, other).
+pub async fn pace(
+    addr: SocketAddr,
+    key: &str,
+    per_second: u32,
+    secs: f64,
+) -> (usize, usize, usize) {
+    let total = (f64::from(per_second) * secs).round() as usize;
+    let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / f64::from(per_second)));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+    let auth = format!("Bearer {key}");
+    let mut tasks = Vec::with_capacity(total);
+    for _ in 0..total {
+        tick.tick().await;
+        let auth = auth.clone();
+        tasks.push(tokio::spawn(async move {
+            request(
+                addr,
+                "POST",
+                "/v1/chat/completions",
+                &[("authorization", &auth)],
+                chat(false).to_string(),
+            )
+            .await
+            .status
+        }));
+    }
+    let (mut ok, mut limited, mut other) = (0, 0, 0);
+    for t in tasks {
+        match t.await.unwrap().as_u16() {
+            200 => ok += 1,
+            429 => limited += 1,
+            _ => other += 1,
+        }
+    }
+    (ok, limited, other)
 }

@@ -1,0 +1,202 @@
+//! Stage 2: API key -> the caller's key entry. Keys arrive as `Authorization: Bearer <key>` or
+//! `x-api-key: <key>`; the gateway knows only their SHA-256. The presented key is hashed once,
+//! looked up in a table built at config load, and the digest compared in constant time. The
+//! key itself is never stored, logged, counted or echoed.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+
+use http::HeaderMap;
+use sha2::{Digest, Sha256};
+
+use crate::error::GatewayError;
+use crate::limits::{RequestLimiter, TokenBudget};
+
+/// One configured key, with its limiters.
+pub struct KeyEntry {
+    /// Appears in logs and metrics; the key never does.
+    pub name: String,
+    sha256: [u8; 32],
+    /// Canonical model names the key may use; `None` = all.
+    pub allowed: Option<HashSet<String>>,
+    pub requests: Option<Arc<RequestLimiter>>,
+    pub tokens: Option<Arc<TokenBudget>>,
+}
+
+impl std::fmt::Debug for KeyEntry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never the digest: names only.
+        f.debug_struct("KeyEntry")
+            .field("name", &self.name)
+            .finish_non_exhaustive()
+    }
+}
+
+impl KeyEntry {
+    pub fn new(
+        name: String,
+        sha256: [u8; 32],
+        allowed: Option<HashSet<String>>,
+        requests: Option<Arc<RequestLimiter>>,
+        tokens: Option<Arc<TokenBudget>>,
+    ) -> Self {
+        Self {
+            name,
+            sha256,
+            allowed,
+            requests,
+            tokens,
+        }
+    }
+
+    pub fn may_use(&self, model: &str) -> bool {
+        self.allowed.as_ref().is_none_or(|a| a.contains(model))
+    }
+}
+
+/// The caller, as far as the gateway knows.
+#[derive(Clone, Default)]
+pub struct Principal {
+    /// `None` when auth is disabled.
+    pub key: Option<Arc<KeyEntry>>,
+}
+
+impl Principal {
+    pub fn may_use(&self, model: &str) -> bool {
+        self.key.as_ref().is_none_or(|k| k.may_use(model))
+    }
+    pub fn name(&self) -> Option<&str> {
+        self.key.as_ref().map(|k| k.name.as_str())
+    }
+}
+
+/// Keys by digest, built once per config.
+#[derive(Default)]
+pub struct KeyTable {
+    by_digest: HashMap<[u8; 32], Arc<KeyEntry>>,
+}
+
+impl KeyTable {
+    pub fn new(entries: Vec<KeyEntry>) -> Self {
+        Self {
+            by_digest: entries
+                .into_iter()
+                .map(|e| (e.sha256, Arc::new(e)))
+                .collect(),
+        }
+    }
+
+    pub fn authenticate(&self, headers: &HeaderMap) -> Result<Arc<KeyEntry>, GatewayError> {
+        let presented = presented_key(headers).ok_or(GatewayError::InvalidApiKey)?;
+        let digest: [u8; 32] = Sha256::digest(presented).into();
+        let entry = self
+            .by_digest
+            .get(&digest)
+            .ok_or(GatewayError::InvalidApiKey)?;
+        if constant_time_eq(&entry.sha256, &digest) {
+            Ok(entry.clone())
+        } else {
+            Err(GatewayError::InvalidApiKey)
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.by_digest.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.by_digest.is_empty()
+    }
+}
+
+/// The key a client sent, if any.
+pub fn presented_key(headers: &HeaderMap) -> Option<&[u8]> {
+    if let Some(v) = headers.get(http::header::AUTHORIZATION) {
+        let b = v.as_bytes();
+        let key = b
+            .get(..7)
+            .filter(|p| p.eq_ignore_ascii_case(b"bearer "))
+            .map(|_| b[7..].trim_ascii())?;
+        return (!key.is_empty()).then_some(key);
+    }
+    let key = headers.get("x-api-key")?.as_bytes().trim_ascii();
+    (!key.is_empty()).then_some(key)
+}
+
+/// Lowercase hex SHA-256 of a key, as `[[api_keys]] sha256` expects (`gateway hash-key`).
+pub fn hash_key(key: &[u8]) -> String {
+    Sha256::digest(key)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+fn constant_time_eq(a: &[u8; 32], b: &[u8; 32]) -> bool {
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::HeaderValue;
+
+    fn table() -> KeyTable {
+        let digest: [u8; 32] = Sha256::digest(b"sk-good").into();
+        KeyTable::new(vec![KeyEntry::new(
+            "team-a".into(),
+            digest,
+            Some(["m".to_owned()].into()),
+            None,
+            None,
+        )])
+    }
+
+    #[test]
+    fn bearer_and_x_api_key_are_accepted() {
+        let t = table();
+        let mut h = HeaderMap::new();
+        h.insert("authorization", HeaderValue::from_static("Bearer sk-good"));
+        assert_eq!(t.authenticate(&h).unwrap().name, "team-a");
+        let mut h = HeaderMap::new();
+        h.insert(
+            "authorization",
+            HeaderValue::from_static("bearer   sk-good "),
+        );
+        assert!(t.authenticate(&h).is_ok());
+        let mut h = HeaderMap::new();
+        h.insert("x-api-key", HeaderValue::from_static("sk-good"));
+        assert!(t.authenticate(&h).is_ok());
+    }
+
+    #[test]
+    fn missing_wrong_or_malformed_keys_are_refused() {
+        let t = table();
+        for (name, value) in [
+            ("authorization", "Bearer sk-bad"),
+            ("authorization", "Basic c2stZ29vZA=="),
+            ("authorization", "Bearer "),
+            ("authorization", "sk-good"),
+            ("x-api-key", ""),
+        ] {
+            let mut h = HeaderMap::new();
+            h.insert(name, HeaderValue::from_static(value));
+            assert_eq!(
+                t.authenticate(&h).unwrap_err(),
+                GatewayError::InvalidApiKey,
+                "{value}"
+            );
+        }
+        assert!(t.authenticate(&HeaderMap::new()).is_err());
+    }
+
+    #[test]
+    fn model_access_and_hashing() {
+        let e = table().by_digest.values().next().unwrap().clone();
+        assert!(e.may_use("m") && !e.may_use("other"));
+        assert!(Principal::default().may_use("anything"));
+        assert_eq!(
+            hash_key(b"test"),
+            "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"
+        );
+    }
+}

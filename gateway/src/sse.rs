@@ -1,0 +1,271 @@
+//! Incremental reading of a replica's response as it is forwarded: for streams, the SSE events
+//! (an event may span reads, a read may hold many events) — the final `usage` and `[DONE]`;
+//! for JSON answers, the `usage` object at the end. The bytes forwarded are never altered,
+//! except for one case: a usage-only event the gateway itself asked for (the client did not
+//! request `stream_options.include_usage`) is removed from the client's stream.
+
+use bytes::{Bytes, BytesMut};
+
+/// Token counts a replica reported.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Usage {
+    pub prompt_tokens: u64,
+    pub completion_tokens: u64,
+}
+
+impl Usage {
+    pub fn total(&self) -> u64 {
+        self.prompt_tokens + self.completion_tokens
+    }
+
+    fn from_json(v: &serde_json::Value) -> Option<Self> {
+        let u = v.get("usage")?;
+        let n = |k: &str| u.get(k).and_then(|x| x.as_u64());
+        Some(Self {
+            prompt_tokens: n("prompt_tokens").unwrap_or(0),
+            completion_tokens: n("completion_tokens").unwrap_or(0),
+        })
+    }
+}
+
+/// Reads SSE events as they pass.
+#[derive(Default)]
+pub struct SseMeter {
+    /// Bytes of the event still incomplete.
+    partial: BytesMut,
+    strip_usage: bool,
+    pub usage: Option<Usage>,
+    pub done: bool,
+}
+
+impl SseMeter {
+    /// `strip_usage`: remove usage-only events from what is forwarded.
+    pub fn new(strip_usage: bool) -> Self {
+        Self {
+            strip_usage,
+            ..Self::default()
+        }
+    }
+
+    /// Feeds one chunk; returns what to forward. Without stripping that is the chunk itself,
+    /// at once. With stripping, complete events only (a partial event waits for its end).
+    pub fn feed(&mut self, chunk: Bytes) -> Bytes {
+        self.partial.extend_from_slice(&chunk);
+        let mut kept = if self.strip_usage {
+            Some(BytesMut::with_capacity(self.partial.len()))
+        } else {
+            None
+        };
+        while let Some(end) = event_end(&self.partial) {
+            let event = self.partial.split_to(end);
+            let usage_only = self.inspect(&event);
+            if let Some(k) = kept.as_mut() {
+                if !usage_only {
+                    k.extend_from_slice(&event);
+                }
+            }
+        }
+        match kept {
+            Some(k) => k.freeze(),
+            None => chunk,
+        }
+    }
+
+    /// What is left when the stream ends: an unterminated last event, forwarded as it is.
+    pub fn finish(&mut self) -> Bytes {
+        let rest = self.partial.split().freeze();
+        if !rest.is_empty() {
+            self.inspect(&rest);
+        }
+        if self.strip_usage {
+            rest
+        } else {
+            Bytes::new()
+        }
+    }
+
+    /// Reads one event; returns whether it is a usage-only event (no choices).
+    fn inspect(&mut self, event: &[u8]) -> bool {
+        let data = event_data(event);
+        if data.as_slice() == b"[DONE]" {
+            self.done = true;
+            return false;
+        }
+        if memchr::memmem::find(&data, b"\"usage\"").is_none() {
+            return false;
+        }
+        let Ok(v) = serde_json::from_slice::<serde_json::Value>(&data) else {
+            return false;
+        };
+        if v.get("usage").is_none_or(|u| u.is_null()) {
+            return false;
+        }
+        self.usage = Usage::from_json(&v);
+        v.get("choices")
+            .and_then(|c| c.as_array())
+            .is_some_and(|c| c.is_empty())
+    }
+}
+
+/// End (exclusive) of the first complete event: after a blank line (`\n\n` or `\r\n\r\n`).
+fn event_end(buf: &[u8]) -> Option<usize> {
+    let mut i = 0;
+    while let Some(off) = memchr::memchr(b'\n', &buf[i..]) {
+        let nl = i + off;
+        let next = nl + 1;
+        // A blank line follows this line end?
+        match buf.get(next) {
+            Some(b'\n') => return Some(next + 1),
+            Some(b'\r') if buf.get(next + 1) == Some(&b'\n') => return Some(next + 2),
+            _ => {}
+        }
+        i = next;
+    }
+    None
+}
+
+/// The `data:` lines of one event, joined with newlines (comments and other fields skipped).
+fn event_data(event: &[u8]) -> Vec<u8> {
+    let mut out: Vec<u8> = Vec::new();
+    for line in event.split(|&b| b == b'\n') {
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        if let Some(rest) = line.strip_prefix(b"data:") {
+            if !out.is_empty() {
+                out.push(b'\n');
+            }
+            out.extend_from_slice(rest.strip_prefix(b" ").unwrap_or(rest));
+        }
+    }
+    out
+}
+
+/// `usage` of a complete JSON answer.
+pub fn json_usage(body: &[u8]) -> Option<Usage> {
+    serde_json::from_slice::<serde_json::Value>(body)
+        .ok()
+        .and_then(|v| Usage::from_json(&v))
+}
+
+/// Adds `"stream_options":{"include_usage":true}` to a JSON object body (which must not have
+/// `stream_options` already). Only the opening brace is touched; the rest is forwarded as is.
+pub fn inject_include_usage(body: &[u8]) -> Option<Bytes> {
+    let open = body.iter().position(|b| !b.is_ascii_whitespace())?;
+    if body[open] != b'{' {
+        return None;
+    }
+    let after = &body[open + 1..];
+    let empty = after.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'}');
+    let field: &[u8] = if empty {
+        br#""stream_options":{"include_usage":true}"#
+    } else {
+        br#""stream_options":{"include_usage":true},"#
+    };
+    let mut out = BytesMut::with_capacity(body.len() + field.len());
+    out.extend_from_slice(&body[..=open]);
+    out.extend_from_slice(field);
+    out.extend_from_slice(after);
+    Some(out.freeze())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    const STREAM: &str = concat!(
+        ": ping\n\n",
+        "data: {\"choices\":[{\"delta\":{\"role\":\"assistant\",\"content\":\"\"}}]}\n\n",
+        "data: {\"choices\":[{\"delta\":{\"content\":\"Hel\"}}]}\n\n",
+        "data: {\"choices\":[{\"delta\":{\"content\":\"lo\"},\"finish_reason\":\"stop\"}]}\r\n\r\n",
+        "data: {\"choices\":[],\"usage\":{\"prompt_tokens\":7,\"completion_tokens\":2,\"total_tokens\":9}}\n\n",
+        "data: [DONE]\n\n",
+    );
+
+    fn run(chunks: &[&[u8]], strip: bool) -> (Vec<u8>, SseMeter) {
+        let mut m = SseMeter::new(strip);
+        let mut out = Vec::new();
+        for c in chunks {
+            out.extend_from_slice(&m.feed(Bytes::copy_from_slice(c)));
+        }
+        out.extend_from_slice(&m.finish());
+        (out, m)
+    }
+
+    #[test]
+    fn finds_usage_and_done_and_forwards_unchanged() {
+        let (out, m) = run(&[STREAM.as_bytes()], false);
+        assert_eq!(out, STREAM.as_bytes());
+        assert_eq!(
+            m.usage,
+            Some(Usage {
+                prompt_tokens: 7,
+                completion_tokens: 2
+            })
+        );
+        assert!(m.done);
+    }
+
+    #[test]
+    fn strips_only_the_usage_only_event() {
+        let (out, m) = run(&[STREAM.as_bytes()], true);
+        let text = String::from_utf8(out).unwrap();
+        assert!(!text.contains("usage"));
+        assert_eq!(text, STREAM.replace(
+            "data: {\"choices\":[],\"usage\":{\"prompt_tokens\":7,\"completion_tokens\":2,\"total_tokens\":9}}\n\n", ""));
+        assert_eq!(m.usage.unwrap().total(), 9);
+    }
+
+    #[test]
+    fn a_cut_stream_has_no_done_and_keeps_its_tail() {
+        let cut = &STREAM.as_bytes()[..120];
+        let (out, m) = run(&[cut], true);
+        assert_eq!(out, cut);
+        assert!(!m.done && m.usage.is_none());
+    }
+
+    #[test]
+    fn injection_touches_only_the_opening_brace() {
+        let b = br#" {"model":"m","stream":true}"#;
+        let out = inject_include_usage(b).unwrap();
+        assert_eq!(
+            &out[..],
+            br#" {"stream_options":{"include_usage":true},"model":"m","stream":true}"#
+        );
+        let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(v["stream_options"]["include_usage"], true);
+        assert_eq!(
+            &inject_include_usage(b"{ }").unwrap()[..],
+            br#"{"stream_options":{"include_usage":true} }"#
+        );
+        assert!(inject_include_usage(b"[1]").is_none());
+    }
+
+    #[test]
+    fn json_usage_is_read() {
+        let u = json_usage(br#"{"id":"x","usage":{"prompt_tokens":3,"completion_tokens":4}}"#);
+        assert_eq!(u.unwrap().total(), 7);
+        assert!(json_usage(b"{}").is_none());
+    }
+
+    proptest! {
+        #[test]
+        fn any_split_gives_the_same_result(cuts in proptest::collection::vec(0usize..STREAM.len(), 0..12), strip: bool) {
+            let bytes = STREAM.as_bytes();
+            let mut cuts = cuts;
+            cuts.sort_unstable();
+            cuts.dedup();
+            let mut chunks: Vec<&[u8]> = Vec::new();
+            let mut at = 0;
+            for c in cuts {
+                chunks.push(&bytes[at..c]);
+                at = c;
+            }
+            chunks.push(&bytes[at..]);
+            let (whole, m1) = run(&[bytes], strip);
+            let (split, m2) = run(&chunks, strip);
+            prop_assert_eq!(whole, split);
+            prop_assert_eq!(m1.usage, m2.usage);
+            prop_assert_eq!(m1.done, m2.done);
+        }
+    }
+}

@@ -1,0 +1,364 @@
+//! API keys and rate limits on one instance: 401/403/429 with their bodies and headers, the
+//! per-key rate over 5 s of overload, token budgets with reserve-and-settle, per-IP limits
+//! behind trusted proxies, and keys never appearing in logs, metrics or bodies.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use common::*;
+use loadtest::MockConfig;
+
+const KEY_A: &str = "sk-test-aaaaaaaaaaaaaaaa";
+const KEY_B: &str = "sk-test-bbbbbbbbbbbbbbbb";
+
+fn keys_config(replicas: &[String], extra: &str, key_a: &str, key_b: &str) -> String {
+    let mut c = config(
+        replicas,
+        &format!(
+            "[auth]\nenabled = true\n{extra}\n\
+             [[api_keys]]\nname = \"team-a\"\nsha256 = \"{}\"\n{key_a}\n\
+             [[api_keys]]\nname = \"team-b\"\nsha256 = \"{}\"\n{key_b}\n",
+            sha(KEY_A),
+            sha(KEY_B)
+        ),
+    );
+    // A second model, for access checks.
+    c.push_str(&format!(
+        "[[models]]\nname = \"other-model\"\n[[models.versions]]\nname = \"1\"\n\
+         replicas = [{{ url = \"{}\" }}]\n",
+        replicas[0]
+    ));
+    c
+}
+
+async fn with_key(addr: std::net::SocketAddr, key: &str, body: serde_json::Value) -> Reply {
+    let auth = format!("Bearer {key}");
+    request(
+        addr,
+        "POST",
+        "/v1/chat/completions",
+        &[("authorization", &auth)],
+        body.to_string(),
+    )
+    .await
+}
+
+#[tokio::test]
+async fn missing_and_wrong_keys_are_401_and_valid_keys_work_in_either_header() {
+    let m = mock(fast()).await;
+    let gw = TestGateway::start(&keys_config(&[m.url()], "", "", "")).await;
+    for headers in [
+        vec![],
+        vec![("authorization", "Bearer sk-nope")],
+        vec![("x-api-key", "sk-nope")],
+        vec![("authorization", KEY_A)],
+    ] {
+        let r = request(
+            gw.addr,
+            "POST",
+            "/v1/chat/completions",
+            &headers,
+            chat(false).to_string(),
+        )
+        .await;
+        assert_eq!(r.status, 401, "{headers:?}");
+        assert_eq!(r.error_code(), "invalid_api_key");
+        assert_eq!(r.headers["www-authenticate"], "Bearer");
+        assert!(!String::from_utf8_lossy(&r.body).contains("sk-"));
+    }
+    let r = request(gw.addr, "GET", "/v1/models", &[], "").await;
+    assert_eq!(r.status, 401);
+    assert_eq!(with_key(gw.addr, KEY_A, chat(false)).await.status, 200);
+    let r = request(
+        gw.addr,
+        "POST",
+        "/v1/chat/completions",
+        &[("x-api-key", KEY_B)],
+        chat(false).to_string(),
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    assert_eq!(m.stats.requests.load(Ordering::Relaxed), 2);
+    // The key never reaches the replica's logs through us... it does reach the replica as
+    // sent (replicas may have keys of their own); but never the x-api-key of ours in errors.
+}
+
+#[tokio::test]
+async fn a_key_gets_only_its_models_403_or_hidden_404() {
+    let m = mock(fast()).await;
+    let scoped = format!("models = [\"{MODEL}\"]");
+    let gw = TestGateway::start(&keys_config(&[m.url()], "", &scoped, "")).await;
+    let other = serde_json::json!({"model": "other-model", "messages": []});
+    let r = with_key(gw.addr, KEY_A, other.clone()).await;
+    assert_eq!(r.status, 403);
+    assert_eq!(r.error_code(), "model_not_allowed");
+    assert_eq!(r.json()["error"]["type"], "permission_error");
+    // Aliases of an allowed model are allowed.
+    let alias = serde_json::json!({"model": "alias", "messages": []});
+    assert_eq!(with_key(gw.addr, KEY_A, alias).await.status, 200);
+    // The list shows only what the key may use; the other key sees everything.
+    let ids = |r: Reply| -> Vec<String> {
+        r.json()["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| m["id"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    let auth_a = format!("Bearer {KEY_A}");
+    let r = request(
+        gw.addr,
+        "GET",
+        "/v1/models",
+        &[("authorization", &auth_a)],
+        "",
+    )
+    .await;
+    assert_eq!(ids(r), vec![MODEL, "alias"]);
+    let auth_b = format!("Bearer {KEY_B}");
+    let r = request(
+        gw.addr,
+        "GET",
+        "/v1/models",
+        &[("authorization", &auth_b)],
+        "",
+    )
+    .await;
+    assert_eq!(ids(r), vec![MODEL, "alias", "other-model"]);
+    let r = request(
+        gw.addr,
+        "GET",
+        "/v1/models/other-model",
+        &[("authorization", &auth_a)],
+        "",
+    )
+    .await;
+    assert_eq!(r.status, 404, "retrieving a model not allowed hides it");
+
+    let hidden = TestGateway::start(&keys_config(
+        &[m.url()],
+        "hide_unlisted_models = true",
+        &scoped,
+        "",
+    ))
+    .await;
+    let r = with_key(hidden.addr, KEY_A, other).await;
+    assert_eq!(r.status, 404);
+    assert_eq!(r.error_code(), "model_not_found");
+}
+
+#[tokio::test]
+async fn a_key_over_its_rate_gets_429_with_retry_after_and_openai_headers() {
+    let m = mock(fast()).await;
+    let gw = TestGateway::start(&keys_config(
+        &[m.url()],
+        "",
+        "requests_per_second = 1.0\nburst = 2",
+        "",
+    ))
+    .await;
+    let r = with_key(gw.addr, KEY_A, chat(false)).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.headers["x-ratelimit-limit-requests"], "2");
+    assert_eq!(r.headers["x-ratelimit-remaining-requests"], "1");
+    assert!(r.headers.contains_key("x-ratelimit-reset-requests"));
+    assert_eq!(with_key(gw.addr, KEY_A, chat(false)).await.status, 200);
+    let r = with_key(gw.addr, KEY_A, chat(false)).await;
+    assert_eq!(r.status, 429);
+    assert_eq!(r.error_code(), "rate_limit_exceeded");
+    assert_eq!(r.json()["error"]["type"], "requests");
+    assert_eq!(r.headers["retry-after"], "1");
+    assert_eq!(r.headers["x-ratelimit-remaining-requests"], "0");
+    // The other key is not affected.
+    assert_eq!(with_key(gw.addr, KEY_B, chat(false)).await.status, 200);
+    let r = request(gw.admin, "GET", "/metrics", &[], "").await;
+    let text = String::from_utf8_lossy(&r.body).into_owned();
+    assert!(
+        text.contains("gateway_ratelimited_total{scope=\"key\"} 1"),
+        "{text}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_at_50_per_second_burst_10_driven_at_200_per_second_for_5s() {
+    let m = mock(fast()).await;
+    let gw = TestGateway::start(&keys_config(
+        &[m.url()],
+        "",
+        "requests_per_second = 50.0\nburst = 10",
+        "",
+    ))
+    .await;
+    let (addr, b) = (gw.addr, tokio::spawn(pace(gw.addr, KEY_B, 10, 5.0)));
+    let (ok, limited, other) = pace(addr, KEY_A, 200, 5.0).await;
+    let expected = 10.0 + 50.0 * 5.0;
+    eprintln!("key at 50 r/s burst 10, offered 200 r/s for 5 s: {ok} accepted (expected {expected}), {limited} limited");
+    assert_eq!(other, 0);
+    assert!(
+        (ok as f64 - expected).abs() <= expected * 0.05,
+        "accepted {ok}"
+    );
+    let (b_ok, b_limited, _) = b.await.unwrap();
+    assert_eq!((b_ok, b_limited), (50, 0), "the second key was affected");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tokens_per_minute_reserve_the_worst_case_and_settle_to_usage() {
+    let m = mock(MockConfig {
+        tokens: 100,
+        inter_token: Duration::from_millis(5),
+        ..fast()
+    })
+    .await;
+    let gw = TestGateway::start(&keys_config(
+        &[m.url()],
+        "",
+        "tokens_per_minute = 10000",
+        "",
+    ))
+    .await;
+    let body = serde_json::json!({"model": MODEL, "stream": true, "max_tokens": 1000,
+        "messages": [{"role": "user", "content": "Hi"}]});
+    let auth = format!("Bearer {KEY_A}");
+    let mut opened = Vec::new();
+    for _ in 0..20 {
+        let (addr, auth, body) = (gw.addr, auth.clone(), body.to_string());
+        opened.push(tokio::spawn(async move {
+            send(
+                addr,
+                "POST",
+                "/v1/chat/completions",
+                &[("authorization", &auth)],
+                body,
+            )
+            .await
+        }));
+    }
+    let mut admitted = Vec::new();
+    let mut refused = 0;
+    for o in opened {
+        let resp = o.await.unwrap();
+        match resp.status().as_u16() {
+            200 => admitted.push(resp),
+            429 => {
+                assert_eq!(resp.headers()["x-ratelimit-limit-tokens"], "10000");
+                refused += 1;
+            }
+            s => panic!("status {s}"),
+        }
+    }
+    eprintln!(
+        "tokens: {} admitted at once of 20 (10,000 tpm, max_tokens 1000), {refused} refused",
+        admitted.len()
+    );
+    assert!(
+        admitted.len() <= 10 && admitted.len() >= 9,
+        "admitted {}",
+        admitted.len()
+    );
+    // The gateway asked the replica for usage, and kept it out of the client's stream.
+    let sent = m.stats.bodies();
+    assert!(String::from_utf8_lossy(sent.last().unwrap()).contains("\"include_usage\":true"));
+    for resp in admitted {
+        let (body, clean) = read_all(resp.into_body()).await;
+        assert!(clean);
+        let text = String::from_utf8(body).unwrap();
+        assert!(text.ends_with("data: [DONE]\n\n"));
+        assert!(
+            !text.contains("\"usage\""),
+            "usage the client did not ask for leaked"
+        );
+    }
+    // Settled to ~140 tokens each: new requests fit again.
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    for _ in 0..5 {
+        let r = with_key(gw.addr, KEY_A, body.clone()).await;
+        assert_eq!(r.status, 200);
+    }
+    // A client that asks for usage gets it.
+    let mut asked = body.clone();
+    asked["stream_options"] = serde_json::json!({"include_usage": true});
+    let r = with_key(gw.addr, KEY_A, asked).await;
+    assert!(String::from_utf8_lossy(&r.body).contains("\"usage\""));
+}
+
+#[tokio::test]
+async fn per_ip_limits_use_the_socket_address_or_trusted_forwarded_for() {
+    let m = mock(fast()).await;
+    let gw = TestGateway::start(&config(
+        &[m.url()],
+        "[limits]\nper_ip_requests_per_second = 1.0\nper_ip_burst = 2\n",
+    ))
+    .await;
+    for _ in 0..2 {
+        assert_eq!(
+            post_json(gw.addr, "/v1/chat/completions", chat(false))
+                .await
+                .status,
+            200
+        );
+    }
+    let r = post_json(gw.addr, "/v1/chat/completions", chat(false)).await;
+    assert_eq!(r.status, 429);
+    assert!(r.json()["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("address"));
+    // Forwarded-For from an untrusted peer changes nothing.
+    let r = request(
+        gw.addr,
+        "POST",
+        "/v1/chat/completions",
+        &[("x-forwarded-for", "198.51.100.1")],
+        chat(false).to_string(),
+    )
+    .await;
+    assert_eq!(r.status, 429);
+
+    let trusted = TestGateway::start(&config(
+        &[m.url()],
+        "[limits]\nper_ip_requests_per_second = 1.0\nper_ip_burst = 2\ntrusted_proxies = [\"127.0.0.1/32\"]\n",
+    ))
+    .await;
+    for client in ["198.51.100.1", "198.51.100.2", "198.51.100.3"] {
+        for n in 0..3 {
+            let r = request(
+                trusted.addr,
+                "POST",
+                "/v1/chat/completions",
+                &[("x-forwarded-for", client)],
+                chat(false).to_string(),
+            )
+            .await;
+            assert_eq!(r.status, if n < 2 { 200 } else { 429 }, "{client} #{n}");
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_model_wide_limit_applies_to_every_caller() {
+    let m = mock(fast()).await;
+    let gw = TestGateway::start(&config_model(
+        &[m.url()],
+        "",
+        "requests_per_second = 1.0\nburst = 3",
+    ))
+    .await;
+    for _ in 0..3 {
+        assert_eq!(
+            post_json(gw.addr, "/v1/chat/completions", chat(false))
+                .await
+                .status,
+            200
+        );
+    }
+    let r = post_json(gw.addr, "/v1/chat/completions", chat(false)).await;
+    assert_eq!(r.status, 429);
+    assert!(r.json()["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("model"));
+}
