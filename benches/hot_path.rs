@@ -167,11 +167,57 @@ fn snapshot_load(c: &mut Criterion) {
     g.finish();
 }
 
+/// Auth (hash the presented key, look it up, compare) plus the key's request-limit check, as
+/// done once per request, against hashing the key alone (the floor of any hashed-key scheme).
+fn auth_and_limit(c: &mut Criterion) {
+    use gateway::auth::{KeyEntry, KeyTable};
+    use gateway::config::Rate;
+    use gateway::limits::RequestLimiter;
+    use sha2::Digest;
+    let keys: Vec<String> = (0..1000)
+        .map(|i| format!("sk-bench-{i:08}-xxxxxxxxxxxxxxxx"))
+        .collect();
+    let rate = Rate {
+        per_second: 1e9,
+        burst: 1_000_000,
+    };
+    let table = KeyTable::new(
+        keys.iter()
+            .enumerate()
+            .map(|(i, k)| {
+                KeyEntry::new(
+                    format!("key-{i}"),
+                    sha2::Sha256::digest(k.as_bytes()).into(),
+                    None,
+                    Some(Arc::new(RequestLimiter::new(rate, format!("k{i}"), 1))),
+                    None,
+                )
+            })
+            .collect(),
+    );
+    let mut headers = http::HeaderMap::new();
+    if let Ok(v) = http::HeaderValue::from_str(&format!("Bearer {}", keys[500])) {
+        headers.insert(http::header::AUTHORIZATION, v);
+    }
+    let mut g = c.benchmark_group("auth_and_limit");
+    g.bench_function("authenticate_plus_key_limit_1000_keys", |b| {
+        b.iter(|| {
+            let key = table.authenticate(black_box(&headers)).ok()?;
+            key.requests.as_ref().map(|l| l.check_local())
+        })
+    });
+    g.bench_function("baseline_sha256_of_the_key", |b| {
+        b.iter(|| sha2::Sha256::digest(black_box(keys[500].as_bytes())))
+    });
+    g.finish();
+}
+
 criterion_group!(
     benches,
     body_peek,
     framing_scan,
     balancer_pick,
-    snapshot_load
+    snapshot_load,
+    auth_and_limit
 );
 criterion_main!(benches);

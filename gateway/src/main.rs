@@ -242,12 +242,23 @@ async fn run_demo(
         .first()
         .map(|m| m.name.clone())
         .unwrap_or_default();
+    let (auth, mode) = if cfg.auth.enabled {
+        (
+            format!(" -H 'Authorization: Bearer {}'", demo::DEMO_KEY),
+            format!(
+                "API keys are required; the demo key is {} (`gateway demo --no-auth` runs without)",
+                demo::DEMO_KEY
+            ),
+        )
+    } else {
+        (String::new(), "No API key needed (--no-auth)".to_owned())
+    };
     run_gateway(cfg, |gw| {
         let a = gw.addrs.data;
         eprintln!(
             "\ngateway demo: 2 mock replicas behind http://{a} (admin http://{admin})\n\
-             Try a streaming chat completion:\n\n\
-             curl -N http://{a}/v1/chat/completions -H 'Content-Type: application/json' \
+             {mode}.\nTry a streaming chat completion:\n\n\
+             curl -N http://{a}/v1/chat/completions -H 'Content-Type: application/json'{auth} \
              -d '{{\"model\":\"{model}\",\"stream\":true,\"messages\":[{{\"role\":\"user\",\"content\":\"Hello\"}}]}}'\n\n\
              Press Ctrl-C to stop.\n",
             admin = gw.addrs.admin,

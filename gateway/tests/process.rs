@@ -175,9 +175,41 @@ fn serve_without_a_config_or_with_a_bad_one_fails_clearly() {
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(1));
-    let out = Command::new(BIN).arg("hash-key").output().unwrap();
+    let out = Command::new(BIN)
+        .args(["versions", "list"])
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("not supported yet"));
+}
+
+#[test]
+fn hash_key_prints_the_sha256_of_a_key_on_stdin() {
+    use std::io::Write;
+    let run = |input: &[u8]| {
+        let mut child = Command::new(BIN)
+            .arg("hash-key")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        child.stdin.take().unwrap().write_all(input).unwrap();
+        child.wait_with_output().unwrap()
+    };
+    for input in [&b"test"[..], b"test\n", b"test\r\n"] {
+        let out = run(input);
+        assert!(out.status.success());
+        assert_eq!(
+            String::from_utf8(out.stdout).unwrap(),
+            "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08\n"
+        );
+    }
+    for bad in [&b""[..], b"two words\n"] {
+        let out = run(bad);
+        assert_eq!(out.status.code(), Some(2));
+        assert!(out.stdout.is_empty());
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -220,11 +252,23 @@ async fn the_demo_serves_the_curl_it_prints() {
         .parse()
         .unwrap();
     let body = curl.split("-d '").nth(1).unwrap().trim_end_matches('\'');
+    // The demo runs with auth on and prints its key in the curl.
+    let auth = curl
+        .split("-H 'Authorization: ")
+        .nth(1)
+        .and_then(|r| r.split('\'').next())
+        .expect("the demo's curl carries its key")
+        .to_owned();
+    let without = send(addr, "POST", "/v1/chat/completions", &[], body.to_owned()).await;
+    assert_eq!(without.status(), 401);
     let resp = send(
         addr,
         "POST",
         "/v1/chat/completions",
-        &[("content-type", "application/json")],
+        &[
+            ("content-type", "application/json"),
+            ("authorization", &auth),
+        ],
         body.to_owned(),
     )
     .await;
@@ -236,4 +280,94 @@ async fn the_demo_serves_the_curl_it_prints() {
         .await
         .unwrap();
     assert!(status.success());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_log_line_metric_or_error_body_contains_a_plaintext_key() {
+    const GOOD: &str = "sk-secret-good-5f2a9c1e7d";
+    const LIMITED: &str = "sk-secret-limited-0b8e44aa";
+    const WRONG: &str = "sk-secret-wrong-77d0c3e1b9";
+    let m = mock(fast()).await;
+    let cfg = config(
+        &[m.url()],
+        &format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\n\
+             [auth]\nenabled = true\n\
+             [[api_keys]]\nname = \"good\"\nsha256 = \"{}\"\ntokens_per_minute = 100000\n\
+             [[api_keys]]\nname = \"limited\"\nsha256 = \"{}\"\nrequests_per_second = 1.0\nburst = 1\n\
+             models = [\"{MODEL}\"]\n",
+            sha(GOOD),
+            sha(LIMITED)
+        ),
+    );
+    let path = temp_file("keys.toml", &cfg);
+    let child = Command::new(BIN)
+        .args(["serve", "--config", path.to_str().unwrap()])
+        .env("GATEWAY_LOG", "trace")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut guard = ChildGuard(Some(child));
+    let child = guard.0.as_mut().unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let err_log = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = std::io::Read::read_to_string(&mut BufReader::new(stderr), &mut s);
+        s
+    });
+    // Capture stdout ourselves (the address line first, then everything).
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let out_log = std::thread::spawn(move || {
+        let mut all = String::new();
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if line.contains("data listener ready") {
+                let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+                let _ = tx.send(v["addr"].as_str().unwrap().parse::<SocketAddr>().unwrap());
+            }
+            all.push_str(&line);
+            all.push('\n');
+        }
+        all
+    });
+    let addr = rx.recv_timeout(Duration::from_secs(20)).unwrap();
+    let mut bodies = String::new();
+    for (name, value) in [
+        ("authorization", format!("Bearer {GOOD}")),
+        ("x-api-key", GOOD.to_owned()),
+        ("authorization", format!("Bearer {WRONG}")),
+        ("x-api-key", WRONG.to_owned()),
+        ("authorization", WRONG.to_owned()),
+        ("authorization", format!("Bearer {LIMITED}")),
+        ("authorization", format!("Bearer {LIMITED}")),
+    ] {
+        for (path, body) in [
+            ("/v1/chat/completions", chat(false).to_string()),
+            ("/v1/chat/completions", chat(true).to_string()),
+            ("/v1/models", String::new()),
+            ("/v1/embeddings", "{\"model\":\"nope\"}".to_owned()),
+        ] {
+            let method = if body.is_empty() { "GET" } else { "POST" };
+            let r = request(addr, method, path, &[(name, value.as_str())], body).await;
+            bodies.push_str(&String::from_utf8_lossy(&r.body));
+            for (k, v) in &r.headers {
+                bodies.push_str(&format!("{k}: {v:?}\n"));
+            }
+        }
+    }
+    sigterm(child.id());
+    let status = tokio::task::spawn_blocking(move || guard.0.take().unwrap().wait().unwrap())
+        .await
+        .unwrap();
+    assert!(status.success());
+    let logs = out_log.join().unwrap() + &err_log.join().unwrap();
+    assert!(logs.contains("\"key\":\"good\""), "key names are logged");
+    assert!(bodies.contains("invalid_api_key") && bodies.contains("rate_limit_exceeded"));
+    for secret in [GOOD, LIMITED, WRONG] {
+        assert!(!logs.contains(secret), "{secret} in the logs");
+        assert!(!bodies.contains(secret), "{secret} in a response");
+        let hash = sha(secret);
+        assert!(!logs.contains(&hash), "a key hash in the logs");
+    }
 }

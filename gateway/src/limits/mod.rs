@@ -200,10 +200,14 @@ impl RequestLimiter {
         self.rate
     }
 
+    /// The check when limits are not shared (no Redis): synchronous, no allocation.
+    pub fn check_local(&self) -> Decision {
+        governor_decision(self.local.check(), self.rate, self.local.clock())
+    }
+
     pub async fn check(&self, shared: Option<&Shared>) -> Decision {
-        let clock = DefaultClock::default();
         let Some(shared) = shared else {
-            return governor_decision(self.local.check(), self.rate, &clock);
+            return self.check_local();
         };
         if shared.usable() {
             let interval_us = (1e6 / self.rate.per_second.max(1e-6)).round().max(1.0) as u64;
@@ -232,7 +236,9 @@ impl RequestLimiter {
             }
         }
         match shared.client.config().fallback {
-            RedisFallback::Local => governor_decision(self.fallback.check(), self.rate, &clock),
+            RedisFallback::Local => {
+                governor_decision(self.fallback.check(), self.rate, self.fallback.clock())
+            }
             RedisFallback::Open => Decision::Allowed {
                 limit: self.rate.burst,
                 remaining: self.rate.burst,
@@ -279,13 +285,12 @@ impl IpLimiter {
 
     pub async fn check(&self, ip: IpAddr, shared: Option<&Shared>) -> Decision {
         let key = Self::key(ip);
-        let clock = DefaultClock::default();
         // A flood of distinct addresses must not grow memory without bound: sweep early.
         if self.local.len() > self.max_tracked {
             self.sweep(true);
         }
         let Some(shared) = shared else {
-            return governor_decision(self.local.check_key(&key), self.rate, &clock);
+            return governor_decision(self.local.check_key(&key), self.rate, self.local.clock());
         };
         if shared.usable() {
             let interval_us = (1e6 / self.rate.per_second.max(1e-6)).round().max(1.0) as u64;
@@ -314,9 +319,11 @@ impl IpLimiter {
             }
         }
         match shared.client.config().fallback {
-            RedisFallback::Local => {
-                governor_decision(self.fallback.check_key(&key), self.rate, &clock)
-            }
+            RedisFallback::Local => governor_decision(
+                self.fallback.check_key(&key),
+                self.rate,
+                self.fallback.clock(),
+            ),
             RedisFallback::Open => Decision::Allowed {
                 limit: self.rate.burst,
                 remaining: self.rate.burst,
