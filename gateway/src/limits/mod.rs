@@ -209,43 +209,51 @@ impl RequestLimiter {
         let Some(shared) = shared else {
             return self.check_local();
         };
-        if shared.usable() {
-            let interval_us = (1e6 / self.rate.per_second.max(1e-6)).round().max(1.0) as u64;
-            match shared
-                .client
-                .gcra(&self.redis_key, interval_us, self.rate.burst)
-                .await
-            {
-                Ok((allowed, n, us)) => {
-                    shared.recovered();
-                    let us = Duration::from_micros(us.max(0) as u64);
-                    return if allowed {
-                        Decision::Allowed {
-                            limit: self.rate.burst,
-                            remaining: n.clamp(0, i64::from(u32::MAX)) as u32,
-                            reset: us,
-                        }
-                    } else {
-                        Decision::Limited {
-                            limit: self.rate.burst,
-                            retry_after: us,
-                        }
-                    };
-                }
-                Err(e) => shared.failed(&e),
+        shared_check(shared, &self.redis_key, self.rate, || {
+            governor_decision(self.fallback.check(), self.rate, self.fallback.clock())
+        })
+        .await
+    }
+}
+
+/// One request-limit check in Redis, or — Redis failing — the fallback policy (`local` runs
+/// `fallback`, this instance's share).
+async fn shared_check(
+    shared: &Shared,
+    key: &str,
+    rate: Rate,
+    fallback: impl FnOnce() -> Decision,
+) -> Decision {
+    if shared.usable() {
+        let interval_us = (1e6 / rate.per_second.max(1e-6)).round().max(1.0) as u64;
+        match shared.client.gcra(key, interval_us, rate.burst).await {
+            Ok((allowed, n, us)) => {
+                shared.recovered();
+                let us = Duration::from_micros(us.max(0) as u64);
+                return if allowed {
+                    Decision::Allowed {
+                        limit: rate.burst,
+                        remaining: n.clamp(0, i64::from(u32::MAX)) as u32,
+                        reset: us,
+                    }
+                } else {
+                    Decision::Limited {
+                        limit: rate.burst,
+                        retry_after: us,
+                    }
+                };
             }
+            Err(e) => shared.failed(&e),
         }
-        match shared.client.config().fallback {
-            RedisFallback::Local => {
-                governor_decision(self.fallback.check(), self.rate, self.fallback.clock())
-            }
-            RedisFallback::Open => Decision::Allowed {
-                limit: self.rate.burst,
-                remaining: self.rate.burst,
-                reset: Duration::ZERO,
-            },
-            RedisFallback::Closed => Decision::Unavailable,
-        }
+    }
+    match shared.client.config().fallback {
+        RedisFallback::Local => fallback(),
+        RedisFallback::Open => Decision::Allowed {
+            limit: rate.burst,
+            remaining: rate.burst,
+            reset: Duration::ZERO,
+        },
+        RedisFallback::Closed => Decision::Unavailable,
     }
 }
 
@@ -292,45 +300,14 @@ impl IpLimiter {
         let Some(shared) = shared else {
             return governor_decision(self.local.check_key(&key), self.rate, self.local.clock());
         };
-        if shared.usable() {
-            let interval_us = (1e6 / self.rate.per_second.max(1e-6)).round().max(1.0) as u64;
-            match shared
-                .client
-                .gcra(&format!("gw:rl:ip:{key}"), interval_us, self.rate.burst)
-                .await
-            {
-                Ok((allowed, n, us)) => {
-                    shared.recovered();
-                    let us = Duration::from_micros(us.max(0) as u64);
-                    return if allowed {
-                        Decision::Allowed {
-                            limit: self.rate.burst,
-                            remaining: n.clamp(0, i64::from(u32::MAX)) as u32,
-                            reset: us,
-                        }
-                    } else {
-                        Decision::Limited {
-                            limit: self.rate.burst,
-                            retry_after: us,
-                        }
-                    };
-                }
-                Err(e) => shared.failed(&e),
-            }
-        }
-        match shared.client.config().fallback {
-            RedisFallback::Local => governor_decision(
+        shared_check(shared, &format!("gw:rl:ip:{key}"), self.rate, || {
+            governor_decision(
                 self.fallback.check_key(&key),
                 self.rate,
                 self.fallback.clock(),
-            ),
-            RedisFallback::Open => Decision::Allowed {
-                limit: self.rate.burst,
-                remaining: self.rate.burst,
-                reset: Duration::ZERO,
-            },
-            RedisFallback::Closed => Decision::Unavailable,
-        }
+            )
+        })
+        .await
     }
 
     /// Drops the state of addresses that are back to a full bucket (indistinguishable from
