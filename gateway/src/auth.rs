@@ -21,6 +21,8 @@ pub struct KeyEntry {
     pub allowed: Option<HashSet<String>>,
     pub requests: Option<Arc<RequestLimiter>>,
     pub tokens: Option<Arc<TokenBudget>>,
+    /// May ask for a version with `model = "name@version"`.
+    pub pin_versions: bool,
 }
 
 impl std::fmt::Debug for KeyEntry {
@@ -46,7 +48,13 @@ impl KeyEntry {
             allowed,
             requests,
             tokens,
+            pin_versions: false,
         }
+    }
+
+    pub fn with_pin_versions(mut self, allowed: bool) -> Self {
+        self.pin_versions = allowed;
+        self
     }
 
     pub fn may_use(&self, model: &str) -> bool {

@@ -30,6 +30,8 @@ pub enum GatewayError {
     InvalidApiKey,
     /// The key may not use this model.
     ModelNotAllowed(String),
+    /// The key may not pin a version (`model@version`).
+    PinNotAllowed(String),
     /// A rate limit refused the request.
     RateLimited {
         scope: crate::limits::Scope,
@@ -65,7 +67,7 @@ impl GatewayError {
             Self::HeadersTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             Self::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
             Self::InvalidApiKey => StatusCode::UNAUTHORIZED,
-            Self::ModelNotAllowed(_) => StatusCode::FORBIDDEN,
+            Self::ModelNotAllowed(_) | Self::PinNotAllowed(_) => StatusCode::FORBIDDEN,
             Self::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             Self::LimiterUnavailable => StatusCode::SERVICE_UNAVAILABLE,
             Self::UpstreamUnavailable { .. } => StatusCode::BAD_GATEWAY,
@@ -77,7 +79,7 @@ impl GatewayError {
     /// OpenAI's `error.type`.
     pub fn error_type(&self) -> &'static str {
         match self {
-            Self::ModelNotAllowed(_) => return "permission_error",
+            Self::ModelNotAllowed(_) | Self::PinNotAllowed(_) => return "permission_error",
             Self::RateLimited { scope, .. } => {
                 return if *scope == crate::limits::Scope::Tokens {
                     "tokens"
@@ -107,6 +109,7 @@ impl GatewayError {
             Self::RequestTimeout => "request_timeout",
             Self::InvalidApiKey => "invalid_api_key",
             Self::ModelNotAllowed(_) => "model_not_allowed",
+            Self::PinNotAllowed(_) => "version_pin_not_allowed",
             Self::RateLimited { .. } => "rate_limit_exceeded",
             Self::LimiterUnavailable => "ratelimit_unavailable",
             Self::AmbiguousFraming => "ambiguous_framing",
@@ -143,6 +146,10 @@ impl GatewayError {
             Self::ModelNotAllowed(m) => {
                 format!("This API key may not use the model `{}`.", printable(m))
             }
+            Self::PinNotAllowed(m) => format!(
+                "This API key may not pin a model version (`{}`); use the model name.",
+                printable(m)
+            ),
             Self::RateLimited {
                 scope, retry_after, ..
             } => {

@@ -11,7 +11,9 @@
 pub mod admin;
 pub mod auth;
 pub mod balance;
+pub mod canary;
 pub mod config;
+pub mod control;
 pub mod demo;
 pub mod error;
 pub mod framing;

@@ -188,14 +188,44 @@ async fn serve(path: Option<PathBuf>) -> ExitCode {
         eprintln!("error: no config file: pass --config PATH or set GATEWAY_CONFIG");
         return ExitCode::from(2);
     };
-    let cfg = match config::load(&path) {
-        Ok(c) => c,
+    if let Err(e) = config::load(&path) {
+        eprintln!("{}: {e}", path.display());
+        return ExitCode::FAILURE;
+    }
+    match Gateway::from_file(&path) {
+        Ok(gw) => serve_bound(gw).await,
         Err(e) => {
-            eprintln!("{}: {e}", path.display());
-            return ExitCode::FAILURE;
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
         }
-    };
-    run_gateway(cfg, |_| {}).await
+    }
+}
+
+/// SIGHUP reloads the configuration (an invalid file changes nothing).
+fn on_sighup(app: std::sync::Arc<gateway::state::AppState>) {
+    #[cfg(unix)]
+    tokio::spawn(async move {
+        use tokio::signal::unix::{signal, SignalKind};
+        let Ok(mut hup) = signal(SignalKind::hangup()) else {
+            return;
+        };
+        while hup.recv().await.is_some() {
+            let _ = gateway::control::reload(&app, "sighup");
+        }
+    });
+}
+
+async fn serve_bound(gw: Gateway) -> ExitCode {
+    let token = CancellationToken::new();
+    on_signals(token.clone());
+    on_sighup(gw.state());
+    match gw.serve(token).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 async fn run_gateway(cfg: config::Config, on_ready: impl FnOnce(&Gateway)) -> ExitCode {
@@ -207,15 +237,7 @@ async fn run_gateway(cfg: config::Config, on_ready: impl FnOnce(&Gateway)) -> Ex
         }
     };
     on_ready(&gw);
-    let token = CancellationToken::new();
-    on_signals(token.clone());
-    match gw.serve(token).await {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("error: {e:#}");
-            ExitCode::FAILURE
-        }
-    }
+    serve_bound(gw).await
 }
 
 async fn run_demo(

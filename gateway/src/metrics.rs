@@ -1,7 +1,9 @@
 //! The Prometheus registry and the gateway's metrics, served by the admin listener at
 //! `/metrics`. Label values come only from configured names (never from requests).
 
-use prometheus::{Encoder, IntCounter, IntCounterVec, IntGauge, Opts, Registry, TextEncoder};
+use prometheus::{
+    Encoder, GaugeVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry, TextEncoder,
+};
 
 pub struct Metrics {
     pub registry: Registry,
@@ -10,6 +12,12 @@ pub struct Metrics {
     /// 1 while Redis is unreachable and limits run on the fallback policy.
     pub ratelimit_degraded: IntGauge,
     pub ratelimit_redis_errors: IntCounter,
+    /// Reload attempts by `result` (ok, error).
+    pub config_reloads: IntCounterVec,
+    /// Traffic share (percent) of each model version.
+    pub canary_weight: GaugeVec,
+    /// Canaries the guard rolled back, by model.
+    pub canary_rollbacks: IntCounterVec,
 }
 
 impl Default for Metrics {
@@ -46,10 +54,40 @@ impl Metrics {
         for scope in ["ip", "key", "model", "tokens"] {
             ratelimited.with_label_values(&[scope]);
         }
+        let config_reloads = IntCounterVec::new(
+            Opts::new(
+                "gateway_config_reload_total",
+                "Configuration reloads by result (an error leaves the old configuration serving).",
+            ),
+            &["result"],
+        )
+        .expect("valid metric");
+        for r in ["ok", "error"] {
+            config_reloads.with_label_values(&[r]);
+        }
+        let canary_weight = GaugeVec::new(
+            Opts::new(
+                "gateway_canary_weight",
+                "Percent of a model's traffic each version takes (stable: 100 - canary).",
+            ),
+            &["model", "version"],
+        )
+        .expect("valid metric");
+        let canary_rollbacks = IntCounterVec::new(
+            Opts::new(
+                "gateway_canary_rollbacks_total",
+                "Canaries the guard set to weight 0 for breaking their budget.",
+            ),
+            &["model"],
+        )
+        .expect("valid metric");
         for m in [
             Box::new(ratelimited.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(ratelimit_degraded.clone()),
             Box::new(ratelimit_redis_errors.clone()),
+            Box::new(config_reloads.clone()),
+            Box::new(canary_weight.clone()),
+            Box::new(canary_rollbacks.clone()),
         ] {
             registry.register(m).expect("unique metric");
         }
@@ -58,6 +96,9 @@ impl Metrics {
             ratelimited,
             ratelimit_degraded,
             ratelimit_redis_errors,
+            config_reloads,
+            canary_weight,
+            canary_rollbacks,
         }
     }
 

@@ -53,6 +53,28 @@ pub struct Gateway {
 }
 
 impl Gateway {
+    /// Loads a config file (kept as the source for reloads and write-backs) and binds.
+    pub fn from_file(path: &std::path::Path) -> anyhow::Result<Self> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read {}", path.display()))?;
+        Self::from_source(&text, Some(path.to_path_buf()))
+    }
+
+    /// Binds from config text; `path` is the file it came from, if any.
+    pub fn from_source(text: &str, path: Option<std::path::PathBuf>) -> anyhow::Result<Self> {
+        let config = crate::config::parse(text).map_err(|e| anyhow::anyhow!("{e}"))?;
+        let gw = Self::bind(config)?;
+        *gw.app
+            .control
+            .source
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = crate::control::Source {
+            path,
+            text: text.to_owned(),
+        };
+        Ok(gw)
+    }
+
     /// Binds both listeners. Fails before serving anything if a port is taken.
     pub fn bind(config: Config) -> anyhow::Result<Self> {
         let data = bind(config.server.listen)?;
@@ -113,6 +135,8 @@ impl Gateway {
         if let Some(shared) = app.shared.clone() {
             tokio::spawn(shared.watch(shutdown.clone()));
         }
+        tokio::spawn(crate::control::watch(app.clone(), shutdown.clone()));
+        tokio::spawn(crate::canary::guard::run(app.clone(), shutdown.clone()));
         shutdown.cancelled().await;
         app.start_draining();
         let _ = health_task.await;
@@ -247,7 +271,7 @@ async fn accept_admin(
         let app = app.clone();
         let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
             let app = app.clone();
-            async move { Ok::<_, Infallible>(crate::admin::handle(&app, req)) }
+            async move { Ok::<_, Infallible>(crate::admin::handle(&app, req).await) }
         });
         let conn = graceful.watch(builder.serve_connection(TokioIo::new(stream), svc));
         tokio::spawn(async move {

@@ -24,6 +24,16 @@ pub struct Route {
     pub stable: usize,
     /// The model's global request limit.
     pub limiter: Option<Arc<RequestLimiter>>,
+    /// The canary split, when a canary takes traffic.
+    pub canary: Option<RouteCanary>,
+}
+
+/// A model's active canary: which version, how much traffic, what keeps a client on its arm.
+#[derive(Debug, Clone)]
+pub struct RouteCanary {
+    pub index: usize,
+    pub weight_percent: f64,
+    pub sticky: crate::config::Sticky,
 }
 
 pub struct Snapshot {
@@ -42,6 +52,7 @@ impl Snapshot {
         registry: &EndpointRegistry,
         queues: &QueueRegistry,
         limits: &LimitsRegistry,
+        stats: &crate::canary::stats::StatsRegistry,
     ) -> Self {
         let instances = config.limits.redis.as_ref().map_or(1, |r| r.instances);
         let mut routes = HashMap::new();
@@ -61,6 +72,7 @@ impl Snapshot {
                             config.upstream.ewma_decay,
                             registry,
                             queues.get_or_insert(&m.name, &v.name),
+                            stats.get(&m.name, &v.name),
                         )
                     })
                     .collect(),
@@ -68,6 +80,15 @@ impl Snapshot {
                 limiter: m
                     .rate
                     .map(|r| limits.request_limiter(Scope::Model, &m.name, r, instances)),
+                canary: m
+                    .canary
+                    .as_ref()
+                    .filter(|c| c.weight_percent > 0.0 && c.version != m.stable)
+                    .map(|c| RouteCanary {
+                        index: c.version,
+                        weight_percent: c.weight_percent,
+                        sticky: c.sticky.clone(),
+                    }),
             });
             for ep in route.versions.iter().flat_map(|p| &p.endpoints) {
                 let names = expected.entry(ep.key.clone()).or_default();
@@ -100,6 +121,7 @@ impl Snapshot {
                         k.tokens_per_minute
                             .map(|t| limits.token_budget(&k.name, t, instances)),
                     )
+                    .with_pin_versions(k.pin_versions)
                 })
                 .collect(),
         );
@@ -129,6 +151,24 @@ impl Snapshot {
     }
 }
 
+/// `gateway_canary_weight{model,version}`: the canary's weight, the stable's remainder.
+fn set_canary_gauges(metrics: &Metrics, config: &Config) {
+    metrics.canary_weight.reset();
+    for m in &config.models {
+        let canary = m.canary.as_ref().filter(|c| c.version != m.stable);
+        let w = canary.map_or(0.0, |c| c.weight_percent);
+        if let Some(v) = m.versions.get(m.stable) {
+            metrics
+                .canary_weight
+                .with_label_values(&[&m.name, &v.name])
+                .set(100.0 - w);
+        }
+        if let Some(v) = canary.and_then(|c| m.versions.get(c.version)) {
+            metrics.canary_weight.with_label_values(&[&m.name, &v.name]).set(w);
+        }
+    }
+}
+
 /// The OpenAI `model` object for a name the gateway serves.
 pub fn model_object(name: &str) -> serde_json::Value {
     serde_json::json!({"id": name, "object": "model", "created": 0, "owned_by": "gateway"})
@@ -140,6 +180,8 @@ pub struct AppState {
     pub endpoints: EndpointRegistry,
     pub queues: QueueRegistry,
     pub limits: LimitsRegistry,
+    pub stats: crate::canary::stats::StatsRegistry,
+    pub control: crate::control::Control,
     pub metrics: Arc<Metrics>,
     /// Redis, when limits are shared.
     pub shared: Option<Arc<Shared>>,
@@ -159,12 +201,17 @@ impl AppState {
                 metrics.clone(),
             ))
         });
-        let snapshot = ArcSwap::from_pointee(Snapshot::build(config, &endpoints, &queues, &limits));
+        let stats = crate::canary::stats::StatsRegistry::default();
+        let first = Snapshot::build(config, &endpoints, &queues, &limits, &stats);
+        set_canary_gauges(&metrics, &first.config);
+        let snapshot = ArcSwap::from_pointee(first);
         Self {
             snapshot,
             endpoints,
             queues,
             limits,
+            stats,
+            control: crate::control::Control::default(),
             metrics,
             shared,
             draining: AtomicBool::new(false),
@@ -179,7 +226,8 @@ impl AppState {
 
     /// Replaces the snapshot in one step and forgets replicas that left the configuration.
     pub fn publish(&self, config: Config) {
-        let next = Snapshot::build(config, &self.endpoints, &self.queues, &self.limits);
+        let next = Snapshot::build(config, &self.endpoints, &self.queues, &self.limits, &self.stats);
+        set_canary_gauges(&self.metrics, &next.config);
         let keys: std::collections::HashSet<String> = next
             .routes
             .values()

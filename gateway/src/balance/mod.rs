@@ -98,6 +98,8 @@ pub struct Pool {
     pub weights: Vec<u32>,
     pub queue: Arc<PoolQueue>,
     pub queue_config: QueueConfig,
+    /// Outcomes of this version's requests (canary guard, operator API).
+    pub stats: Arc<crate::canary::stats::VersionStats>,
     decay: Duration,
     balancer: Box<dyn Balancer>,
     last_panic_log: AtomicU64,
@@ -111,6 +113,7 @@ impl Pool {
         decay: Duration,
         registry: &EndpointRegistry,
         queue: Arc<PoolQueue>,
+        stats: Arc<crate::canary::stats::VersionStats>,
     ) -> Self {
         let endpoints: Vec<_> = v
             .replicas
@@ -129,6 +132,7 @@ impl Pool {
             endpoints,
             queue,
             queue_config,
+            stats,
             decay,
             last_panic_log: AtomicU64::new(0),
         }
@@ -261,7 +265,7 @@ mod tests {
             max_size: 2,
             timeout: Duration::from_millis(200),
         };
-        Pool::new(&v, kind, q, Duration::from_secs(10), &reg, Arc::default())
+        Pool::new(&v, kind, q, Duration::from_secs(10), &reg, Arc::default(), Arc::default())
     }
 
     fn counts(p: &Pool, picks: usize) -> Vec<usize> {

@@ -39,6 +39,9 @@ pub struct ServerFile {
     pub max_header_bytes: Option<u64>,
     /// Cap on the number of request headers.
     pub max_headers: Option<u64>,
+    /// File that operator changes (canary weights, promotions, rollbacks, reloads) are
+    /// appended to as JSON lines; they are always logged with target "audit" too.
+    pub audit_log: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -95,6 +98,8 @@ pub struct ApiKeyFile {
     pub requests_per_second: Option<f64>,
     pub burst: Option<u64>,
     pub tokens_per_minute: Option<u64>,
+    /// The key may ask for a specific version with `model = "name@version"`.
+    pub pin_versions: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -148,6 +153,19 @@ pub struct CanaryFile {
     pub version: Option<String>,
     pub weight_percent: Option<f64>,
     pub sticky: Option<String>,
+    pub guard: Option<GuardFile>,
+    /// Weights to promote through while the guard stays green, e.g. [5, 25, 50, 100].
+    pub steps: Option<Vec<f64>>,
+    pub step_interval: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GuardFile {
+    pub max_error_rate: Option<f64>,
+    pub max_ttft_p95_ms: Option<f64>,
+    pub min_requests: Option<u64>,
+    pub window: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

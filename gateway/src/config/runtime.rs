@@ -40,6 +40,7 @@ pub struct ApiKeyConfig {
     pub models: Option<Vec<String>>,
     pub rate: Option<Rate>,
     pub tokens_per_minute: Option<u64>,
+    pub pin_versions: bool,
 }
 
 impl std::fmt::Debug for ApiKeyConfig {
@@ -136,6 +137,7 @@ pub struct ServerConfig {
     pub body_read_timeout: Duration,
     pub max_header_bytes: usize,
     pub max_headers: usize,
+    pub audit_log: Option<std::path::PathBuf>,
 }
 
 #[derive(Debug, Clone)]
@@ -194,6 +196,9 @@ pub struct ModelConfig {
     pub queue: QueueConfig,
     /// Global request limit of the model over all callers.
     pub rate: Option<Rate>,
+    /// `<deploy_dir>/current -> <version>` names the stable version.
+    pub deploy_dir: Option<std::path::PathBuf>,
+    pub canary: Option<CanaryConfig>,
     /// Index into `versions` of the version that takes the traffic the canary does not.
     pub stable: usize,
     pub versions: Vec<VersionConfig>,
@@ -214,4 +219,36 @@ pub struct ReplicaConfig {
     pub weight: u32,
     /// Most requests in flight at once; 0 = unlimited.
     pub max_inflight: u32,
+}
+
+/// What keeps a client on the same arm of a canary split.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Sticky {
+    /// Each request is drawn at random.
+    None,
+    /// The caller's API key (its configured name): one key, one arm.
+    ApiKey,
+    /// A request header's value (e.g. a user or session id).
+    Header(http::header::HeaderName),
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct CanaryConfig {
+    /// Index into `ModelConfig::versions`.
+    pub version: usize,
+    pub weight_percent: f64,
+    pub sticky: Sticky,
+    pub guard: Option<GuardConfig>,
+    /// Weights to step through while the guard stays green.
+    pub steps: Vec<f64>,
+    pub step_interval: Duration,
+}
+
+/// The canary's error and latency budget over a sliding window.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct GuardConfig {
+    pub max_error_rate: f64,
+    pub max_ttft_p95_ms: Option<f64>,
+    pub min_requests: u64,
+    pub window: Duration,
 }

@@ -180,6 +180,11 @@ pub fn validate(f: &FileConfig) -> Result<Config, Vec<String>> {
             1024,
             MAX_HEADER_BYTES_CEILING,
         ) as usize,
+        audit_log: s
+            .audit_log
+            .as_deref()
+            .filter(|p| !p.is_empty())
+            .map(std::path::PathBuf::from),
         max_headers: e.range(
             "server.max_headers",
             s.max_headers,
@@ -263,12 +268,11 @@ pub fn validate(f: &FileConfig) -> Result<Config, Vec<String>> {
                 BalancerKind::RoundRobin
             }
         };
-        if m.deploy_dir.as_ref().is_some_and(|d| !d.is_empty()) {
-            e.not_yet(
-                &format!("{at}.deploy_dir"),
-                "versions from a deployment directory",
-            );
-        }
+        let deploy_dir = m
+            .deploy_dir
+            .as_deref()
+            .filter(|d| !d.is_empty())
+            .map(std::path::PathBuf::from);
         let q = m.queue.as_ref();
         let queue = QueueConfig {
             max_size: e.range(
@@ -284,9 +288,7 @@ pub fn validate(f: &FileConfig) -> Result<Config, Vec<String>> {
                 defaults::QUEUE_TIMEOUT,
             ),
         };
-        if m.canary.is_some() {
-            e.not_yet(&format!("{at}.canary"), "canary routing");
-        }
+
         let rate = check_rate(&mut e, &at, m.requests_per_second, m.burst);
         let mut versions = Vec::new();
         let mut version_names = HashSet::new();
@@ -338,18 +340,31 @@ pub fn validate(f: &FileConfig) -> Result<Config, Vec<String>> {
                 replicas,
             });
         }
-        let stable = match m.stable.as_deref() {
+        // With a deployment directory, `current` names the stable version.
+        let current = match &deploy_dir {
+            Some(dir) => match crate::canary::versions::current(dir) {
+                Ok(v) => Some(v),
+                Err(why) => {
+                    e.push(format!("{at}.deploy_dir"), why);
+                    None
+                }
+            },
+            None => None,
+        };
+        let stable = match current.as_deref().or(m.stable.as_deref()) {
             Some(s) => match versions.iter().position(|v| v.name == s) {
                 Some(i) => i,
                 None => {
+                    let field = if current.is_some() { "deploy_dir" } else { "stable" };
                     e.push(
-                        format!("{at}.stable"),
+                        format!("{at}.{field}"),
                         format!("names version {s:?}, which is not among this model's versions"),
                     );
                     0
                 }
             },
             None if versions.len() <= 1 => 0,
+            None if deploy_dir.is_some() => 0,
             None => {
                 e.push(
                     format!("{at}.stable"),
@@ -358,12 +373,18 @@ pub fn validate(f: &FileConfig) -> Result<Config, Vec<String>> {
                 0
             }
         };
+        let canary = m
+            .canary
+            .as_ref()
+            .and_then(|c| check_canary(&mut e, &at, c, &versions));
         models.push(ModelConfig {
             name,
             aliases: m.aliases.clone(),
             balancer,
             queue,
             rate,
+            deploy_dir,
+            canary,
             stable,
             versions,
         });
@@ -487,6 +508,7 @@ fn check_api_keys(
             models: allowed,
             rate,
             tokens_per_minute: tpm,
+            pin_versions: k.pin_versions.unwrap_or(false),
         });
     }
     out
@@ -578,6 +600,85 @@ fn check_limits(e: &mut Errors, l: Option<&LimitsFile>) -> LimitsConfig {
             100_000_000,
         ) as usize,
     }
+}
+
+fn check_canary(
+    e: &mut Errors,
+    at: &str,
+    c: &CanaryFile,
+    versions: &[VersionConfig],
+) -> Option<CanaryConfig> {
+    let at = format!("{at}.canary");
+    let Some(name) = c.version.as_deref() else {
+        e.push(format!("{at}.version"), "is required");
+        return None;
+    };
+    let Some(version) = versions.iter().position(|v| v.name == name) else {
+        e.push(
+            format!("{at}.version"),
+            format!("{name:?} is not among this model's versions"),
+        );
+        return None;
+    };
+    let weight_percent = c.weight_percent.unwrap_or(0.0);
+    if !(0.0..=100.0).contains(&weight_percent) {
+        e.push(
+            format!("{at}.weight_percent"),
+            format!("{weight_percent} is out of range (0..=100)"),
+        );
+    }
+    let sticky = match c.sticky.as_deref().unwrap_or("api_key") {
+        "none" => Sticky::None,
+        "api_key" => Sticky::ApiKey,
+        h => match h
+            .strip_prefix("header:")
+            .and_then(|n| http::header::HeaderName::from_bytes(n.trim().as_bytes()).ok())
+        {
+            Some(name) => Sticky::Header(name),
+            None => {
+                e.push(
+                    format!("{at}.sticky"),
+                    format!("{h:?}: expected \"api_key\", \"header:<name>\" or \"none\""),
+                );
+                Sticky::None
+            }
+        },
+    };
+    let guard = c.guard.as_ref().map(|g| {
+        let max_error_rate = g.max_error_rate.unwrap_or(0.05);
+        if !(0.0..=1.0).contains(&max_error_rate) {
+            e.push(format!("{at}.guard.max_error_rate"), "must be within 0..=1 (a fraction)");
+        }
+        if g.max_ttft_p95_ms.is_some_and(|v| !(v > 0.0 && v.is_finite())) {
+            e.push(format!("{at}.guard.max_ttft_p95_ms"), "must be a positive number of ms");
+        }
+        GuardConfig {
+            max_error_rate,
+            max_ttft_p95_ms: g.max_ttft_p95_ms,
+            min_requests: e.range(
+                &format!("{at}.guard.min_requests"),
+                g.min_requests,
+                200,
+                1,
+                100_000_000,
+            ),
+            window: e.duration(&format!("{at}.guard.window"), &g.window, "60s"),
+        }
+    });
+    let steps = c.steps.clone().unwrap_or_default();
+    if steps.iter().any(|s| !(*s > 0.0 && *s <= 100.0)) || steps.windows(2).any(|w| w[0] >= w[1])
+    {
+        e.push(format!("{at}.steps"), "must be increasing weights within (0, 100]");
+    }
+    let step_interval = e.duration(&format!("{at}.step_interval"), &c.step_interval, "5m");
+    Some(CanaryConfig {
+        version,
+        weight_percent: weight_percent.clamp(0.0, 100.0),
+        sticky,
+        guard,
+        steps,
+        step_interval,
+    })
 }
 
 /// `10.0.0.0/8`, `fd00::/8`, or a bare address.
@@ -897,21 +998,6 @@ mod tests {
                 .any(|e| e.starts_with("server.tls:") && e.contains("not supported yet")),
             "{errs:?}"
         );
-        for (kv, field) in [
-            ("deploy_dir = \"/opt/x\"", "models[0].deploy_dir:"),
-            (
-                "canary = { version = \"v2\", weight_percent = 5.0 }",
-                "models[0].canary:",
-            ),
-        ] {
-            let cfg = MIN.replace("name = \"m\"", &format!("name = \"m\"\n{kv}"));
-            let errs = parse(&cfg).unwrap_err();
-            assert!(
-                errs.iter()
-                    .any(|e| e.starts_with(field) && e.contains("not supported yet")),
-                "{kv}: {errs:?}"
-            );
-        }
     }
 
     #[test]

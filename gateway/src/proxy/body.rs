@@ -104,6 +104,8 @@ pub struct BodyCtx {
     pub route: Arc<Route>,
     pub config: Arc<Config>,
     pub meter: Option<Meter>,
+    /// The version's outcome window (time to first token).
+    pub stats: Arc<crate::canary::stats::VersionStats>,
 }
 
 pin_project! {
@@ -143,8 +145,10 @@ fn finish(conn: &mut Option<Sender>, guard: &mut Option<InflightGuard>, ctx: &mu
     }
     if let Some(g) = guard.as_ref() {
         if !ctx.stream {
+            let took = ctx.sent_at.elapsed();
             g.endpoint()
-                .observe_latency(ctx.sent_at.elapsed(), ctx.config.upstream.ewma_decay);
+                .observe_latency(took, ctx.config.upstream.ewma_decay);
+            ctx.stats.record_ttft(took);
         }
         if let Some(c) = conn.take() {
             g.endpoint().checkin(c);
@@ -183,11 +187,11 @@ impl Body for UpstreamBody {
                 if !*this.first_seen && frame.is_data() {
                     *this.first_seen = true;
                     if this.ctx.stream {
+                        let ttft = now - this.ctx.sent_at;
+                        this.ctx.stats.record_ttft(ttft);
                         if let Some(g) = this.guard.as_ref() {
-                            g.endpoint().observe_latency(
-                                now - this.ctx.sent_at,
-                                this.ctx.config.upstream.ewma_decay,
-                            );
+                            g.endpoint()
+                                .observe_latency(ttft, this.ctx.config.upstream.ewma_decay);
                         }
                     }
                 }

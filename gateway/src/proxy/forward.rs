@@ -151,6 +151,7 @@ pub async fn forward(
         route: route.clone(),
         config: config.clone(),
         meter,
+        stats: pool.stats.clone(),
     };
     let response = respond(
         ctx,

@@ -104,6 +104,9 @@ struct Trace {
     requests_left: Option<(u32, u32, std::time::Duration)>,
     /// The key's token budget after the reservation: (per minute, left).
     tokens_left: Option<(u64, u64)>,
+    /// The chosen version's outcome window, and the arm it was chosen on.
+    stats: Option<std::sync::Arc<crate::canary::stats::VersionStats>>,
+    arm: Option<canary::Arm>,
     model: Option<String>,
     version: Option<String>,
     replica: Option<HeaderValue>,
@@ -133,6 +136,9 @@ pub async fn handle(
         request_id.clone(),
     );
     ratelimit_headers(resp.headers_mut(), &trace);
+    if let Some(stats) = &trace.stats {
+        stats.record(resp.status().is_server_error());
+    }
     tracing::info!(
         target: "access",
         request_id = request_id.to_str().unwrap_or(""),
@@ -141,6 +147,11 @@ pub async fn handle(
         op = trace.op,
         model = trace.model.as_deref().unwrap_or("-"),
         version = trace.version.as_deref().unwrap_or("-"),
+        arm = trace.arm.map_or("-", |a| match a {
+            canary::Arm::Stable => "stable",
+            canary::Arm::Canary => "canary",
+            canary::Arm::Pinned => "pinned",
+        }),
         replica = trace.replica.as_ref().and_then(|r| r.to_str().ok()).unwrap_or("-"),
         status = resp.status().as_u16(),
         stream = trace.stream,
@@ -213,7 +224,7 @@ async fn serve(
         Operation::GetModel => {
             let id = &req.uri().path()["/v1/models/".len()..];
             let id = percent_decode(id);
-            let route = route::resolve(&snapshot, &id)?;
+            let route = route::resolve_name(&snapshot, &id)?;
             check_access(&principal, &route.model, &id, true)?;
             return Ok(json_ok(Bytes::from(model_object(&id).to_string())));
         }
@@ -237,7 +248,8 @@ async fn serve(
     let peek = read::peek(&body)?;
     trace.stream = peek.stream;
     // Stage 5: route, then what this caller may do with the model.
-    let route = route::resolve(&snapshot, &peek.model)?;
+    let (route, pinned) =
+        route::resolve(&snapshot, &peek.model, &principal, config.auth.enabled)?;
     check_access(&principal, &route.model, &peek.model, hide)?;
     trace.model = Some(route.model.clone());
     if let Some(limiter) = &route.limiter {
@@ -281,8 +293,11 @@ async fn serve(
         meter = Some(forward::Meter::new(reservation, peek.stream, strip));
     }
     // Stage 6: version.
-    let choice = canary::choose(&route);
-    trace.version = route.versions.get(choice.index).map(|p| p.version.clone());
+    let choice = canary::choose(&route, pinned, &principal, &parts.headers);
+    let pool = route.versions.get(choice.index);
+    trace.version = pool.map(|p| p.version.clone());
+    trace.stats = pool.map(|p| p.stats.clone());
+    trace.arm = Some(choice.arm);
     // Stage 7: forward.
     let uri = parts
         .uri

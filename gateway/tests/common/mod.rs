@@ -29,11 +29,19 @@ pub struct TestGateway {
 impl TestGateway {
     /// Starts the gateway from config text; listen addresses are forced to 127.0.0.1:0.
     pub async fn start(toml: &str) -> Self {
-        let mut file = gateway::config::parse_file(toml).unwrap();
-        file.server.listen = Some("127.0.0.1:0".into());
-        file.server.admin_listen = Some("127.0.0.1:0".into());
-        let cfg = gateway::config::validate::validate(&file).unwrap();
-        let gw = Gateway::bind(cfg).unwrap();
+        let mut doc: toml_edit::DocumentMut = toml.parse().unwrap();
+        doc["server"]["listen"] = toml_edit::value("127.0.0.1:0");
+        doc["server"]["admin_listen"] = toml_edit::value("127.0.0.1:0");
+        Self::run(Gateway::from_source(&doc.to_string(), None).unwrap())
+    }
+
+    /// Starts the gateway from a config file (which should listen on 127.0.0.1:0); changes are
+    /// written back to it.
+    pub async fn start_file(path: &std::path::Path) -> Self {
+        Self::run(Gateway::from_file(path).unwrap())
+    }
+
+    fn run(gw: Gateway) -> Self {
         let (addr, admin) = (gw.addrs.data, gw.addrs.admin);
         let state = gw.state();
         let stop = CancellationToken::new();
