@@ -111,6 +111,7 @@ fn pool(kind: BalancerKind, n: usize) -> Pool {
         Duration::from_secs(10),
         &registry,
         Arc::default(),
+        Arc::default(),
     );
     // Realistic state: some load and some latency history on every replica.
     for (i, ep) in p.endpoints.iter().enumerate() {

@@ -105,12 +105,18 @@ pub fn reload(app: &AppState, trigger: &str) -> Result<Reloaded, Vec<String>> {
         }
         Err(errors) => {
             status.errors = errors.clone();
-            app.metrics.config_reloads.with_label_values(&["error"]).inc();
+            app.metrics
+                .config_reloads
+                .with_label_values(&["error"])
+                .inc();
             tracing::error!(trigger, errors = ?errors, "configuration reload failed; the old configuration stays");
             Err(errors)
         }
     };
-    *app.control.last_reload.lock().unwrap_or_else(|p| p.into_inner()) = status;
+    *app.control
+        .last_reload
+        .lock()
+        .unwrap_or_else(|p| p.into_inner()) = status;
     out
 }
 
@@ -134,7 +140,11 @@ fn apply_text(app: &AppState, text: &str, _trigger: &str) -> Result<Reloaded, Ve
     };
     if changed {
         app.publish(cfg);
-        app.control.source.lock().unwrap_or_else(|p| p.into_inner()).text = text.to_owned();
+        app.control
+            .source
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .text = text.to_owned();
     }
     Ok(Reloaded {
         changed,
@@ -280,7 +290,11 @@ pub async fn change_canary(
     let cfg = config::parse(&new_text).map_err(|e| ChangeError::Invalid(vec![e.to_string()]))?;
     let after = canary_json(&cfg, model);
     app.publish(cfg);
-    app.control.source.lock().unwrap_or_else(|p| p.into_inner()).text = new_text;
+    app.control
+        .source
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .text = new_text;
     audit(app, who, action, model, &before, &after, reason);
     Ok(after)
 }

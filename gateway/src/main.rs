@@ -55,16 +55,72 @@ enum Command {
     },
     /// Print the SHA-256 of an API key read on stdin, for `[[api_keys]] sha256`.
     HashKey,
-    /// Manage a model's version directory (not supported yet).
+    /// Manage a model's deployment tree (`<dir>/<version>/`, `current -> <version>`).
     Versions {
-        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
-        args: Vec<String>,
+        /// The deployment directory.
+        #[arg(long, conflicts_with = "config")]
+        dir: Option<PathBuf>,
+        /// Take the directory (and the canary, and the expected versions) from a model's
+        /// `deploy_dir` in this config file; needs --model.
+        #[arg(long, requires = "model")]
+        config: Option<PathBuf>,
+        #[arg(long)]
+        model: Option<String>,
+        #[command(subcommand)]
+        action: VersionsAction,
     },
-    /// Change canary weights (not supported yet).
+    /// Change a model's canary through a running gateway's admin API.
     Canary {
-        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
-        args: Vec<String>,
+        /// The admin listener, e.g. http://127.0.0.1:9090. The token is read from
+        /// GATEWAY_ADMIN_TOKEN (or the variable named by --token-env).
+        #[arg(long, default_value = "http://127.0.0.1:9090")]
+        admin: String,
+        #[arg(long, default_value = "GATEWAY_ADMIN_TOKEN")]
+        token_env: String,
+        #[command(subcommand)]
+        action: CanaryAction,
     },
+}
+
+#[derive(Subcommand)]
+enum VersionsAction {
+    /// Versions, which is current, previous and canary, sizes and ages.
+    List,
+    /// Point `current` at VERSION (atomic); refuses missing or empty versions.
+    Switch { version: String },
+    /// Point `current` back at the previous version.
+    Rollback,
+    /// Delete old versions; never current, previous, the canary or a pinned one.
+    Cleanup {
+        #[arg(long)]
+        keep: usize,
+        /// A version to keep whatever its age (repeatable).
+        #[arg(long)]
+        pin: Vec<String>,
+        /// The canary version (taken from --config when given).
+        #[arg(long)]
+        canary: Option<String>,
+    },
+    /// Check the tree: exit 1 with a report on dangling or wrong links and missing versions.
+    Verify,
+}
+
+#[derive(Subcommand)]
+enum CanaryAction {
+    /// Every model's versions, canary and figures.
+    Status,
+    /// Set MODEL's canary version and weight.
+    Set {
+        model: String,
+        #[arg(long)]
+        version: String,
+        #[arg(long)]
+        weight: f64,
+    },
+    /// The canary becomes stable.
+    Promote { model: String },
+    /// Canary weight 0 at once.
+    Rollback { model: String },
 }
 
 fn init_logs(format: LogFormat) {
@@ -153,11 +209,238 @@ fn main() -> ExitCode {
             runtime.block_on(serve(cli.config))
         }
         Some(Command::HashKey) => hash_key(),
-        Some(Command::Versions { .. } | Command::Canary { .. }) => {
-            eprintln!("error: this subcommand is not supported yet in this version of the gateway");
-            ExitCode::from(2)
+        Some(Command::Versions {
+            dir,
+            config,
+            model,
+            action,
+        }) => versions(dir, config, model, action),
+        Some(Command::Canary {
+            admin,
+            token_env,
+            action,
+        }) => runtime.block_on(canary(&admin, &token_env, action)),
+    }
+}
+
+fn versions(
+    dir: Option<PathBuf>,
+    config_path: Option<PathBuf>,
+    model: Option<String>,
+    action: VersionsAction,
+) -> ExitCode {
+    use gateway::canary::versions as v;
+    let fail = |msg: String| {
+        eprintln!("error: {msg}");
+        ExitCode::FAILURE
+    };
+    // From the config: the directory, the canary, and the versions the model declares.
+    let (dir, canary, expected) = match (dir, config_path) {
+        (Some(d), _) => (d, None, Vec::new()),
+        (None, Some(path)) => {
+            let text = match std::fs::read_to_string(&path) {
+                Ok(t) => t,
+                Err(e) => return fail(format!("cannot read {}: {e}", path.display())),
+            };
+            let file = match config::parse_file(&text) {
+                Ok(f) => f,
+                Err(e) => return fail(e.to_string()),
+            };
+            let name = model.unwrap_or_default();
+            let Some(m) = file
+                .models
+                .iter()
+                .find(|m| m.name.as_deref() == Some(name.as_str()))
+            else {
+                return fail(format!("no model {name:?} in {}", path.display()));
+            };
+            let Some(d) = m.deploy_dir.clone().filter(|d| !d.is_empty()) else {
+                return fail(format!("model {name:?} has no deploy_dir"));
+            };
+            let canary = m
+                .canary
+                .as_ref()
+                .filter(|c| c.weight_percent.unwrap_or(0.0) > 0.0)
+                .and_then(|c| c.version.clone());
+            let expected = m.versions.iter().filter_map(|v| v.name.clone()).collect();
+            (PathBuf::from(d), canary, expected)
+        }
+        (None, None) => return fail("give --dir DIR, or --config PATH --model NAME".into()),
+    };
+    let mut out = std::io::stdout();
+    use std::io::Write;
+    match action {
+        VersionsAction::List => match v::list(&dir) {
+            Ok(list) => {
+                let now = std::time::SystemTime::now();
+                let _ = writeln!(out, "{:<20} {:>12} {:>10}  ROLE", "VERSION", "SIZE", "AGE");
+                for x in list {
+                    let age = x
+                        .modified
+                        .and_then(|m| now.duration_since(m).ok())
+                        .map(|d| human_age(d.as_secs()))
+                        .unwrap_or_else(|| "-".into());
+                    let mut roles = Vec::new();
+                    if x.current {
+                        roles.push("current");
+                    }
+                    if x.previous {
+                        roles.push("previous");
+                    }
+                    if canary.as_deref() == Some(x.name.as_str()) {
+                        roles.push("canary");
+                    }
+                    let _ = writeln!(
+                        out,
+                        "{:<20} {:>12} {:>10}  {}",
+                        x.name,
+                        x.bytes,
+                        age,
+                        roles.join(",")
+                    );
+                }
+                ExitCode::SUCCESS
+            }
+            Err(e) => fail(e),
+        },
+        VersionsAction::Switch { version } => match v::switch(&dir, &version) {
+            Ok(prev) => {
+                let _ = writeln!(
+                    out,
+                    "current -> {version} (previous: {})",
+                    prev.as_deref().unwrap_or("none")
+                );
+                ExitCode::SUCCESS
+            }
+            Err(e) => fail(e),
+        },
+        VersionsAction::Rollback => match v::rollback(&dir) {
+            Ok(to) => {
+                let _ = writeln!(out, "current -> {to}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => fail(e),
+        },
+        VersionsAction::Cleanup {
+            keep,
+            pin,
+            canary: canary_arg,
+        } => match v::cleanup(&dir, keep, canary_arg.or(canary).as_deref(), &pin) {
+            Ok(removed) => {
+                for r in &removed {
+                    let _ = writeln!(out, "deleted {r}");
+                }
+                let _ = writeln!(out, "{} version(s) deleted", removed.len());
+                ExitCode::SUCCESS
+            }
+            Err(e) => fail(e),
+        },
+        VersionsAction::Verify => {
+            let problems = v::verify(&dir, &expected);
+            if problems.is_empty() {
+                let _ = writeln!(out, "{}: OK", dir.display());
+                ExitCode::SUCCESS
+            } else {
+                eprintln!("{}: {} problem(s):", dir.display(), problems.len());
+                for p in problems {
+                    eprintln!("  {p}");
+                }
+                ExitCode::FAILURE
+            }
         }
     }
+}
+
+fn human_age(secs: u64) -> String {
+    match secs {
+        s if s < 120 => format!("{s}s"),
+        s if s < 7200 => format!("{}m", s / 60),
+        s if s < 172_800 => format!("{}h", s / 3600),
+        s => format!("{}d", s / 86_400),
+    }
+}
+
+/// A tiny client for the admin API (`gateway canary ...`).
+async fn canary(admin: &str, token_env: &str, action: CanaryAction) -> ExitCode {
+    let token = std::env::var(token_env).unwrap_or_default();
+    let token = token.split_once(':').map_or(token.as_str(), |(_, t)| t);
+    let (method, path, body) = match &action {
+        CanaryAction::Status => ("GET", "/admin/models".to_owned(), String::new()),
+        CanaryAction::Set {
+            model,
+            version,
+            weight,
+        } => (
+            "PUT",
+            format!("/admin/models/{model}/canary"),
+            serde_json::json!({"version": version, "weight_percent": weight}).to_string(),
+        ),
+        CanaryAction::Promote { model } => (
+            "POST",
+            format!("/admin/models/{model}/promote"),
+            String::new(),
+        ),
+        CanaryAction::Rollback { model } => (
+            "POST",
+            format!("/admin/models/{model}/rollback"),
+            String::new(),
+        ),
+    };
+    match admin_call(admin, token, method, &path, body).await {
+        Ok((status, text)) => {
+            use std::io::Write;
+            let _ = writeln!(std::io::stdout(), "{text}");
+            if status.is_success() {
+                ExitCode::SUCCESS
+            } else {
+                eprintln!("error: the gateway answered {status}");
+                ExitCode::FAILURE
+            }
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn admin_call(
+    admin: &str,
+    token: &str,
+    method: &str,
+    path: &str,
+    body: String,
+) -> Result<(http::StatusCode, String), String> {
+    use http_body_util::BodyExt;
+    let authority = admin
+        .strip_prefix("http://")
+        .ok_or("--admin must be an http:// URL")?
+        .trim_end_matches('/');
+    let stream = tokio::net::TcpStream::connect(authority)
+        .await
+        .map_err(|e| format!("cannot connect to {authority}: {e}"))?;
+    let (mut sender, conn) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+            .await
+            .map_err(|e| e.to_string())?;
+    tokio::spawn(conn);
+    let req = http::Request::builder()
+        .method(method)
+        .uri(path)
+        .header("host", authority)
+        .header("authorization", format!("Bearer {token}"))
+        .header("content-type", "application/json")
+        .body(http_body_util::Full::new(bytes::Bytes::from(body)))
+        .map_err(|e| e.to_string())?;
+    let resp = sender.send_request(req).await.map_err(|e| e.to_string())?;
+    let status = resp.status();
+    let bytes = resp
+        .into_body()
+        .collect()
+        .await
+        .map_err(|e| e.to_string())?
+        .to_bytes();
+    Ok((status, String::from_utf8_lossy(&bytes).into_owned()))
 }
 
 /// Reads a key on stdin (one line; the line break is not part of it) and prints its hash.

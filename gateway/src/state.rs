@@ -164,7 +164,10 @@ fn set_canary_gauges(metrics: &Metrics, config: &Config) {
                 .set(100.0 - w);
         }
         if let Some(v) = canary.and_then(|c| m.versions.get(c.version)) {
-            metrics.canary_weight.with_label_values(&[&m.name, &v.name]).set(w);
+            metrics
+                .canary_weight
+                .with_label_values(&[&m.name, &v.name])
+                .set(w);
         }
     }
 }
@@ -226,7 +229,13 @@ impl AppState {
 
     /// Replaces the snapshot in one step and forgets replicas that left the configuration.
     pub fn publish(&self, config: Config) {
-        let next = Snapshot::build(config, &self.endpoints, &self.queues, &self.limits, &self.stats);
+        let next = Snapshot::build(
+            config,
+            &self.endpoints,
+            &self.queues,
+            &self.limits,
+            &self.stats,
+        );
         set_canary_gauges(&self.metrics, &next.config);
         let keys: std::collections::HashSet<String> = next
             .routes

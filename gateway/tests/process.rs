@@ -179,8 +179,139 @@ fn serve_without_a_config_or_with_a_bad_one_fails_clearly() {
         .args(["versions", "list"])
         .output()
         .unwrap();
-    assert_eq!(out.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("not supported yet"));
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--dir"));
+}
+
+#[test]
+fn versions_manages_a_deployment_tree_and_refuses_bad_switches() {
+    let dir = std::env::temp_dir().join(format!("gateway-versions-cli-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    for v in ["0.9.0", "1.0.0", "1.0.1", "1.1.0", "1.2.0"] {
+        std::fs::create_dir_all(dir.join(v)).unwrap();
+        std::fs::write(dir.join(v).join("weights.bin"), vec![0u8; 1000]).unwrap();
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::fs::create_dir_all(dir.join("2.0.0-empty")).unwrap();
+    std::os::unix::fs::symlink("1.0.0", dir.join("current")).unwrap();
+    let d = dir.to_str().unwrap().to_owned();
+    let run = |args: &[&str]| {
+        let out = Command::new(BIN)
+            .args(["versions", "--dir", &d])
+            .args(args)
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (code, out, _) = run(&["verify"]);
+    assert_eq!(code, Some(0), "{out}");
+    let (code, out, _) = run(&["switch", "1.0.1"]);
+    assert_eq!(code, Some(0));
+    assert!(out.contains("current -> 1.0.1 (previous: 1.0.0)"), "{out}");
+    let (code, out, _) = run(&["list"]);
+    assert_eq!(code, Some(0));
+    assert!(
+        out.lines()
+            .any(|l| l.starts_with("1.0.1") && l.ends_with("current")),
+        "{out}"
+    );
+    assert!(
+        out.lines()
+            .any(|l| l.starts_with("1.0.0") && l.ends_with("previous")),
+        "{out}"
+    );
+    for (bad, why) in [("9.9.9", "does not exist"), ("2.0.0-empty", "empty")] {
+        let (code, _, err) = run(&["switch", bad]);
+        assert_eq!(code, Some(1));
+        assert!(err.contains(why), "{err}");
+    }
+    let (code, out, _) = run(&["rollback"]);
+    assert_eq!(code, Some(0));
+    assert!(out.contains("current -> 1.0.0"), "{out}");
+    // Keep the newest one, plus current (1.0.0), previous (1.0.1), the canary and a pin.
+    let (code, out, _) = run(&[
+        "cleanup", "--keep", "1", "--canary", "1.1.0", "--pin", "0.9.0",
+    ]);
+    assert_eq!(code, Some(0), "{out}");
+    assert!(out.contains("1 version(s) deleted"), "{out}");
+    for v in ["0.9.0", "1.0.0", "1.0.1", "1.1.0", "2.0.0-empty"] {
+        assert!(dir.join(v).is_dir(), "{v} was deleted: {out}");
+    }
+    assert!(
+        !dir.join("1.2.0").exists() || out.contains("deleted"),
+        "{out}"
+    );
+    std::fs::remove_dir_all(dir.join("1.0.0")).unwrap();
+    let (code, _, err) = run(&["verify"]);
+    assert_eq!(code, Some(1));
+    assert!(
+        err.contains("dangling") || err.contains("not a version"),
+        "{err}"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_canary_cli_drives_the_admin_api() {
+    std::env::set_var("GW_TEST_CLI_TOKEN", "cli:cli-secret");
+    let a = mock(fast()).await;
+    let b = mock(fast()).await;
+    let cfg = format!(
+        "[server]\nadmin_token_env = \"GW_TEST_CLI_TOKEN\"\n[auth]\nenabled = false\n\
+         [[models]]\nname = \"{MODEL}\"\nstable = \"1\"\n\
+         [[models.versions]]\nname = \"1\"\nreplicas = [{{ url = \"{}\" }}]\n\
+         [[models.versions]]\nname = \"2\"\nreplicas = [{{ url = \"{}\" }}]\n",
+        a.url(),
+        b.url()
+    );
+    let gw = TestGateway::start(&cfg).await;
+    let admin = format!("http://{}", gw.admin);
+    let cli = |args: Vec<String>| {
+        tokio::task::spawn_blocking(move || {
+            Command::new(BIN)
+                .args(["canary", "--admin"])
+                .args(args)
+                .env("GATEWAY_ADMIN_TOKEN", "cli-secret")
+                .output()
+                .unwrap()
+        })
+    };
+    let set = |model: &str, weight: &str| {
+        vec![
+            admin.clone(),
+            "set".into(),
+            model.into(),
+            "--version".into(),
+            "2".into(),
+            "--weight".into(),
+            weight.into(),
+        ]
+    };
+    let out = cli(set(MODEL, "30")).await.unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let weight = gw.state.snapshot().routes[MODEL]
+        .canary
+        .as_ref()
+        .unwrap()
+        .weight_percent;
+    assert_eq!(weight, 30.0);
+    let out = cli(vec![admin.clone(), "rollback".into(), MODEL.into()])
+        .await
+        .unwrap();
+    assert!(out.status.success());
+    assert!(gw.state.snapshot().routes[MODEL].canary.is_none());
+    let out = cli(set("nope", "5")).await.unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let out = cli(vec![admin.clone(), "status".into()]).await.unwrap();
+    assert!(String::from_utf8_lossy(&out.stdout).contains("\"models\""));
 }
 
 #[test]

@@ -120,7 +120,9 @@ async fn admin_api(
                 Err(e) => {
                     return error_response(
                         StatusCode::BAD_REQUEST,
-                        &format!("Expected {{\"version\": \"...\", \"weight_percent\": 0..100}}: {e}"),
+                        &format!(
+                            "Expected {{\"version\": \"...\", \"weight_percent\": 0..100}}: {e}"
+                        ),
                         "invalid_request_error",
                         Some("invalid_body"),
                     )
@@ -328,7 +330,10 @@ fn replica_json(app: &AppState, ep: &Endpoint) -> serde_json::Value {
 
 /// Checks `Authorization: Bearer <token>` against the env var, in constant time. The var
 /// holds `token` or `name:token`; the name (default "admin") is who the audit log records.
-fn authorize(app: &AppState, req: &Request<Incoming>) -> Result<String, Box<Response<ResponseBody>>> {
+fn authorize(
+    app: &AppState,
+    req: &Request<Incoming>,
+) -> Result<String, Box<Response<ResponseBody>>> {
     let var = &app.snapshot().config.server.admin_token_env;
     let configured = std::env::var(var).unwrap_or_default();
     let (who, expected) = match configured.split_once(':') {

@@ -265,7 +265,15 @@ mod tests {
             max_size: 2,
             timeout: Duration::from_millis(200),
         };
-        Pool::new(&v, kind, q, Duration::from_secs(10), &reg, Arc::default(), Arc::default())
+        Pool::new(
+            &v,
+            kind,
+            q,
+            Duration::from_secs(10),
+            &reg,
+            Arc::default(),
+            Arc::default(),
+        )
     }
 
     fn counts(p: &Pool, picks: usize) -> Vec<usize> {

@@ -68,7 +68,8 @@ pub async fn run(app: Arc<AppState>, stop: CancellationToken) {
                 *entry = (c.weight_percent, Instant::now());
             }
             let Some(guard) = &c.guard else { continue };
-            let (Some(cp), Some(sp)) = (route.versions.get(c.version), route.versions.get(m.stable))
+            let (Some(cp), Some(sp)) =
+                (route.versions.get(c.version), route.versions.get(m.stable))
             else {
                 continue;
             };
@@ -139,6 +140,9 @@ mod tests {
         assert!(why.contains("error rate 20.0 %"), "{why}");
         let why = breach(&guard(), &summary(200, 0, Some(750.0)), &stable).unwrap();
         assert!(why.contains("TTFT p95 750 ms"), "{why}");
-        assert_eq!(breach(&guard(), &summary(200, 5, Some(300.0)), &stable), None);
+        assert_eq!(
+            breach(&guard(), &summary(200, 5, Some(300.0)), &stable),
+            None
+        );
     }
 }

@@ -49,8 +49,14 @@ mod tests {
     #[test]
     fn sticky_ids_spread_evenly_and_keep_their_arm_when_the_weight_grows() {
         let keys: Vec<String> = (0..1000).map(|i| format!("team-{i}")).collect();
-        let at5: Vec<bool> = keys.iter().map(|k| on_canary(5.0, bucket(k.as_bytes()))).collect();
-        let at20: Vec<bool> = keys.iter().map(|k| on_canary(20.0, bucket(k.as_bytes()))).collect();
+        let at5: Vec<bool> = keys
+            .iter()
+            .map(|k| on_canary(5.0, bucket(k.as_bytes())))
+            .collect();
+        let at20: Vec<bool> = keys
+            .iter()
+            .map(|k| on_canary(20.0, bucket(k.as_bytes())))
+            .collect();
         for (a, b) in at5.iter().zip(&at20) {
             assert!(!a || *b, "a key on canary at 5 % left it at 20 %");
         }

@@ -50,7 +50,10 @@ impl VersionStats {
                 second: sec,
                 ..Slot::default()
             });
-            while slots.front().is_some_and(|s| sec.saturating_sub(s.second) >= MAX_SLOTS) {
+            while slots
+                .front()
+                .is_some_and(|s| sec.saturating_sub(s.second) >= MAX_SLOTS)
+            {
                 slots.pop_front();
             }
         }

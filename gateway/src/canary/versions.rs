@@ -70,7 +70,11 @@ pub fn list(dir: &Path) -> Result<Vec<VersionInfo>, String> {
             name,
         });
     }
-    out.sort_by(|a, b| a.modified.cmp(&b.modified).then_with(|| a.name.cmp(&b.name)));
+    out.sort_by(|a, b| {
+        a.modified
+            .cmp(&b.modified)
+            .then_with(|| a.name.cmp(&b.name))
+    });
     Ok(out)
 }
 
@@ -141,7 +145,10 @@ pub fn switch(dir: &Path, version: &str) -> Result<Option<String>, String> {
 /// Switches back to the recorded previous version.
 pub fn rollback(dir: &Path) -> Result<String, String> {
     let prev = previous(dir).ok_or_else(|| {
-        format!("no previous version recorded in {}", dir.join(PREVIOUS).display())
+        format!(
+            "no previous version recorded in {}",
+            dir.join(PREVIOUS).display()
+        )
     })?;
     switch(dir, &prev)?;
     Ok(prev)
@@ -253,7 +260,9 @@ pub(crate) mod tests {
         assert_eq!(switch(&dir, "1.0.1").unwrap().as_deref(), Some("1.0.0"));
         assert_eq!(current(&dir).unwrap(), "1.0.1");
         assert_eq!(previous(&dir).as_deref(), Some("1.0.0"));
-        assert!(switch(&dir, "9.9.9").unwrap_err().contains("does not exist"));
+        assert!(switch(&dir, "9.9.9")
+            .unwrap_err()
+            .contains("does not exist"));
         assert!(switch(&dir, "2.0.0-empty").unwrap_err().contains("empty"));
         assert!(switch(&dir, "../etc").is_err());
         assert_eq!(current(&dir).unwrap(), "1.0.1", "a refusal changes nothing");

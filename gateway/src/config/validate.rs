@@ -355,7 +355,11 @@ pub fn validate(f: &FileConfig) -> Result<Config, Vec<String>> {
             Some(s) => match versions.iter().position(|v| v.name == s) {
                 Some(i) => i,
                 None => {
-                    let field = if current.is_some() { "deploy_dir" } else { "stable" };
+                    let field = if current.is_some() {
+                        "deploy_dir"
+                    } else {
+                        "stable"
+                    };
                     e.push(
                         format!("{at}.{field}"),
                         format!("names version {s:?}, which is not among this model's versions"),
@@ -647,10 +651,18 @@ fn check_canary(
     let guard = c.guard.as_ref().map(|g| {
         let max_error_rate = g.max_error_rate.unwrap_or(0.05);
         if !(0.0..=1.0).contains(&max_error_rate) {
-            e.push(format!("{at}.guard.max_error_rate"), "must be within 0..=1 (a fraction)");
+            e.push(
+                format!("{at}.guard.max_error_rate"),
+                "must be within 0..=1 (a fraction)",
+            );
         }
-        if g.max_ttft_p95_ms.is_some_and(|v| !(v > 0.0 && v.is_finite())) {
-            e.push(format!("{at}.guard.max_ttft_p95_ms"), "must be a positive number of ms");
+        if g.max_ttft_p95_ms
+            .is_some_and(|v| !(v > 0.0 && v.is_finite()))
+        {
+            e.push(
+                format!("{at}.guard.max_ttft_p95_ms"),
+                "must be a positive number of ms",
+            );
         }
         GuardConfig {
             max_error_rate,
@@ -666,9 +678,11 @@ fn check_canary(
         }
     });
     let steps = c.steps.clone().unwrap_or_default();
-    if steps.iter().any(|s| !(*s > 0.0 && *s <= 100.0)) || steps.windows(2).any(|w| w[0] >= w[1])
-    {
-        e.push(format!("{at}.steps"), "must be increasing weights within (0, 100]");
+    if steps.iter().any(|s| !(*s > 0.0 && *s <= 100.0)) || steps.windows(2).any(|w| w[0] >= w[1]) {
+        e.push(
+            format!("{at}.steps"),
+            "must be increasing weights within (0, 100]",
+        );
     }
     let step_interval = e.duration(&format!("{at}.step_interval"), &c.step_interval, "5m");
     Some(CanaryConfig {

@@ -248,8 +248,7 @@ async fn serve(
     let peek = read::peek(&body)?;
     trace.stream = peek.stream;
     // Stage 5: route, then what this caller may do with the model.
-    let (route, pinned) =
-        route::resolve(&snapshot, &peek.model, &principal, config.auth.enabled)?;
+    let (route, pinned) = route::resolve(&snapshot, &peek.model, &principal, config.auth.enabled)?;
     check_access(&principal, &route.model, &peek.model, hide)?;
     trace.model = Some(route.model.clone());
     if let Some(limiter) = &route.limiter {
