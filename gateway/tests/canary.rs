@@ -555,3 +555,38 @@ async fn an_edited_file_is_picked_up_without_a_command_and_a_bad_edit_is_ignored
     }
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_green_canary_steps_up_through_its_steps() {
+    let dir = temp_dir("steps");
+    let path = dir.join("gateway.toml");
+    let stable = mock(fast()).await;
+    let canary = mock(fast()).await;
+    std::fs::write(
+        &path,
+        two_versions(
+            &stable.url(),
+            &canary.url(),
+            "[server]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\n",
+            "canary = { version = \"1.1.0\", weight_percent = 10.0, sticky = \"none\", \
+             steps = [10, 50], step_interval = \"1s\", \
+             guard = { max_error_rate = 0.05, min_requests = 10, window = \"30s\" } }",
+        ),
+    )
+    .unwrap();
+    let gw = TestGateway::start_file(&path).await;
+    let started = Instant::now();
+    loop {
+        drive(gw.addr, 100, 4).await;
+        let w = gw.state.snapshot().routes[MODEL]
+            .canary
+            .as_ref()
+            .map(|c| c.weight_percent);
+        if w == Some(50.0) {
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(8), "never stepped up (at {w:?})");
+    }
+    assert!(std::fs::read_to_string(&path).unwrap().contains("weight_percent = 50.0"));
+    std::fs::remove_dir_all(&dir).unwrap();
+}
