@@ -36,6 +36,8 @@ pub struct SseMeter {
     strip_usage: bool,
     pub usage: Option<Usage>,
     pub done: bool,
+    /// Events that carried generated text (a content delta, or completion text).
+    pub content_events: u64,
 }
 
 impl SseMeter {
@@ -91,6 +93,9 @@ impl SseMeter {
             self.done = true;
             return false;
         }
+        if has_content(&data) {
+            self.content_events += 1;
+        }
         if memchr::memmem::find(&data, b"\"usage\"").is_none() {
             return false;
         }
@@ -105,6 +110,21 @@ impl SseMeter {
             .and_then(|c| c.as_array())
             .is_some_and(|c| c.is_empty())
     }
+}
+
+/// Whether an event's data carries generated text: a non-empty `"content"` (chat) or
+/// `"text"` (completions) string. A byte test, not a JSON parse: it runs on every event.
+fn has_content(data: &[u8]) -> bool {
+    for key in [&b"\"content\":"[..], b"\"text\":"] {
+        for at in memchr::memmem::find_iter(data, key) {
+            let rest = &data[at + key.len()..];
+            let rest = &rest[rest.iter().take_while(|b| b.is_ascii_whitespace()).count()..];
+            if rest.first() == Some(&b'"') && rest.get(1).is_some_and(|b| *b != b'"') {
+                return true;
+            }
+        }
+    }
+    false
 }
 
 /// End (exclusive) of the first complete event: after a blank line (`\n\n` or `\r\n\r\n`).
@@ -266,6 +286,7 @@ mod tests {
             prop_assert_eq!(whole, split);
             prop_assert_eq!(m1.usage, m2.usage);
             prop_assert_eq!(m1.done, m2.done);
+            prop_assert_eq!(m1.content_events, m2.content_events);
         }
     }
 }

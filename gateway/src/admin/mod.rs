@@ -37,6 +37,7 @@ pub async fn handle(app: &AppState, req: Request<Incoming>) -> Response<Response
     match (&method, path.as_str()) {
         (&Method::GET, "/healthz") => json(StatusCode::OK, serde_json::json!({"status": "ok"})),
         (&Method::GET, "/metrics") => {
+            crate::metrics::refresh(app);
             let mut r = Response::new(ResponseBody::full(Bytes::from(app.metrics.render())));
             r.headers_mut().insert(
                 header::CONTENT_TYPE,

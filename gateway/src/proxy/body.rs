@@ -19,7 +19,9 @@ use crate::balance::endpoint::Sender;
 use crate::balance::InflightGuard;
 use crate::config::Config;
 use crate::limits::Reservation;
-use crate::sse::{json_usage, SseMeter};
+use super::record::{BodyFacts, Record};
+use crate::canary::stats::VersionStats;
+use crate::sse::{json_usage, SseMeter, Usage};
 use crate::state::Route;
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -36,54 +38,145 @@ impl std::fmt::Display for IdleChunkTimeout {
 
 impl std::error::Error for IdleChunkTimeout {}
 
-/// Reads the replica's `usage` from the body as it passes (when a token reservation must be
-/// settled) and, if the gateway asked for a usage event the client did not, removes it.
+/// Everything read from a replica's answer as it passes: for streams the SSE events (first
+/// content token, gaps between tokens, the final `usage`), for JSON answers the `usage` at the
+/// end. Settles the token reservation and finishes the request's record exactly once — when
+/// the body ends, breaks, or is dropped because the client went away.
 pub struct Meter {
     reservation: Option<Reservation>,
     sse: Option<SseMeter>,
     json: Option<BytesMut>,
+    record: Option<Record>,
+    request_started: Instant,
+    first_token: Option<Instant>,
+    last_token: Option<Instant>,
+    bytes_out: u64,
+    status: u16,
+    finished: bool,
 }
 
 /// Largest JSON answer kept (as a copy) to read its `usage`.
 const MAX_METERED_JSON: usize = 8 * 1024 * 1024;
 
+/// How a response body ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum End {
+    Clean,
+    Broken,
+    ClientGone,
+}
+
 impl Meter {
-    pub fn new(reservation: Reservation, stream: bool, strip_usage: bool) -> Self {
+    /// `strip_usage`: remove the usage event the gateway asked for on the client's behalf.
+    pub fn new(
+        reservation: Option<Reservation>,
+        stream: bool,
+        strip_usage: bool,
+        request_started: Instant,
+    ) -> Self {
         Self {
-            reservation: Some(reservation),
+            reservation,
             sse: stream.then(|| SseMeter::new(strip_usage)),
             json: (!stream).then(BytesMut::new),
+            record: None,
+            request_started,
+            first_token: None,
+            last_token: None,
+            bytes_out: 0,
+            status: 200,
+            finished: false,
         }
     }
 
-    fn feed(&mut self, data: Bytes) -> Bytes {
-        if let Some(s) = self.sse.as_mut() {
-            return s.feed(data);
-        }
-        if let Some(j) = self.json.as_mut() {
-            if j.len() + data.len() <= MAX_METERED_JSON {
-                j.extend_from_slice(&data);
-            } else {
-                self.json = None;
+    /// Attaches the request's record (done once the response head is built).
+    pub fn attach(&mut self, record: Record, status: u16) {
+        self.record = Some(record);
+        self.status = status;
+    }
+
+    fn feed(&mut self, data: Bytes, stats: &VersionStats) -> Bytes {
+        let out = if let Some(s) = self.sse.as_mut() {
+            let before = s.content_events;
+            let out = s.feed(data);
+            if s.content_events > before {
+                let now = Instant::now();
+                match self.last_token {
+                    None => {
+                        let ttft = now - self.request_started;
+                        self.first_token = Some(now);
+                        stats.record_ttft(ttft);
+                    }
+                    Some(prev) => {
+                        if let Some(r) = &self.record {
+                            r.metrics()
+                                .itl
+                                .with_label_values(&[
+                                    r.model.as_deref().unwrap_or("unknown"),
+                                    r.version.as_deref().unwrap_or("none"),
+                                ])
+                                .observe((now - prev).as_secs_f64());
+                        }
+                    }
+                }
+                self.last_token = Some(now);
             }
-        }
-        data
+            out
+        } else {
+            if let Some(j) = self.json.as_mut() {
+                if j.len() + data.len() <= MAX_METERED_JSON {
+                    j.extend_from_slice(&data);
+                } else {
+                    self.json = None;
+                }
+            }
+            data
+        };
+        self.bytes_out += out.len() as u64;
+        out
     }
 
     /// Bytes held back at the end of a stream (an unterminated last event).
     fn tail(&mut self) -> Bytes {
-        self.sse.as_mut().map(SseMeter::finish).unwrap_or_default()
+        let t = self.sse.as_mut().map(SseMeter::finish).unwrap_or_default();
+        self.bytes_out += t.len() as u64;
+        t
     }
 
-    /// The response ended cleanly: settle to the reported usage (or keep it all if none).
-    fn settle(&mut self) {
-        let used = match (&self.sse, &self.json) {
+    fn usage(&self) -> Option<Usage> {
+        match (&self.sse, &self.json) {
             (Some(s), _) => s.usage,
             (None, Some(j)) => json_usage(j),
             _ => None,
-        };
+        }
+    }
+
+    fn finish(&mut self, end: End) {
+        if self.finished {
+            return;
+        }
+        self.finished = true;
+        let usage = self.usage();
         if let Some(r) = self.reservation.take() {
-            r.settle(used.map(|u| u.total()));
+            // Only a clean end has trustworthy usage; otherwise the reservation stays spent.
+            r.settle(if end == End::Clean {
+                usage.map(|u| u.total())
+            } else {
+                None
+            });
+        }
+        if let Some(record) = self.record.take() {
+            let status = match end {
+                End::Clean => self.status.to_string(),
+                End::Broken => "stream_error".to_owned(),
+                End::ClientGone => "client_closed".to_owned(),
+            };
+            let facts = BodyFacts {
+                ttft: self.first_token.map(|t| t - self.request_started),
+                usage,
+                content_events: self.sse.as_ref().map_or(0, |s| s.content_events),
+                bytes_out: self.bytes_out,
+            };
+            record.finish(&status, facts);
         }
     }
 
@@ -95,6 +188,13 @@ impl Meter {
     }
 }
 
+impl Drop for Meter {
+    fn drop(&mut self) {
+        // Dropped before the end: the client went away (or the gateway is shutting down).
+        self.finish(End::ClientGone);
+    }
+}
+
 /// What the pass-through body needs to know to account for the request when it ends.
 pub struct BodyCtx {
     pub idle_timeout: Duration,
@@ -103,7 +203,7 @@ pub struct BodyCtx {
     pub sent_at: Instant,
     pub route: Arc<Route>,
     pub config: Arc<Config>,
-    pub meter: Option<Meter>,
+    pub meter: Meter,
     /// The version's outcome window (time to first token).
     pub stats: Arc<crate::canary::stats::VersionStats>,
 }
@@ -136,13 +236,15 @@ impl UpstreamBody {
             deferred: None,
         }
     }
+
+    /// Hands the request's record to the body, which finishes it when the body ends.
+    pub fn attach(&mut self, record: Record, status: u16) {
+        self.ctx.meter.attach(record, status);
+    }
 }
 
 /// Returns the connection to its replica's pool and releases the in-flight count.
 fn finish(conn: &mut Option<Sender>, guard: &mut Option<InflightGuard>, ctx: &mut BodyCtx) {
-    if let Some(m) = ctx.meter.as_mut() {
-        m.settle();
-    }
     if let Some(g) = guard.as_ref() {
         if !ctx.stream {
             let took = ctx.sent_at.elapsed();
@@ -155,10 +257,16 @@ fn finish(conn: &mut Option<Sender>, guard: &mut Option<InflightGuard>, ctx: &mu
         }
     }
     guard.take();
+    ctx.meter.finish(End::Clean);
 }
 
 /// The replica broke the body (reset, or silent past the idle limit): a passive failure.
-fn broken(conn: &mut Option<Sender>, guard: &mut Option<InflightGuard>, ctx: &BodyCtx, why: &str) {
+fn broken(
+    conn: &mut Option<Sender>,
+    guard: &mut Option<InflightGuard>,
+    ctx: &mut BodyCtx,
+    why: &str,
+) {
     conn.take();
     if let Some(g) = guard.take() {
         let health = &ctx.config.health;
@@ -166,6 +274,7 @@ fn broken(conn: &mut Option<Sender>, guard: &mut Option<InflightGuard>, ctx: &Bo
             ctx.route.may_eject_one_more(health.max_ejection_percent)
         });
     }
+    ctx.meter.finish(End::Broken);
 }
 
 impl Body for UpstreamBody {
@@ -187,28 +296,26 @@ impl Body for UpstreamBody {
                 if !*this.first_seen && frame.is_data() {
                     *this.first_seen = true;
                     if this.ctx.stream {
-                        let ttft = now - this.ctx.sent_at;
-                        this.ctx.stats.record_ttft(ttft);
                         if let Some(g) = this.guard.as_ref() {
-                            g.endpoint()
-                                .observe_latency(ttft, this.ctx.config.upstream.ewma_decay);
+                            g.endpoint().observe_latency(
+                                now - this.ctx.sent_at,
+                                this.ctx.config.upstream.ewma_decay,
+                            );
                         }
                     }
                 }
                 let end = this.inner.is_end_stream();
-                if let Some(m) = this.ctx.meter.as_mut() {
-                    if let Some(data) = frame.data_ref() {
-                        let mut out = m.feed(data.clone());
-                        if end {
-                            let tail = m.tail();
-                            if !tail.is_empty() {
-                                let mut joined = BytesMut::from(&out[..]);
-                                joined.extend_from_slice(&tail);
-                                out = joined.freeze();
-                            }
+                if let Some(data) = frame.data_ref() {
+                    let mut out = this.ctx.meter.feed(data.clone(), &this.ctx.stats);
+                    if end {
+                        let tail = this.ctx.meter.tail();
+                        if !tail.is_empty() {
+                            let mut joined = BytesMut::from(&out[..]);
+                            joined.extend_from_slice(&tail);
+                            out = joined.freeze();
                         }
-                        frame = Frame::data(out);
                     }
+                    frame = Frame::data(out);
                 }
                 // hyper stops polling once `is_end_stream` says so: finish here, not on `None`.
                 if end {
@@ -226,7 +333,7 @@ impl Body for UpstreamBody {
                 Poll::Pending
             }
             Poll::Ready(None) => {
-                let tail = this.ctx.meter.as_mut().map(Meter::tail).unwrap_or_default();
+                let tail = this.ctx.meter.tail();
                 finish(this.conn, this.guard, this.ctx);
                 if tail.is_empty() {
                     Poll::Ready(None)
@@ -252,7 +359,13 @@ impl Body for UpstreamBody {
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
+        // The meter may take bytes out (an injected usage event): only an unmetered length
+        // would be exact, so promise none.
+        let mut h = SizeHint::new();
+        if let Some(upper) = self.inner.size_hint().upper() {
+            h.set_upper(upper);
+        }
+        h
     }
 }
 
@@ -277,6 +390,17 @@ impl ResponseBody {
     }
     pub fn upstream(body: UpstreamBody) -> Self {
         Self::Upstream { body }
+    }
+
+    /// Hands the record to a pass-through body (returned back if this is a gateway answer).
+    pub fn attach(&mut self, record: Record, status: u16) -> Option<Record> {
+        match self {
+            Self::Upstream { body } => {
+                body.attach(record, status);
+                None
+            }
+            Self::Full { .. } => Some(record),
+        }
     }
 }
 

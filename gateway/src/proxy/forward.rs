@@ -45,6 +45,8 @@ pub struct Forwarded {
     pub response: Response<ResponseBody>,
     pub replica: HeaderValue,
     pub retries: u32,
+    /// Time spent waiting on replicas (queue included) before the response head.
+    pub upstream_wait: std::time::Duration,
 }
 
 /// A failure with how many retries were spent on it.
@@ -65,7 +67,7 @@ pub async fn forward(
     choice: VersionChoice,
     out: Outbound,
     stream: bool,
-    meter: Option<Meter>,
+    meter: Meter,
 ) -> Result<Forwarded, Failed> {
     let unavailable = |retries| Failed {
         error: GatewayError::UpstreamUnavailable {
@@ -83,6 +85,7 @@ pub async fn forward(
             route.may_eject_one_more(health.max_ejection_percent)
         });
     };
+    let waiting_since = Instant::now();
     let mut tried: Vec<usize> = Vec::with_capacity(cfg.retries as usize + 1);
     let mut held: Option<(Response<Incoming>, Sender, InflightGuard, Instant)> = None;
     for attempt in 0..=cfg.retries {
@@ -140,6 +143,7 @@ pub async fn forward(
         break;
     }
     let retries = (tried.len() as u32).saturating_sub(1);
+    let upstream_wait = waiting_since.elapsed();
     let Some((resp, sender, guard, sent_at)) = held else {
         return Err(unavailable(retries));
     };
@@ -166,6 +170,7 @@ pub async fn forward(
         response,
         replica,
         retries,
+        upstream_wait,
     })
 }
 
@@ -218,9 +223,7 @@ async fn respond(
     let (mut parts, incoming) = resp.into_parts();
     strip_hop_by_hop(&mut parts.headers);
     let body = if parts.status.as_u16() >= 400 {
-        if let Some(m) = ctx.meter.as_mut() {
-            m.refund();
-        }
+        ctx.meter.refund();
         let (bytes, replaced) =
             openai_error_body(ctx.idle_timeout, parts.status, incoming, sender, guard).await;
         if replaced {

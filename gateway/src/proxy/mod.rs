@@ -14,7 +14,8 @@
 //! 6. `canary`     — which version serves this request                    -> `VersionChoice`
 //! 7. `forward`    — pick a replica, send, retry before the first byte only, stream back
 //!    -> `Forwarded`
-//! 8. access log, from what the stages left behind.
+//! 8. `record`     — metrics and one access-log line, when the answer is complete (the end of
+//!    a stream, or the client leaving it)
 //!
 //! Paths: POST /v1/chat/completions, /v1/completions, /v1/embeddings; GET /v1/models[/{id}].
 //! Admin paths are never served here: they exist only on the admin listener.
@@ -24,11 +25,11 @@ pub mod canary;
 pub mod forward;
 pub mod headers;
 pub mod read;
+pub mod record;
 pub mod request_id;
 pub mod route;
 
 use std::sync::Arc;
-use std::time::Instant;
 
 use bytes::Bytes;
 use http::header::{self, HeaderName, HeaderValue};
@@ -37,6 +38,7 @@ use hyper::body::Incoming;
 
 use self::body::ResponseBody;
 use self::forward::{Failed, Forwarded, Outbound};
+use self::record::Record;
 use crate::auth::Principal;
 use crate::error::GatewayError;
 use crate::framing::ConnFlags;
@@ -95,35 +97,15 @@ fn header_bytes(h: &http::HeaderMap) -> usize {
     h.iter().map(|(n, v)| n.as_str().len() + v.len() + 4).sum()
 }
 
-/// Facts for the access log, filled in by the stages as they run.
-#[derive(Default)]
-struct Trace {
-    op: &'static str,
-    key: Option<String>,
-    /// The key's request limit after this request: (limit, remaining, reset).
-    requests_left: Option<(u32, u32, std::time::Duration)>,
-    /// The key's token budget after the reservation: (per minute, left).
-    tokens_left: Option<(u64, u64)>,
-    /// The chosen version's outcome window, and the arm it was chosen on.
-    stats: Option<std::sync::Arc<crate::canary::stats::VersionStats>>,
-    arm: Option<canary::Arm>,
-    model: Option<String>,
-    version: Option<String>,
-    replica: Option<HeaderValue>,
-    stream: bool,
-    retries: u32,
-    bytes_in: usize,
-}
-
 /// Serves one data-plane request. Never fails: every error becomes an OpenAI-shaped answer.
 pub async fn handle(
     app: Arc<AppState>,
     conn: Arc<ConnCtx>,
     req: Request<Incoming>,
 ) -> Response<ResponseBody> {
-    let started = Instant::now();
+    let started = tokio::time::Instant::now();
     let request_id = request_id::assign(req.headers());
-    let mut trace = Trace::default();
+    let mut trace = Record::new(started, request_id.clone(), conn.peer, app.metrics.clone());
     let mut resp = match serve(&app, &conn, req, &request_id, &mut trace).await {
         Ok(r) => r,
         Err(e) => {
@@ -136,29 +118,15 @@ pub async fn handle(
         request_id.clone(),
     );
     ratelimit_headers(resp.headers_mut(), &trace);
-    if let Some(stats) = &trace.stats {
-        stats.record(resp.status().is_server_error());
+    if trace.retries > 0 {
+        app.metrics.retries.inc_by(u64::from(trace.retries));
     }
-    tracing::info!(
-        target: "access",
-        request_id = request_id.to_str().unwrap_or(""),
-        peer = %conn.peer,
-        key = trace.key.as_deref().unwrap_or("-"),
-        op = trace.op,
-        model = trace.model.as_deref().unwrap_or("-"),
-        version = trace.version.as_deref().unwrap_or("-"),
-        arm = trace.arm.map_or("-", |a| match a {
-            canary::Arm::Stable => "stable",
-            canary::Arm::Canary => "canary",
-            canary::Arm::Pinned => "pinned",
-        }),
-        replica = trace.replica.as_ref().and_then(|r| r.to_str().ok()).unwrap_or("-"),
-        status = resp.status().as_u16(),
-        stream = trace.stream,
-        retries = trace.retries,
-        bytes_in = trace.bytes_in,
-        head_ms = started.elapsed().as_secs_f64() * 1000.0,
-    );
+    trace.head_sent();
+    // A replica's body finishes the record when it ends; a gateway answer is complete now.
+    let status = resp.status().as_u16();
+    if let Some(trace) = resp.body_mut().attach(trace, status) {
+        trace.finish(&status.to_string(), record::BodyFacts::default());
+    }
     resp
 }
 
@@ -167,7 +135,7 @@ async fn serve(
     conn: &ConnCtx,
     req: Request<Incoming>,
     request_id: &HeaderValue,
-    trace: &mut Trace,
+    trace: &mut Record,
 ) -> Result<Response<ResponseBody>, GatewayError> {
     if conn.flags.ambiguous_framing() {
         return Err(GatewayError::AmbiguousFraming);
@@ -255,7 +223,8 @@ async fn serve(
         admit(app, Scope::Model, limiter.check(shared).await)?;
     }
     let mut forwarded_body = body.clone();
-    let mut meter = None;
+    let mut reservation = None;
+    let mut strip = false;
     if let Some(budget) = principal.key.as_ref().and_then(|k| k.tokens.as_ref()) {
         let completion = if op == Operation::Embedding {
             0
@@ -264,7 +233,7 @@ async fn serve(
         };
         // About four bytes of JSON per prompt token: an overestimate, as a reservation should be.
         let cost = (body.len() as u64).div_ceil(4) + completion;
-        let (reservation, left) = match budget.reserve(cost, app.shared.as_ref()).await {
+        let (held, left) = match budget.reserve(cost, app.shared.as_ref()).await {
             Ok(r) => r,
             Err(Some(retry_after)) => {
                 app.metrics
@@ -280,17 +249,17 @@ async fn serve(
             Err(None) => return Err(GatewayError::LimiterUnavailable),
         };
         trace.tokens_left = Some((budget.tpm(), left));
+        reservation = Some(held);
         // Settling needs the real usage; in a stream it comes only when asked for. Ask for it
         // if the client did not, and take that extra event out of the client's stream.
-        let mut strip = false;
         if peek.stream && !peek.has_stream_options {
             if let Some(b) = crate::sse::inject_include_usage(&body) {
                 forwarded_body = b;
                 strip = true;
             }
         }
-        meter = Some(forward::Meter::new(reservation, peek.stream, strip));
     }
+    let meter = forward::Meter::new(reservation, peek.stream, strip, trace.started);
     // Stage 6: version.
     let choice = canary::choose(&route, pinned, &principal, &parts.headers);
     let pool = route.versions.get(choice.index);
@@ -314,9 +283,11 @@ async fn serve(
             response,
             replica,
             retries,
+            upstream_wait,
         }) => {
             trace.replica = Some(replica);
             trace.retries = retries;
+            trace.upstream_wait = upstream_wait;
             Ok(response)
         }
         Err(Failed { error, retries }) => {
@@ -363,7 +334,7 @@ fn check_access(
 }
 
 /// OpenAI's `x-ratelimit-*` headers for the caller's key, on every answer it gets.
-fn ratelimit_headers(h: &mut http::HeaderMap, trace: &Trace) {
+fn ratelimit_headers(h: &mut http::HeaderMap, trace: &Record) {
     let mut set = |name: &'static str, value: String| {
         if let Ok(v) = HeaderValue::from_str(&value) {
             h.entry(HeaderName::from_static(name)).or_insert(v);

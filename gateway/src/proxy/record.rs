@@ -1,0 +1,148 @@
+//! Stage 8: what the stages left behind, written once per request when its answer is complete
+//! — at the end of the body for a stream, including when the client went away
+//! (`status="client_closed"`) or the replica broke it (`status="stream_error"`): the request
+//! metrics and one JSON access-log line. Key names appear; keys, prompts and completions never.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::HeaderValue;
+use tokio::time::Instant;
+
+use super::canary::Arm;
+use crate::canary::stats::VersionStats;
+use crate::metrics::Metrics;
+use crate::sse::Usage;
+
+/// Facts about one request, filled in by the stages as they run.
+pub struct Record {
+    pub started: Instant,
+    pub request_id: HeaderValue,
+    pub peer: std::net::SocketAddr,
+    pub op: &'static str,
+    pub key: Option<String>,
+    /// The configured model name (an unknown model stays `None` and counts as "unknown").
+    pub model: Option<String>,
+    pub version: Option<String>,
+    pub replica: Option<HeaderValue>,
+    pub arm: Option<Arm>,
+    pub stream: bool,
+    pub retries: u32,
+    pub bytes_in: usize,
+    /// The key's request limit after this request: (limit, remaining, reset).
+    pub requests_left: Option<(u32, u32, Duration)>,
+    /// The key's token budget after the reservation: (per minute, left).
+    pub tokens_left: Option<(u64, u64)>,
+    pub stats: Option<Arc<VersionStats>>,
+    /// Time spent waiting for replicas before the response head (for the overhead metric).
+    pub upstream_wait: Duration,
+    metrics: Arc<Metrics>,
+}
+
+/// What the body saw, for the record.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct BodyFacts {
+    pub ttft: Option<Duration>,
+    pub usage: Option<Usage>,
+    pub content_events: u64,
+    pub bytes_out: u64,
+}
+
+impl Record {
+    pub fn new(
+        started: Instant,
+        request_id: HeaderValue,
+        peer: std::net::SocketAddr,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        Self {
+            started,
+            request_id,
+            peer,
+            op: "unknown",
+            key: None,
+            model: None,
+            version: None,
+            replica: None,
+            arm: None,
+            stream: false,
+            retries: 0,
+            bytes_in: 0,
+            requests_left: None,
+            tokens_left: None,
+            stats: None,
+            upstream_wait: Duration::ZERO,
+            metrics,
+        }
+    }
+
+    /// The response head is going out: the gateway's own share of the time so far.
+    pub fn head_sent(&self) {
+        let own = self.started.elapsed().saturating_sub(self.upstream_wait);
+        self.metrics.overhead.observe(own.as_secs_f64());
+    }
+
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    /// Writes the metrics and the access-log line. `status` is the HTTP code, or
+    /// `client_closed` / `stream_error`.
+    pub fn finish(self, status: &str, facts: BodyFacts) {
+        let model = self.model.as_deref().unwrap_or("unknown");
+        let version = self.version.as_deref().unwrap_or("none");
+        let m = &self.metrics;
+        let duration = self.started.elapsed();
+        m.requests.with_label_values(&[model, version, status]).inc();
+        m.duration
+            .with_label_values(&[model, self.op])
+            .observe(duration.as_secs_f64());
+        if let Some(t) = facts.ttft {
+            m.ttft
+                .with_label_values(&[model, version])
+                .observe(t.as_secs_f64());
+        }
+        let (prompt, completion) = match facts.usage {
+            Some(u) => (Some(u.prompt_tokens), Some(u.completion_tokens)),
+            // A stream without a usage event: one content event is (about) one token.
+            None if self.stream && facts.content_events > 0 => (None, Some(facts.content_events)),
+            None => (None, None),
+        };
+        if self.model.is_some() {
+            if let Some(p) = prompt {
+                m.tokens.with_label_values(&[model, "prompt"]).inc_by(p);
+            }
+            if let Some(c) = completion {
+                m.tokens.with_label_values(&[model, "completion"]).inc_by(c);
+            }
+        }
+        if let Some(stats) = &self.stats {
+            let error = status.starts_with('5') || status == "stream_error";
+            stats.record(error);
+        }
+        tracing::info!(
+            target: "access",
+            request_id = self.request_id.to_str().unwrap_or(""),
+            peer = %self.peer,
+            key = self.key.as_deref().unwrap_or("-"),
+            op = self.op,
+            model = self.model.as_deref().unwrap_or("-"),
+            version = self.version.as_deref().unwrap_or("-"),
+            arm = self.arm.map_or("-", |a| match a {
+                Arm::Stable => "stable",
+                Arm::Canary => "canary",
+                Arm::Pinned => "pinned",
+            }),
+            replica = self.replica.as_ref().and_then(|r| r.to_str().ok()).unwrap_or("-"),
+            status,
+            stream = self.stream,
+            ttft_ms = facts.ttft.map(|t| t.as_secs_f64() * 1000.0),
+            duration_ms = duration.as_secs_f64() * 1000.0,
+            tokens_in = prompt,
+            tokens_out = completion,
+            retries = self.retries,
+            bytes_in = self.bytes_in,
+            bytes_out = facts.bytes_out,
+        );
+    }
+}
