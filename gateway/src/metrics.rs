@@ -13,8 +13,8 @@ use crate::state::AppState;
 
 /// Buckets for time to first token and request durations: 10 ms to 60 s and beyond.
 pub const LATENCY_BUCKETS: [f64; 19] = [
-    0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.5, 5.0, 10.0, 20.0,
-    30.0, 60.0, 300.0,
+    0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.5, 5.0, 10.0, 20.0, 30.0,
+    60.0, 300.0,
 ];
 /// Buckets for the gap between tokens: 5 ms to 10 s.
 pub const ITL_BUCKETS: [f64; 13] = [
@@ -225,10 +225,9 @@ pub fn refresh(app: &AppState) {
     let now = crate::balance::now_ns();
     m.queue_size.reset();
     for model in &snap.config.models {
-        let queued = snap
-            .routes
-            .get(&model.name)
-            .map_or(0, |r| r.versions.iter().map(|p| p.queue.len()).sum::<usize>());
+        let queued = snap.routes.get(&model.name).map_or(0, |r| {
+            r.versions.iter().map(|p| p.queue.len()).sum::<usize>()
+        });
         m.queue_size
             .with_label_values(&[&model.name])
             .set(queued as i64);
@@ -266,6 +265,8 @@ mod tests {
         assert!(text.contains("gateway_ratelimited_total{scope=\"ip\"} 0"));
         assert!(text.contains("gateway_ratelimit_degraded 1"));
         assert!(text.contains("ai_requests_total{model=\"m\",status=\"200\",version=\"1\"} 1"));
-        assert!(text.contains("ai_time_to_first_token_seconds_bucket{model=\"m\",version=\"1\",le=\"0.025\"} 1"));
+        assert!(text.contains(
+            "ai_time_to_first_token_seconds_bucket{model=\"m\",version=\"1\",le=\"0.025\"} 1"
+        ));
     }
 }

@@ -585,8 +585,13 @@ async fn a_green_canary_steps_up_through_its_steps() {
         if w == Some(50.0) {
             break;
         }
-        assert!(started.elapsed() < Duration::from_secs(8), "never stepped up (at {w:?})");
+        assert!(
+            started.elapsed() < Duration::from_secs(8),
+            "never stepped up (at {w:?})"
+        );
     }
-    assert!(std::fs::read_to_string(&path).unwrap().contains("weight_percent = 50.0"));
+    assert!(std::fs::read_to_string(&path)
+        .unwrap()
+        .contains("weight_percent = 50.0"));
     std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -15,12 +15,12 @@ use hyper::body::Incoming;
 use pin_project_lite::pin_project;
 use tokio::time::{Instant, Sleep};
 
+use super::record::{BodyFacts, Record};
 use crate::balance::endpoint::Sender;
 use crate::balance::InflightGuard;
+use crate::canary::stats::VersionStats;
 use crate::config::Config;
 use crate::limits::Reservation;
-use super::record::{BodyFacts, Record};
-use crate::canary::stats::VersionStats;
 use crate::sse::{json_usage, SseMeter, Usage};
 use crate::state::Route;
 

@@ -93,7 +93,9 @@ impl Record {
         let version = self.version.as_deref().unwrap_or("none");
         let m = &self.metrics;
         let duration = self.started.elapsed();
-        m.requests.with_label_values(&[model, version, status]).inc();
+        m.requests
+            .with_label_values(&[model, version, status])
+            .inc();
         m.duration
             .with_label_values(&[model, self.op])
             .observe(duration.as_secs_f64());
