@@ -8,4 +8,5 @@ echo "== cargo fmt --check"; cargo fmt --all --check
 echo "== cargo clippy"; cargo clippy --workspace --all-targets --locked -- -D warnings
 echo "== cargo test"; cargo test --workspace --locked
 echo "== e2e: openai client"; cargo build --workspace --locked --bins; scripts/e2e-openai.sh
+echo "== e2e: Prometheus, promtool, dashboard, alerts, Kubernetes"; scripts/e2e-prometheus.sh
 echo "== all tests passed"

@@ -155,6 +155,8 @@ impl Snapshot {
 fn set_canary_gauges(metrics: &Metrics, config: &Config) {
     metrics.canary_weight.reset();
     for m in &config.models {
+        // Present from the start, so alerts on increase() see the first rollback.
+        metrics.canary_rollbacks.with_label_values(&[&m.name]);
         let canary = m.canary.as_ref().filter(|c| c.version != m.stable);
         let w = canary.map_or(0.0, |c| c.weight_percent);
         if let Some(v) = m.versions.get(m.stable) {

@@ -551,7 +551,27 @@ fn check_limits(e: &mut Errors, l: Option<&LimitsFile>) -> LimitsConfig {
             ),
         }
     }
-    let redis = match l.redis_url.as_deref().filter(|u| !u.is_empty()) {
+    // `env:NAME` reads the URL (which may hold a password) from the environment, e.g. from a
+    // Kubernetes Secret, instead of the config file.
+    let from_env = l
+        .redis_url
+        .as_deref()
+        .and_then(|u| u.strip_prefix("env:"))
+        .map(|var| match std::env::var(var) {
+            Ok(v) if !v.is_empty() => Some(v),
+            _ => {
+                e.push(
+                    "limits.redis_url",
+                    format!("names the environment variable {var}, which is not set"),
+                );
+                None
+            }
+        });
+    let url = match from_env {
+        Some(v) => v,
+        None => l.redis_url.clone(),
+    };
+    let redis = match url.as_deref().filter(|u| !u.is_empty()) {
         None => None,
         Some(url) => {
             let fallback = match l.redis_fallback.as_deref().unwrap_or("local") {
@@ -1096,6 +1116,15 @@ mod tests {
         assert_eq!((r.fallback, r.instances), (RedisFallback::Closed, 4));
         let e = parse_redis_url("redis://:pw@").unwrap_err();
         assert!(!e.contains("pw"), "{e}");
+        std::env::set_var("GW_TEST_REDIS_URL_FROM_ENV", "redis://10.1.2.3:7000");
+        let from_env = format!("{keys}{cfg}").replace(
+            "redis://:s3cret@cache.internal:6380/2",
+            "env:GW_TEST_REDIS_URL_FROM_ENV",
+        );
+        let r = parse(&from_env).unwrap().limits.redis.unwrap();
+        assert_eq!((r.host.as_str(), r.port), ("10.1.2.3", 7000));
+        let unset = from_env.replace("GW_TEST_REDIS_URL_FROM_ENV", "GW_TEST_UNSET_VAR_XYZ");
+        assert!(parse(&unset).unwrap_err()[0].contains("GW_TEST_UNSET_VAR_XYZ"));
     }
 
     #[test]

@@ -1,0 +1,82 @@
+#!/usr/bin/env bash
+# Deployment checks and a real Prometheus scraping a running gateway:
+#  - promtool checks the alert rules and the Prometheus config;
+#  - the Kubernetes manifests pass kubernetes-validate (PyPI; bundled schemas, strict mode);
+#  - the ConfigMap's embedded gateway.toml passes `gateway check-config`;
+#  - a mock replica, the gateway and Prometheus (Debian's) run on loopback; e2e_prometheus.py
+#    sends traffic and compares what Prometheus reports with what was sent.
+# Every process started here is stopped by its PID.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+TARGET_DIR="${CARGO_TARGET_DIR:-target}"
+BIN="$TARGET_DIR/debug"
+PYTHON="${PYTHON:-.venv/bin/python}"
+VENV_BIN="$(dirname "$PYTHON")"
+WORK="$(mktemp -d)"
+PIDS=()
+cleanup() {
+  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+  for p in "${PIDS[@]}"; do wait "$p" 2>/dev/null || true; done
+  rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+wait_for() {
+  local file=$1 regex=$2
+  for _ in $(seq 1 200); do
+    if grep -qE "$regex" "$file" 2>/dev/null; then grep -oE "$regex" "$file" | head -1; return 0; fi
+    sleep 0.05
+  done
+  echo "timed out waiting for /$regex/ in $file:" >&2; cat "$file" >&2; return 1
+}
+free_port() { "$PYTHON" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+
+promtool check rules docker/alerts.yml
+promtool check config docker/prometheus.yml
+"$VENV_BIN/kubernetes-validate" -k 1.30.0 --strict docker/kubernetes/*.yaml
+"$PYTHON" - "$WORK/k8s-gateway.toml" <<'PY'
+import sys, yaml
+for doc in yaml.safe_load_all(open("docker/kubernetes/configmap.yaml")):
+    open(sys.argv[1], "w").write(doc["data"]["gateway.toml"])
+PY
+REDIS_URL=redis://127.0.0.1:6379 "$BIN/gateway" check-config "$WORK/k8s-gateway.toml"
+"$BIN/gateway" check-config docker/gateway.compose.toml
+
+"$BIN/mock-replica" --listen 127.0.0.1:0 --model prom-model --ttft-ms 20 --itl-ms 5 --tokens 16 \
+  2>"$WORK/mock.log" &
+PIDS+=($!)
+REPLICA="$(wait_for "$WORK/mock.log" 'http://127\.0\.0\.1:[0-9]+')"
+cat >"$WORK/gateway.toml" <<TOML
+[server]
+listen = "127.0.0.1:0"
+admin_listen = "127.0.0.1:0"
+[auth]
+enabled = false
+[[models]]
+name = "prom-model"
+[[models.versions]]
+name = "1.0.0"
+replicas = [{ url = "$REPLICA" }]
+TOML
+"$BIN/gateway" serve --config "$WORK/gateway.toml" >"$WORK/gateway.log" 2>&1 &
+PIDS+=($!)
+DATA="$(wait_for "$WORK/gateway.log" '"message":"data listener ready","addr":"127\.0\.0\.1:[0-9]+"' | grep -oE '127\.0\.0\.1:[0-9]+')"
+ADMIN="$(wait_for "$WORK/gateway.log" '"message":"admin listener ready","addr":"127\.0\.0\.1:[0-9]+"' | grep -oE '127\.0\.0\.1:[0-9]+')"
+
+PROM_PORT="$(free_port)"
+cat >"$WORK/prometheus.yml" <<YML
+global: {scrape_interval: 1s, evaluation_interval: 1s}
+rule_files: ["$PWD/docker/alerts.yml"]
+scrape_configs:
+  - job_name: gateway
+    static_configs: [{targets: ["$ADMIN"]}]
+YML
+prometheus --config.file="$WORK/prometheus.yml" --storage.tsdb.path="$WORK/tsdb" \
+  --web.listen-address="127.0.0.1:$PROM_PORT" >"$WORK/prometheus.log" 2>&1 &
+PIDS+=($!)
+for _ in $(seq 1 100); do
+  if "$PYTHON" -c "import urllib.request; urllib.request.urlopen('http://127.0.0.1:$PROM_PORT/-/ready', timeout=1)" 2>/dev/null; then break; fi
+  sleep 0.1
+done
+echo "gateway $DATA (admin $ADMIN), Prometheus 127.0.0.1:$PROM_PORT"
+"$PYTHON" scripts/e2e_prometheus.py "http://$DATA" "http://$ADMIN" "http://127.0.0.1:$PROM_PORT" prom-model
