@@ -213,12 +213,33 @@ fn auth_and_limit(c: &mut Criterion) {
     g.finish();
 }
 
+/// Metering a stream as it passes: the work done per forwarded chunk (one token event), against
+/// copying the chunk once (the least any inspecting proxy does).
+fn sse_metering(c: &mut Criterion) {
+    use bytes::Bytes;
+    use gateway::sse::SseMeter;
+    let event = Bytes::from_static(
+        b"data: {\"id\":\"chatcmpl-1\",\"object\":\"chat.completion.chunk\",\"created\":1,\"model\":\"llama-3-70b\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\" token\"},\"logprobs\":null,\"finish_reason\":null}]}\n\n",
+    );
+    let mut g = c.benchmark_group("sse_metering");
+    g.throughput(Throughput::Bytes(event.len() as u64));
+    g.bench_function("meter_one_token_event", |b| {
+        let mut m = SseMeter::new(false);
+        b.iter(|| m.feed(black_box(event.clone())))
+    });
+    g.bench_function("baseline_copy_the_event", |b| {
+        b.iter(|| Bytes::copy_from_slice(black_box(&event)))
+    });
+    g.finish();
+}
+
 criterion_group!(
     benches,
     body_peek,
     framing_scan,
     balancer_pick,
     snapshot_load,
-    auth_and_limit
+    auth_and_limit,
+    sse_metering
 );
 criterion_main!(benches);

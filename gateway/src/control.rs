@@ -69,6 +69,9 @@ fn restart_required(old: &Config, new: &Config) -> Vec<String> {
     if old.limits.redis != new.limits.redis {
         r.push("limits.redis_url (and the other Redis settings)".to_owned());
     }
+    if old.server.tls.is_some() != new.server.tls.is_some() {
+        r.push("server.tls (turning TLS on or off)".to_owned());
+    }
     r
 }
 
@@ -138,6 +141,11 @@ fn apply_text(app: &AppState, text: &str, _trigger: &str) -> Result<Reloaded, Ve
         let s = app.control.source.lock().unwrap_or_else(|p| p.into_inner());
         s.text != text || !same_links
     };
+    if let (Some(tls), Some(paths)) = (&app.tls, &cfg.server.tls) {
+        if let Err(e) = tls.refresh(Some(paths)) {
+            return Err(vec![format!("server.tls: {e}")]);
+        }
+    }
     if changed {
         app.publish(cfg);
         app.control
@@ -377,6 +385,11 @@ pub async fn watch(app: std::sync::Arc<AppState>, stop: tokio_util::sync::Cancel
         tokio::select! {
             _ = stop.cancelled() => return,
             _ = tokio::time::sleep(std::time::Duration::from_millis(250)) => {}
+        }
+        if let Some(tls) = &app.tls {
+            if let Err(e) = tls.refresh(None) {
+                tracing::warn!(error = %e, "TLS files unreadable or invalid; the old certificate stays");
+            }
         }
         if needs_reload(&app) {
             tokio::time::sleep(std::time::Duration::from_millis(200)).await;

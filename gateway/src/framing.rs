@@ -244,6 +244,74 @@ impl AsyncWrite for GuardedIo {
     }
 }
 
+/// A decrypted stream (TLS) with the same smuggling scan as `GuardedIo`. There is no raw
+/// socket to answer 408 on after hyper gives up, so a slow TLS client is just closed.
+pub struct ScanIo<T> {
+    inner: T,
+    flags: Arc<ConnFlags>,
+    scanner: FramingScanner,
+}
+
+impl<T> ScanIo<T> {
+    pub fn new(inner: T, flags: Arc<ConnFlags>) -> Self {
+        Self {
+            inner,
+            flags,
+            scanner: FramingScanner::default(),
+        }
+    }
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for ScanIo<T> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        let before = buf.filled().len();
+        ready!(Pin::new(&mut this.inner).poll_read(cx, buf))?;
+        let fresh = &mut buf.filled_mut()[before..];
+        if !fresh.is_empty() {
+            this.flags.any_read.store(true, Ordering::Relaxed);
+            if this.scanner.scan(fresh) {
+                this.flags.ambiguous.store(true, Ordering::Relaxed);
+            }
+        }
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for ScanIo<T> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+    }
+}
+
 /// Writes a whole buffer to a socket hyper no longer drives, then closes our side.
 pub async fn write_and_close(stream: &TcpStream, mut data: &[u8]) {
     while !data.is_empty() {

@@ -24,6 +24,7 @@ pub mod proxy;
 pub mod server;
 pub mod sse;
 pub mod state;
+pub mod tls;
 
 pub use server::{BoundAddrs, Gateway};
 

@@ -19,7 +19,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::validate::{MAX_HEADERS_CEILING, MAX_HEADER_BYTES_CEILING};
 use crate::config::Config;
 use crate::error::{error_body, GatewayError};
-use crate::framing::{write_and_close, ConnFlags, GuardedIo};
+use crate::framing::{write_and_close, ConnFlags, GuardedIo, ScanIo};
 use crate::proxy::{self, ConnCtx};
 use crate::state::AppState;
 
@@ -195,19 +195,37 @@ async fn accept_data(
             },
         };
         let _ = stream.set_nodelay(true);
-        let stream = Arc::new(stream);
         let flags = Arc::new(ConnFlags::default());
         let ctx = Arc::new(ConnCtx {
             peer,
             flags: flags.clone(),
         });
-        let io = TokioIo::new(GuardedIo::new(stream.clone(), flags.clone()));
         let first_byte_timeout = app.snapshot().config.server.header_read_timeout;
-        let app = app.clone();
-        let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
-            let (app, ctx) = (app.clone(), ctx.clone());
-            async move { Ok::<_, Infallible>(proxy::handle(app, ctx, req).await) }
-        });
+        let svc = {
+            let app = app.clone();
+            hyper::service::service_fn(move |req: Request<Incoming>| {
+                let (app, ctx) = (app.clone(), ctx.clone());
+                async move { Ok::<_, Infallible>(proxy::handle(app, ctx, req).await) }
+            })
+        };
+        if let Some(tls) = &app.tls {
+            let acceptor = tls.acceptor();
+            let (builder, graceful) = (builder.clone(), graceful.clone());
+            tokio::spawn(async move {
+                // The handshake has the header deadline too: a silent client is not kept.
+                let Ok(Ok(tls_stream)) =
+                    tokio::time::timeout(first_byte_timeout, acceptor.accept(stream)).await
+                else {
+                    return;
+                };
+                let io = TokioIo::new(ScanIo::new(tls_stream, flags.clone()));
+                let conn = graceful.watch(builder.serve_connection(io, svc).into_owned());
+                let _ = conn.await;
+            });
+            continue;
+        }
+        let stream = Arc::new(stream);
+        let io = TokioIo::new(GuardedIo::new(stream.clone(), flags.clone()));
         let conn = graceful.watch(builder.serve_connection(io, svc).into_owned());
         tokio::spawn(async move {
             tokio::pin!(conn);
@@ -239,7 +257,8 @@ fn request_timeout_response() -> Vec<u8> {
     let body = error_body(&e.message(), e.error_type(), Some(e.code()));
     let mut out = format!(
         "HTTP/1.1 408 Request Timeout\r\ncontent-type: application/json\r\n\
-         x-content-type-options: nosniff\r\nconnection: close\r\ncontent-length: {}\r\n\r\n",
+         x-content-type-options: nosniff\r\nx-frame-options: DENY\r\nconnection: close\r\n\
+         content-length: {}\r\n\r\n",
         body.len()
     )
     .into_bytes();

@@ -190,6 +190,8 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     /// Redis, when limits are shared.
     pub shared: Option<Arc<Shared>>,
+    /// TLS termination, when `[server.tls]` is set at start.
+    pub tls: Option<crate::tls::Tls>,
     draining: AtomicBool,
     pub started: std::time::Instant,
 }
@@ -207,6 +209,18 @@ impl AppState {
             ))
         });
         let stats = crate::canary::stats::StatsRegistry::default();
+        // Validation already loaded these files once; a failure here means they changed since.
+        let tls = config
+            .server
+            .tls
+            .as_ref()
+            .and_then(|t| match crate::tls::Tls::load(t) {
+                Ok(t) => Some(t),
+                Err(e) => {
+                    tracing::error!(error = %e, "TLS disabled: the certificate could not be loaded");
+                    None
+                }
+            });
         let first = Snapshot::build(config, &endpoints, &queues, &limits, &stats);
         set_canary_gauges(&metrics, &first.config);
         let snapshot = ArcSwap::from_pointee(first);
@@ -216,6 +230,7 @@ impl AppState {
             queues,
             limits,
             stats,
+            tls,
             control: crate::control::Control::default(),
             metrics,
             shared,

@@ -385,6 +385,7 @@ fn json(status: StatusCode, v: serde_json::Value) -> Response<ResponseBody> {
     );
     r.headers_mut()
         .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    crate::error::security_headers(r.headers_mut());
     r
 }
 

@@ -80,12 +80,6 @@ impl Errors {
     fn push(&mut self, field: impl AsRef<str>, msg: impl AsRef<str>) {
         self.0.push(format!("{}: {}", field.as_ref(), msg.as_ref()));
     }
-    fn not_yet(&mut self, field: &str, feature: &str) {
-        self.push(
-            field,
-            format!("{feature} is not supported yet in this version of the gateway; remove it"),
-        );
-    }
     /// A duration, positive, defaulted.
     fn duration(&mut self, field: &str, v: &Option<String>, default: &str) -> Duration {
         let raw = v.as_deref().unwrap_or(default);
@@ -148,6 +142,7 @@ pub fn validate(f: &FileConfig) -> Result<Config, Vec<String>> {
         );
     }
     let server = ServerConfig {
+        tls: None,
         listen,
         admin_listen,
         admin_token_env,
@@ -193,9 +188,21 @@ pub fn validate(f: &FileConfig) -> Result<Config, Vec<String>> {
             MAX_HEADERS_CEILING,
         ) as usize,
     };
-    if s.tls.is_some() {
-        e.not_yet("server.tls", "TLS termination");
-    }
+    let tls = s.tls.as_ref().and_then(|t| {
+        let (Some(cert), Some(key)) = (t.cert.as_deref(), t.key.as_deref()) else {
+            e.push("server.tls", "needs both `cert` and `key` (PEM files)");
+            return None;
+        };
+        let paths = crate::tls::paths(cert, key);
+        match crate::tls::check(&paths) {
+            Ok(()) => Some(paths),
+            Err(why) => {
+                e.push("server.tls", why);
+                None
+            }
+        }
+    });
+    let server = ServerConfig { tls, ..server };
     let u = &f.upstream;
     let upstream = UpstreamConfig {
         connect_timeout: e.duration(
@@ -1025,13 +1032,17 @@ mod tests {
     }
 
     #[test]
-    fn later_features_are_rejected_not_ignored() {
-        let errs = parse(&format!("[server.tls]\ncert = \"a\"\nkey = \"b\"\n{MIN}")).unwrap_err();
+    fn tls_files_are_checked_when_the_config_is() {
+        let errs = parse(&format!(
+            "[server.tls]\ncert = \"/nonexistent.crt\"\nkey = \"b\"\n{MIN}"
+        ))
+        .unwrap_err();
         assert!(
-            errs.iter()
-                .any(|e| e.starts_with("server.tls:") && e.contains("not supported yet")),
+            errs[0].starts_with("server.tls: cannot read /nonexistent.crt"),
             "{errs:?}"
         );
+        let errs = parse(&format!("[server.tls]\ncert = \"/x\"\n{MIN}")).unwrap_err();
+        assert!(errs[0].contains("needs both"), "{errs:?}");
     }
 
     #[test]

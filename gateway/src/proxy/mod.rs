@@ -361,6 +361,7 @@ fn json_ok(body: Bytes) -> Response<ResponseBody> {
         header::CONTENT_TYPE,
         HeaderValue::from_static("application/json"),
     );
+    crate::error::security_headers(resp.headers_mut());
     resp
 }
 
