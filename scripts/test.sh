@@ -9,4 +9,5 @@ echo "== cargo clippy"; cargo clippy --workspace --all-targets --locked -- -D wa
 echo "== cargo test"; cargo test --workspace --locked
 echo "== e2e: openai client"; cargo build --workspace --locked --bins; scripts/e2e-openai.sh
 echo "== e2e: Prometheus, promtool, dashboard, alerts, Kubernetes"; scripts/e2e-prometheus.sh
+echo "== e2e: status page in Chromium (Playwright)"; scripts/e2e-ui.sh
 echo "== all tests passed"

@@ -2,6 +2,7 @@
 //! token, and the operator API under `/admin/` behind a bearer token read from the environment
 //! variable named by `server.admin_token_env`.
 //!
+//! - `GET  /ui/`                          the operator's status page (static; data via the API)
 //! - `GET  /healthz`                      process alive
 //! - `GET  /metrics`                      Prometheus text format
 //! - `GET  /readyz`                       not draining and every model has a routable replica
@@ -36,6 +37,16 @@ pub async fn handle(app: &AppState, req: Request<Incoming>) -> Response<Response
     let method = req.method().clone();
     match (&method, path.as_str()) {
         (&Method::GET, "/healthz") => json(StatusCode::OK, serde_json::json!({"status": "ok"})),
+        (&Method::GET, "/") => {
+            let mut r = Response::new(ResponseBody::empty());
+            *r.status_mut() = StatusCode::FOUND;
+            r.headers_mut()
+                .insert(header::LOCATION, HeaderValue::from_static("/ui/"));
+            r
+        }
+        (&Method::GET, "/ui" | "/ui/") => asset(UI_HTML, "text/html; charset=utf-8"),
+        (&Method::GET, "/ui/app.js") => asset(UI_JS, "text/javascript; charset=utf-8"),
+        (&Method::GET, "/ui/app.css") => asset(UI_CSS, "text/css; charset=utf-8"),
         (&Method::GET, "/metrics") => {
             crate::metrics::refresh(app);
             let mut r = Response::new(ResponseBody::full(Bytes::from(app.metrics.render())));
@@ -92,7 +103,13 @@ async fn admin_api(
     body: &[u8],
     who: &str,
 ) -> Response<ResponseBody> {
-    let parts: Vec<&str> = path.trim_start_matches("/admin/").split('/').collect();
+    // Segments arrive percent-encoded (a replica id's ':' as %3A, from the status page).
+    let decoded: Vec<String> = path
+        .trim_start_matches("/admin/")
+        .split('/')
+        .map(crate::proxy::percent_decode)
+        .collect();
+    let parts: Vec<&str> = decoded.iter().map(String::as_str).collect();
     match (method, parts.as_slice()) {
         (&Method::GET, ["models"]) => json(StatusCode::OK, models_json(app)),
         (&Method::GET, ["status"]) => json(StatusCode::OK, status_json(app)),
@@ -374,6 +391,32 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
         return false;
     }
     a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+// The status page, embedded: no CDN, nothing fetched at run time. It holds no data; everything
+// it shows comes from the admin API with the operator's token.
+const UI_HTML: &str = include_str!("ui/index.html");
+const UI_JS: &str = include_str!("ui/app.js");
+const UI_CSS: &str = include_str!("ui/app.css");
+
+fn asset(body: &'static str, content_type: &'static str) -> Response<ResponseBody> {
+    let mut r = Response::new(ResponseBody::full(Bytes::from_static(body.as_bytes())));
+    let h = r.headers_mut();
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    h.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(
+            "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; \
+             img-src 'self' data:; base-uri 'none'; form-action 'self'; frame-ancestors 'none'",
+        ),
+    );
+    h.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("no-referrer"),
+    );
+    crate::error::security_headers(h);
+    r
 }
 
 fn json(status: StatusCode, v: serde_json::Value) -> Response<ResponseBody> {

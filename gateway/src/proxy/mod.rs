@@ -366,7 +366,7 @@ fn json_ok(body: Bytes) -> Response<ResponseBody> {
 }
 
 /// Decodes `%XX` escapes in a path segment (model ids may contain `/` or `:` sent escaped).
-fn percent_decode(s: &str) -> String {
+pub fn percent_decode(s: &str) -> String {
     let b = s.as_bytes();
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;
