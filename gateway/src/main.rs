@@ -19,6 +19,9 @@ struct Cli {
     /// Log format.
     #[arg(long, global = true, value_enum, default_value_t = LogFormat::Json)]
     log_format: LogFormat,
+    /// Runtime worker threads (default: one per core).
+    #[arg(long, global = true, env = "GATEWAY_WORKERS")]
+    workers: Option<usize>,
     /// Config file for `serve` (also the default when no subcommand is given).
     #[arg(long, env = "GATEWAY_CONFIG")]
     config: Option<PathBuf>,

@@ -16,7 +16,7 @@ use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 
-use crate::config::validate::{MAX_HEADERS_CEILING, MAX_HEADER_BYTES_CEILING};
+use crate::config::validate::MAX_HEADER_BYTES_CEILING;
 use crate::config::Config;
 use crate::error::{error_body, GatewayError};
 use crate::framing::{write_and_close, ConnFlags, GuardedIo, ScanIo};
@@ -164,8 +164,9 @@ fn data_builder(app: &AppState) -> auto::Builder<TokioExecutor> {
     b.http1()
         .timer(TokioTimer::new())
         .header_read_timeout(server.header_read_timeout)
-        // Above our own caps, so that our check (with an OpenAI-shaped 431) fires first.
-        .max_headers(MAX_HEADERS_CEILING as usize + 16)
+        // Just above our own cap, so that our check (with an OpenAI-shaped 431) fires first.
+        // hyper sizes a per-request index array by this; up to 100 it lives on the stack.
+        .max_headers(server.max_headers + 10)
         .max_buf_size((MAX_HEADER_BYTES_CEILING as usize + 16 * 1024).max(8192 + 4096 * 100));
     b.http2()
         .timer(TokioTimer::new())

@@ -159,11 +159,25 @@ fn event_data(event: &[u8]) -> Vec<u8> {
     out
 }
 
-/// `usage` of a complete JSON answer.
+/// `usage` of a complete JSON answer. A typed read: the rest of the document is skipped, not
+/// built into a tree (this runs on every non-streaming answer).
 pub fn json_usage(body: &[u8]) -> Option<Usage> {
-    serde_json::from_slice::<serde_json::Value>(body)
-        .ok()
-        .and_then(|v| Usage::from_json(&v))
+    #[derive(serde::Deserialize)]
+    struct Answer {
+        usage: Option<Counts>,
+    }
+    #[derive(serde::Deserialize)]
+    struct Counts {
+        #[serde(default)]
+        prompt_tokens: u64,
+        #[serde(default)]
+        completion_tokens: u64,
+    }
+    let a: Answer = serde_json::from_slice(body).ok()?;
+    a.usage.map(|u| Usage {
+        prompt_tokens: u.prompt_tokens,
+        completion_tokens: u.completion_tokens,
+    })
 }
 
 /// Adds `"stream_options":{"include_usage":true}` to a JSON object body (which must not have

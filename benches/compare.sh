@@ -1,0 +1,247 @@
+#!/usr/bin/env bash
+# Side-by-side comparison in ONE run: direct to a replica, nginx (least_conn, upstream keepalive,
+# proxy_buffering off, one worker), and the gateway (one worker thread; auth, rate limits,
+# metrics and model routing all on). Targets alternate, each measured ROUNDS times; medians.
+# The load generator runs on core 0; replicas and the proxy under test on core 1.
+# Writes benches/RESULTS.md. Loopback only; every process is stopped by its PID.
+#
+#   benches/compare.sh            (ROUNDS=3 SECS=5 STREAMS=1000 BIG_STREAMS=10000 by default)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROUNDS="${ROUNDS:-3}"
+SECS="${SECS:-5}"
+STREAMS="${STREAMS:-1000}"
+BIG_STREAMS="${BIG_STREAMS:-10000}"
+TARGET_DIR="${CARGO_TARGET_DIR:-target}"
+BIN="$TARGET_DIR/release"
+WORK="$(mktemp -d)"
+PIDS=()
+cleanup() {
+  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+  for p in "${PIDS[@]}"; do wait "$p" 2>/dev/null || true; done
+  rm -rf "$WORK"
+}
+trap cleanup EXIT
+ulimit -n 200000 2>/dev/null || ulimit -n 65536 2>/dev/null || true
+command -v nginx >/dev/null || { echo "nginx is needed (Debian: apt-get install nginx-light)" >&2; exit 1; }
+
+echo "== building (release)"
+cargo build --release --locked -p gateway -p loadtest --bins 2>&1 | tail -1
+
+LOAD="taskset -c 0"
+SERVE="taskset -c 1"
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+wait_port() { for _ in $(seq 1 200); do (echo >/dev/tcp/127.0.0.1/"$1") 2>/dev/null && return 0; sleep 0.05; done; echo "port $1 never opened" >&2; return 1; }
+rss_kb() { local t=0; for p in "$@"; do t=$((t + $(awk '/VmRSS/{print $2}' /proc/"$p"/status 2>/dev/null || echo 0))); done; echo "$t"; }
+cpu_ticks() { local t=0; for p in "$@"; do t=$((t + $(awk '{print $14+$15}' /proc/"$p"/stat 2>/dev/null || echo 0))); done; echo "$t"; }
+HZ="$(getconf CLK_TCK)"
+
+# Replicas: 3 fast ones for request/response tests, 3 slow-streaming ones for stream tests.
+start_mocks() { # name ttft itl tokens -> ports in $PORTS_<name>
+  local name=$1 ports=()
+  for i in 1 2 3; do
+    local port; port="$(free_port)"
+    $SERVE "$BIN/mock-replica" --listen "127.0.0.1:$port" --model bench-model --ttft-ms "$2" --itl-ms "$3" \
+      --tokens "$4" 2>/dev/null &
+    PIDS+=($!)
+    wait_port "$port"
+    ports+=("$port")
+  done
+  eval "PORTS_$name=(${ports[*]})"
+}
+start_mocks fast 0 0 16
+start_mocks stream 50 50 20
+
+start_nginx() { # name ports... -> NGINX_PORT, NGINX_PIDS
+  local name=$1; shift
+  local port; port="$(free_port)"
+  mkdir -p "$WORK/nginx-$name"
+  {
+    echo "worker_processes 1; daemon off; user root; pid $WORK/nginx-$name/pid; error_log $WORK/nginx-$name/error.log;"
+    echo "worker_rlimit_nofile 200000; events { worker_connections 60000; }"
+    echo "http { access_log off; client_body_temp_path $WORK/nginx-$name; proxy_temp_path $WORK/nginx-$name;"
+    echo "  upstream replicas { least_conn;"
+    for p in "$@"; do echo "    server 127.0.0.1:$p max_fails=0;"; done
+    echo "    keepalive 256; keepalive_timeout 4s; }"
+    echo "  server { listen 127.0.0.1:$port backlog=4096; keepalive_requests 100000;"
+    echo "    location / { proxy_pass http://replicas; proxy_http_version 1.1; proxy_set_header Connection \"\";"
+    echo "      proxy_buffering off; proxy_read_timeout 300s; } } }"
+  } >"$WORK/nginx-$name/nginx.conf"
+  $SERVE nginx -c "$WORK/nginx-$name/nginx.conf" -p "$WORK/nginx-$name" &
+  PIDS+=($!)
+  NGINX_MASTER=$!
+  wait_port "$port"
+  NGINX_PORT=$port
+  NGINX_PIDS="$NGINX_MASTER $(pgrep -P "$NGINX_MASTER" | tr '\n' ' ')"
+}
+
+KEY="sk-bench-0123456789abcdef"
+KEY_SHA="$(printf %s "$KEY" | sha256sum | cut -d' ' -f1)"
+start_gateway() { # name ports... -> GW_PORT, GW_PID
+  local name=$1; shift
+  local port admin; port="$(free_port)"; admin="$(free_port)"
+  local replicas=""
+  for p in "$@"; do replicas+="{ url = \"http://127.0.0.1:$p\" }, "; done
+  cat >"$WORK/gateway-$name.toml" <<TOML
+[server]
+listen = "127.0.0.1:$port"
+admin_listen = "127.0.0.1:$admin"
+[upstream]
+response_head_timeout = "60s"
+[auth]
+enabled = true
+[[api_keys]]
+name = "bench"
+sha256 = "$KEY_SHA"
+requests_per_second = 1000000.0
+burst = 1000000
+[limits]
+per_ip_requests_per_second = 1000000.0
+per_ip_burst = 1000000
+[[models]]
+name = "bench-model"
+balancer = "least_inflight"
+[[models.versions]]
+name = "1"
+replicas = [${replicas%, }]
+TOML
+  GATEWAY_LOG=warn $SERVE "$BIN/gateway" --workers 1 serve --config "$WORK/gateway-$name.toml" >/dev/null 2>&1 &
+  PIDS+=($!)
+  GW_PID=$!
+  wait_port "$port"
+  GW_PORT=$port
+}
+
+start_nginx fast "${PORTS_fast[@]}"; NGINX_FAST_PORT=$NGINX_PORT; NGINX_FAST_PIDS=$NGINX_PIDS
+start_gateway fast "${PORTS_fast[@]}"; GW_FAST_PORT=$GW_PORT; GW_FAST_PID=$GW_PID
+start_nginx stream "${PORTS_stream[@]}"; NGINX_STREAM_PORT=$NGINX_PORT; NGINX_STREAM_PIDS=$NGINX_PIDS
+start_gateway stream "${PORTS_stream[@]}"; GW_STREAM_PORT=$GW_PORT; GW_STREAM_PID=$GW_PID
+sleep 1
+IDLE_NGINX=$(rss_kb $NGINX_FAST_PIDS); IDLE_GW=$(rss_kb "$GW_FAST_PID")
+
+loadgen() { # port args... -> JSON on stdout
+  local port=$1; shift
+  $LOAD "$BIN/loadgen" --url "http://127.0.0.1:$port" --model bench-model --api-key "$KEY" --json --quiet "$@"
+}
+field() { python3 -c "import json,sys; d=json.load(open('$1')); v=d$2; print(v if v is not None else 'nan')"; }
+
+run_case() { # case target port pids args...
+  local case=$1 target=$2 port=$3 pids=$4; shift 4
+  local before after rss_peak=0
+  before=$(cpu_ticks $pids)
+  loadgen "$port" "$@" >"$WORK/$case-$target-$round.json" &
+  local lg=$!
+  while kill -0 $lg 2>/dev/null; do
+    local r; r=$(rss_kb $pids); [ "$r" -gt "$rss_peak" ] && rss_peak=$r
+    sleep 0.25
+  done
+  wait $lg || true
+  after=$(cpu_ticks $pids)
+  local ok cpu_us; ok=$(field "$WORK/$case-$target-$round.json" "['ok']")
+  cpu_us=$(python3 -c "print(($after-$before)*1e6/$HZ/max($ok,1))")
+  echo "$case $target $round $cpu_us $rss_peak" >>"$WORK/cpu.txt"
+}
+
+echo "== measuring: $ROUNDS rounds, ${SECS}s per run"
+for round in $(seq 1 "$ROUNDS"); do
+  for target in direct nginx gateway; do
+    case $target in
+      direct) P=${PORTS_fast[0]}; PIDS_T=""; SP=${PORTS_stream[0]} ;;
+      nginx) P=$NGINX_FAST_PORT; PIDS_T=$NGINX_FAST_PIDS; SP=$NGINX_STREAM_PORT ;;
+      gateway) P=$GW_FAST_PORT; PIDS_T=$GW_FAST_PID; SP=$GW_STREAM_PORT ;;
+    esac
+    echo "   round $round: $target"
+    run_case max "$target" "$P" "$PIDS_T" --concurrency 64 --duration "$SECS"
+    run_case rate "$target" "$P" "$PIDS_T" --rate 1000 --concurrency 512 --duration "$SECS"
+    SPIDS=$([ "$target" = nginx ] && echo "$NGINX_STREAM_PIDS" || ([ "$target" = gateway ] && echo "$GW_STREAM_PID" || echo ""))
+    run_case streams "$target" "$SP" "$SPIDS" --stream --concurrency "$STREAMS" --duration "$SECS"
+  done
+done
+# Many open streams, once per proxy: memory per stream. Streams of 20 tokens, 2 s apart: 40 s.
+if [ "$BIG_STREAMS" -gt 0 ]; then
+  echo "== $BIG_STREAMS concurrent streams"
+  BIG_MOCKS=()
+  for i in 1 2 3; do
+    port="$(free_port)"
+    $SERVE "$BIN/mock-replica" --listen "127.0.0.1:$port" --model bench-model --ttft-ms 100 --itl-ms 1000 \
+      --tokens 12 2>/dev/null &
+    PIDS+=($!); wait_port "$port"; BIG_MOCKS+=("$port")
+  done
+  start_nginx big "${BIG_MOCKS[@]}"; start_gateway big "${BIG_MOCKS[@]}"
+  sleep 1
+  round=1
+  run_case big nginx "$NGINX_PORT" "$NGINX_PIDS" --stream --concurrency "$BIG_STREAMS" --requests "$BIG_STREAMS" --duration 60
+  run_case big gateway "$GW_PORT" "$GW_PID" --stream --concurrency "$BIG_STREAMS" --requests "$BIG_STREAMS" --duration 60
+fi
+
+echo "== writing benches/RESULTS.md"
+python3 - "$WORK" "$ROUNDS" "$IDLE_NGINX" "$IDLE_GW" "$STREAMS" "$BIG_STREAMS" "$SECS" <<'PY' 
+import json, statistics, sys, os, subprocess, datetime, platform
+work, rounds, idle_nginx, idle_gw, streams, big, secs = sys.argv[1:8]
+rounds = int(rounds)
+def load(case, target, r):
+    p = f"{work}/{case}-{target}-{r}.json"
+    return json.load(open(p)) if os.path.exists(p) else None
+def med(case, target, f):
+    vals = [f(d) for r in range(1, rounds + 1) if (d := load(case, target, r)) is not None]
+    vals = [v for v in vals if v is not None]
+    return statistics.median(vals) if vals else float("nan")
+pct = lambda key, q: (lambda d: d[key][q] if d.get(key) else None)
+tp = lambda d: d["throughput_rps"]
+cpu = {}
+for line in open(f"{work}/cpu.txt") if os.path.exists(f"{work}/cpu.txt") else []:
+    case, target, r, us, rss = line.split()
+    cpu.setdefault((case, target), []).append((float(us), int(rss)))
+def cpu_med(case, target):
+    v = cpu.get((case, target))
+    return statistics.median([x[0] for x in v]) if v else float("nan")
+def rss_max(case, target):
+    v = cpu.get((case, target))
+    return max(x[1] for x in v) / 1024 if v else float("nan")
+rows = []
+def row(name, n, g, unit, fmt="{:.2f}", lower_better=True):
+    ratio = g / n if n and n == n and g == g else float("nan")
+    rows.append(f"| {name} | {fmt.format(n)} {unit} | {fmt.format(g)} {unit} | {ratio:.2f}× |")
+d_tp, n_tp, g_tp = (med("max", t, tp) for t in ("direct", "nginx", "gateway"))
+row("non-streaming throughput, 64 connections", n_tp, g_tp, "req/s", "{:.0f}")
+for q in ("p50", "p99"):
+    row(f"latency at max throughput, {q}", med("max", "nginx", pct("latency_ms", q)), med("max", "gateway", pct("latency_ms", q)), "ms")
+d50, d99 = (med("rate", "direct", pct("latency_ms", q)) for q in ("p50", "p99"))
+for q, d in (("p50", d50), ("p99", d99)):
+    row(f"latency added over direct at 1,000 req/s, {q}", med("rate", "nginx", pct("latency_ms", q)) - d, med("rate", "gateway", pct("latency_ms", q)) - d, "ms", "{:.3f}")
+row("CPU per request (proxy process, at max throughput)", cpu_med("max", "nginx"), cpu_med("max", "gateway"), "µs", "{:.1f}")
+row("RSS idle", int(idle_nginx) / 1024, int(idle_gw) / 1024, "MB", "{:.1f}")
+row("RSS under load (64 connections)", rss_max("max", "nginx"), rss_max("max", "gateway"), "MB", "{:.1f}")
+row(f"RSS with {streams} open streams", rss_max("streams", "nginx"), rss_max("streams", "gateway"), "MB", "{:.1f}")
+t50, t99 = (med("streams", "direct", pct("ttft_ms", q)) for q in ("p50", "p99"))
+for q, d in (("p50", t50), ("p99", t99)):
+    row(f"TTFT added at {streams} concurrent streams, {q}", med("streams", "nginx", pct("ttft_ms", q)) - d, med("streams", "gateway", pct("ttft_ms", q)) - d, "ms", "{:.3f}")
+row(f"total stream time at {streams} streams, p50", med("streams", "nginx", pct("latency_ms", "p50")), med("streams", "gateway", pct("latency_ms", "p50")), "ms")
+if int(big) > 0 and cpu.get(("big", "nginx")):
+    bn, bg = load("big", "nginx", 1), load("big", "gateway", 1)
+    row(f"RSS with {big} open streams", rss_max("big", "nginx"), rss_max("big", "gateway"), "MB", "{:.1f}")
+    row(f"memory per stream at {big} streams (RSS − idle)", (rss_max("big", "nginx") * 1024 - int(idle_nginx)) / int(big), (rss_max("big", "gateway") * 1024 - int(idle_gw)) / int(big), "KB", "{:.1f}")
+    rows.append(f"| {big} streams: failed | {bn['failed'] if bn else 'n/a'} | {bg['failed'] if bg else 'n/a'} | |")
+ver = lambda c: subprocess.run(c, shell=True, capture_output=True, text=True).stdout.strip() or subprocess.run(c, shell=True, capture_output=True, text=True).stderr.strip()
+cpu_model = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "?")
+out = f"""# Gateway vs nginx, measured side by side
+
+Produced by `benches/compare.sh` on {datetime.date.today()} — {os.cpu_count()} cores ({cpu_model}),
+Linux {platform.release()}; {ver("nginx -v 2>&1")}; {ver("rustc --version")}. One run, targets
+alternating, {rounds} rounds of {secs} s each, medians. The load generator (`loadgen`) runs on
+core 0, the replicas and the proxy under test on core 1. nginx: one worker, `least_conn`,
+upstream `keepalive`, `proxy_buffering off`, no access log. Gateway: one worker thread,
+`least_inflight`, API-key auth, per-key and per-IP rate limits, metrics, model routing, no
+access log. Replicas: the project's mock (request/response: immediate 16-token answers;
+streams: 50 ms to first token, 20 tokens 50 ms apart). Direct = one replica, no proxy.
+
+| measure | nginx | gateway | gateway ÷ nginx |
+|---|---|---|---|
+""" + "\n".join(rows) + f"""
+
+Direct to one replica: {d_tp:.0f} req/s at 64 connections; p50 {d50:.3f} ms / p99 {d99:.3f} ms at
+1,000 req/s; TTFT p50 {t50:.2f} ms / p99 {t99:.2f} ms at {streams} streams.
+"""
+open("benches/RESULTS.md", "w").write(out)
+print(out)
+PY
