@@ -354,28 +354,35 @@ impl Endpoint {
     }
 
     /// A ready connection: the most recently used idle one that is young enough, or a new one.
+    /// Never waits: a connection handed back a moment ago may not be ready yet (hyper marks it
+    /// ready once it has read the end of the last body); it stays in the pool for the next
+    /// request instead of delaying this one.
     pub async fn checkout(
         &self,
         connect_timeout: Duration,
         pool_idle_timeout: Duration,
     ) -> Result<Sender, ConnectError> {
-        loop {
-            let idle = {
-                let Ok(mut q) = self.idle.lock() else { break };
-                q.pop_back()
+        {
+            let Ok(mut q) = self.idle.lock() else {
+                return self.connect(connect_timeout).await;
             };
-            let Some(mut idle) = idle else { break };
-            if idle.since.elapsed() >= pool_idle_timeout || idle.sender.is_closed() {
-                continue;
+            let mut not_ready = Vec::new();
+            let mut found = None;
+            while let Some(idle) = q.pop_back() {
+                if idle.since.elapsed() >= pool_idle_timeout || idle.sender.is_closed() {
+                    continue;
+                }
+                if idle.sender.is_ready() {
+                    found = Some(idle.sender);
+                    break;
+                }
+                not_ready.push(idle);
             }
-            if idle.sender.is_ready() {
-                return Ok(idle.sender);
+            for idle in not_ready.into_iter().rev() {
+                q.push_back(idle);
             }
-            // Returned at the end of its last body; hyper may not have marked it ready yet.
-            if let Ok(Ok(())) =
-                tokio::time::timeout(Duration::from_millis(50), idle.sender.ready()).await
-            {
-                return Ok(idle.sender);
+            if let Some(sender) = found {
+                return Ok(sender);
             }
         }
         self.connect(connect_timeout).await
