@@ -41,6 +41,9 @@ impl ConnFlags {
     }
 }
 
+/// Most bytes read from a client socket at once.
+const READ_CHUNK: usize = 4096;
+
 /// Longest prefix of a line we look at; header names of interest are shorter.
 const LINE_PREFIX: usize = 64;
 
@@ -169,7 +172,10 @@ impl AsyncRead for GuardedIo {
         let this = self.get_mut();
         loop {
             ready!(this.stream.poll_read_ready(cx))?;
-            let unfilled = buf.initialize_unfilled();
+            // Zero (and so make resident) only what one read can use: hyper hands over its
+            // whole read buffer each time, and zeroing all of it cost memory per connection.
+            let room = buf.remaining().min(READ_CHUNK);
+            let unfilled = buf.initialize_unfilled_to(room);
             match this.stream.try_read(unfilled) {
                 Ok(n) => {
                     if n > 0 {
