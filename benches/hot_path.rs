@@ -233,6 +233,20 @@ fn sse_metering(c: &mut Criterion) {
     g.finish();
 }
 
+/// The canary split of one request: the sticky hash of a key name into 10,000 buckets and the
+/// weight test, against drawing a random bucket (the non-sticky split).
+fn canary_split(c: &mut Criterion) {
+    use gateway::canary::split::{bucket, on_canary, random_bucket};
+    let mut g = c.benchmark_group("canary_split");
+    g.bench_function("sticky_by_key_name", |b| {
+        b.iter(|| on_canary(black_box(5.0), bucket(black_box(b"team-analytics-prod"))))
+    });
+    g.bench_function("baseline_random_bucket", |b| {
+        b.iter(|| on_canary(black_box(5.0), random_bucket()))
+    });
+    g.finish();
+}
+
 criterion_group!(
     benches,
     body_peek,
@@ -240,6 +254,7 @@ criterion_group!(
     balancer_pick,
     snapshot_load,
     auth_and_limit,
-    sse_metering
+    sse_metering,
+    canary_split
 );
 criterion_main!(benches);
