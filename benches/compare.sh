@@ -14,14 +14,7 @@ STREAMS="${STREAMS:-1000}"
 BIG_STREAMS="${BIG_STREAMS:-10000}"
 TARGET_DIR="${CARGO_TARGET_DIR:-target}"
 BIN="$TARGET_DIR/release"
-WORK="$(mktemp -d)"
-PIDS=()
-cleanup() {
-  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
-  for p in "${PIDS[@]}"; do wait "$p" 2>/dev/null || true; done
-  rm -rf "$WORK"
-}
-trap cleanup EXIT
+. scripts/lib.sh
 ulimit -n 200000 2>/dev/null || ulimit -n 65536 2>/dev/null || true
 command -v nginx >/dev/null || { echo "nginx is needed (Debian: apt-get install nginx-light)" >&2; exit 1; }
 

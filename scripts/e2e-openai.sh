@@ -7,24 +7,8 @@ cd "$(dirname "$0")/.."
 TARGET_DIR="${CARGO_TARGET_DIR:-target}"
 BIN="$TARGET_DIR/debug"
 PYTHON="${PYTHON:-.venv/bin/python}"
-WORK="$(mktemp -d)"
-PIDS=()
-cleanup() {
-  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
-  for p in "${PIDS[@]}"; do wait "$p" 2>/dev/null || true; done
-  rm -rf "$WORK"
-}
-trap cleanup EXIT
+. scripts/lib.sh
 
-# Waits until FILE contains a line matching REGEX, prints the first match.
-wait_for() {
-  local file=$1 regex=$2
-  for _ in $(seq 1 200); do
-    if grep -qE "$regex" "$file" 2>/dev/null; then grep -oE "$regex" "$file" | head -1; return 0; fi
-    sleep 0.05
-  done
-  echo "timed out waiting for /$regex/ in $file:" >&2; cat "$file" >&2; return 1
-}
 
 URLS=()
 for i in 1 2; do
@@ -55,7 +39,7 @@ TOML
 "$BIN/gateway" serve --config "$WORK/gateway.toml" >"$WORK/gateway.log" 2>&1 &
 GW_PID=$!
 PIDS+=($GW_PID)
-ADDR="$(wait_for "$WORK/gateway.log" '"message":"data listener ready","addr":"127\.0\.0\.1:[0-9]+"' | grep -oE '127\.0\.0\.1:[0-9]+')"
+ADDR="$(listener_addr "$WORK/gateway.log" data)"
 echo "gateway on $ADDR, replicas ${URLS[*]}"
 
 "$PYTHON" scripts/e2e_openai.py "http://$ADDR/v1" e2e-model e2e-alias

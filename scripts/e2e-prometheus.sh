@@ -12,23 +12,8 @@ TARGET_DIR="${CARGO_TARGET_DIR:-target}"
 BIN="$TARGET_DIR/debug"
 PYTHON="${PYTHON:-.venv/bin/python}"
 VENV_BIN="$(dirname "$PYTHON")"
-WORK="$(mktemp -d)"
-PIDS=()
-cleanup() {
-  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
-  for p in "${PIDS[@]}"; do wait "$p" 2>/dev/null || true; done
-  rm -rf "$WORK"
-}
-trap cleanup EXIT
+. scripts/lib.sh
 
-wait_for() {
-  local file=$1 regex=$2
-  for _ in $(seq 1 200); do
-    if grep -qE "$regex" "$file" 2>/dev/null; then grep -oE "$regex" "$file" | head -1; return 0; fi
-    sleep 0.05
-  done
-  echo "timed out waiting for /$regex/ in $file:" >&2; cat "$file" >&2; return 1
-}
 free_port() { "$PYTHON" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
 promtool check rules docker/alerts.yml
@@ -60,8 +45,8 @@ replicas = [{ url = "$REPLICA" }]
 TOML
 "$BIN/gateway" serve --config "$WORK/gateway.toml" >"$WORK/gateway.log" 2>&1 &
 PIDS+=($!)
-DATA="$(wait_for "$WORK/gateway.log" '"message":"data listener ready","addr":"127\.0\.0\.1:[0-9]+"' | grep -oE '127\.0\.0\.1:[0-9]+')"
-ADMIN="$(wait_for "$WORK/gateway.log" '"message":"admin listener ready","addr":"127\.0\.0\.1:[0-9]+"' | grep -oE '127\.0\.0\.1:[0-9]+')"
+DATA="$(listener_addr "$WORK/gateway.log" data)"
+ADMIN="$(listener_addr "$WORK/gateway.log" admin)"
 
 PROM_PORT="$(free_port)"
 cat >"$WORK/prometheus.yml" <<YML

@@ -8,22 +8,7 @@ TARGET_DIR="${CARGO_TARGET_DIR:-target}"
 BIN="$TARGET_DIR/debug"
 OUT="${UI_OUT:-$TARGET_DIR/ui-test}"
 mkdir -p "$OUT"
-WORK="$(mktemp -d)"
-PIDS=()
-cleanup() {
-  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
-  for p in "${PIDS[@]}"; do wait "$p" 2>/dev/null || true; done
-  rm -rf "$WORK"
-}
-trap cleanup EXIT
-wait_for() {
-  local file=$1 regex=$2
-  for _ in $(seq 1 200); do
-    if grep -qE "$regex" "$file" 2>/dev/null; then grep -oE "$regex" "$file" | head -1; return 0; fi
-    sleep 0.05
-  done
-  echo "timed out waiting for /$regex/ in $file:" >&2; cat "$file" >&2; return 1
-}
+. scripts/lib.sh
 
 URLS=()
 for v in 1.0.0 1.1.0; do
@@ -57,8 +42,8 @@ TOML
 TOKEN="ui-$RANDOM-$RANDOM"
 UI_TEST_ADMIN_TOKEN="operator:$TOKEN" "$BIN/gateway" serve --config "$WORK/gateway.toml" >"$WORK/gateway.log" 2>&1 &
 PIDS+=($!)
-DATA="$(wait_for "$WORK/gateway.log" '"message":"data listener ready","addr":"127\.0\.0\.1:[0-9]+"' | grep -oE '127\.0\.0\.1:[0-9]+')"
-ADMIN="$(wait_for "$WORK/gateway.log" '"message":"admin listener ready","addr":"127\.0\.0\.1:[0-9]+"' | grep -oE '127\.0\.0\.1:[0-9]+')"
+DATA="$(listener_addr "$WORK/gateway.log" data)"
+ADMIN="$(listener_addr "$WORK/gateway.log" admin)"
 # Some traffic, so the figures and sparklines have something to show.
 for i in $(seq 1 40); do
   curl -s -o /dev/null "http://$DATA/v1/chat/completions" -d '{"model":"ui-model","messages":[{"role":"user","content":"hi"}]}'

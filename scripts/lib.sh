@@ -1,0 +1,27 @@
+# Shared by the end-to-end scripts and benches/compare.sh (sourced, not run).
+# Every process a script starts is recorded in PIDS and stopped by its PID on exit.
+WORK="$(mktemp -d)"
+PIDS=()
+cleanup() {
+  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+  for p in "${PIDS[@]}"; do wait "$p" 2>/dev/null || true; done
+  rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+# Waits until FILE contains a line matching REGEX; prints the first match.
+wait_for() {
+  local file=$1 regex=$2
+  for _ in $(seq 1 200); do
+    if grep -qE "$regex" "$file" 2>/dev/null; then grep -oE "$regex" "$file" | head -1; return 0; fi
+    sleep 0.05
+  done
+  echo "timed out waiting for /$regex/ in $file:" >&2; cat "$file" >&2; return 1
+}
+
+# The address a gateway started with `listen = "127.0.0.1:0"` logged for its LISTENER
+# ("data" or "admin").
+listener_addr() {
+  wait_for "$1" "\"message\":\"$2 listener ready\",\"addr\":\"127\\.0\\.0\\.1:[0-9]+\"" \
+    | grep -oE '127\.0\.0\.1:[0-9]+'
+}
