@@ -394,15 +394,18 @@ impl TokenBudget {
         self.tpm
     }
 
-    fn take_local(&self, fallback: bool, cost: u64) -> Result<f64, Duration> {
-        let (bucket, cap) = if fallback {
-            (
-                &self.fallback,
-                self.tpm as f64 / f64::from(self.instances.max(1)),
-            )
+    /// This instance's bucket: the whole budget, or its share while Redis is down.
+    fn bucket(&self, fallback: bool) -> (&Mutex<Bucket>, f64) {
+        if fallback {
+            let share = self.tpm as f64 / f64::from(self.instances.max(1));
+            (&self.fallback, share)
         } else {
             (&self.local, self.tpm as f64)
-        };
+        }
+    }
+
+    fn take_local(&self, fallback: bool, cost: u64) -> Result<f64, Duration> {
+        let (bucket, cap) = self.bucket(fallback);
         let mut b = bucket.lock().unwrap_or_else(|p| p.into_inner());
         b.refill(cap);
         let need = (cost as f64).min(cap);
@@ -415,14 +418,7 @@ impl TokenBudget {
     }
 
     fn give_back(&self, fallback: bool, tokens: u64) {
-        let (bucket, cap) = if fallback {
-            (
-                &self.fallback,
-                self.tpm as f64 / f64::from(self.instances.max(1)),
-            )
-        } else {
-            (&self.local, self.tpm as f64)
-        };
+        let (bucket, cap) = self.bucket(fallback);
         let mut b = bucket.lock().unwrap_or_else(|p| p.into_inner());
         b.refill(cap);
         b.tokens = (b.tokens + tokens as f64).min(cap);
@@ -491,16 +487,11 @@ impl Reservation {
             return;
         }
         match self.ledger {
-            Ledger::Local => {
-                self.budget.give_back(false, refund);
+            Ledger::Local | Ledger::Fallback => {
+                let fallback = self.ledger == Ledger::Fallback;
+                self.budget.give_back(fallback, refund);
                 if extra > 0 {
-                    let _ = self.budget.take_local(false, extra);
-                }
-            }
-            Ledger::Fallback => {
-                self.budget.give_back(true, refund);
-                if extra > 0 {
-                    let _ = self.budget.take_local(true, extra);
+                    let _ = self.budget.take_local(fallback, extra);
                 }
             }
             Ledger::Redis => {
