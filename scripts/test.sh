@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
-# All tests, in the order a reviewer would want them to fail: formatting, lints, unit and
-# integration tests, then the end-to-end run with the official openai client.
-# Expects the Python venv from .ci/run (or PYTHON pointing at a Python with `openai`).
+# The test command (README, .ci/run): installs what is missing (scripts/setup.sh), then every
+# test, in the order a reviewer would want them to fail: formatting, lints, unit and
+# integration tests, then the end-to-end runs (openai client, Prometheus, Chromium).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+echo "== setup"; . scripts/setup.sh
 echo "== cargo fmt --check"; cargo fmt --all --check
 echo "== cargo clippy"; cargo clippy --workspace --all-targets --locked -- -D warnings
 echo "== cargo test"; cargo test --workspace --locked
