@@ -13,7 +13,7 @@
 use std::io;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -145,51 +145,23 @@ fn header_value<'a>(line: &'a [u8], name: &[u8]) -> Option<&'a [u8]> {
         .then(|| &line[name.len()..])
 }
 
-/// The client socket handed to hyper. Holds the stream through an `Arc` so the accept loop can
-/// still write a 408 after hyper gave up on the connection.
-pub struct GuardedIo {
-    stream: Arc<TcpStream>,
-    flags: Arc<ConnFlags>,
-    scanner: Mutex<FramingScanner>,
-}
+/// A client socket shared between hyper and the accept loop (which writes the 408 after hyper
+/// gave up on a slow head), through `&TcpStream` readiness calls.
+pub struct SharedTcp(pub Arc<TcpStream>);
 
-impl GuardedIo {
-    pub fn new(stream: Arc<TcpStream>, flags: Arc<ConnFlags>) -> Self {
-        Self {
-            stream,
-            flags,
-            scanner: Mutex::new(FramingScanner::default()),
-        }
-    }
-}
-
-impl AsyncRead for GuardedIo {
+impl AsyncRead for SharedTcp {
     fn poll_read(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        let this = self.get_mut();
         loop {
-            ready!(this.stream.poll_read_ready(cx))?;
+            ready!(self.0.poll_read_ready(cx))?;
             // Zero (and so make resident) only what one read can use: hyper hands over its
             // whole read buffer each time, and zeroing all of it cost memory per connection.
             let room = buf.remaining().min(READ_CHUNK);
-            let unfilled = buf.initialize_unfilled_to(room);
-            match this.stream.try_read(unfilled) {
+            match self.0.try_read(buf.initialize_unfilled_to(room)) {
                 Ok(n) => {
-                    if n > 0 {
-                        this.flags.read_since_write.store(true, Ordering::Relaxed);
-                        this.flags.any_read.store(true, Ordering::Relaxed);
-                        let ambiguous = this
-                            .scanner
-                            .get_mut()
-                            .map(|s| s.scan(&mut unfilled[..n]))
-                            .unwrap_or(false);
-                        if ambiguous {
-                            this.flags.ambiguous.store(true, Ordering::Relaxed);
-                        }
-                    }
                     buf.advance(n);
                     return Poll::Ready(Ok(()));
                 }
@@ -200,17 +172,15 @@ impl AsyncRead for GuardedIo {
     }
 }
 
-impl AsyncWrite for GuardedIo {
+impl AsyncWrite for SharedTcp {
     fn poll_write(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        let this = self.get_mut();
-        this.flags.read_since_write.store(false, Ordering::Relaxed);
         loop {
-            ready!(this.stream.poll_write_ready(cx))?;
-            match this.stream.try_write(buf) {
+            ready!(self.0.poll_write_ready(cx))?;
+            match self.0.try_write(buf) {
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
                 r => return Poll::Ready(r),
             }
@@ -222,11 +192,9 @@ impl AsyncWrite for GuardedIo {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        let this = self.get_mut();
-        this.flags.read_since_write.store(false, Ordering::Relaxed);
         loop {
-            ready!(this.stream.poll_write_ready(cx))?;
-            match this.stream.try_write_vectored(bufs) {
+            ready!(self.0.poll_write_ready(cx))?;
+            match self.0.try_write_vectored(bufs) {
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
                 r => return Poll::Ready(r),
             }
@@ -242,16 +210,15 @@ impl AsyncWrite for GuardedIo {
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        let r = socket2::SockRef::from(self.stream.as_ref()).shutdown(std::net::Shutdown::Write);
-        match r {
+        match socket2::SockRef::from(self.0.as_ref()).shutdown(std::net::Shutdown::Write) {
             Err(e) if e.kind() != io::ErrorKind::NotConnected => Poll::Ready(Err(e)),
             _ => Poll::Ready(Ok(())),
         }
     }
 }
 
-/// A decrypted stream (TLS) with the same smuggling scan as `GuardedIo`. There is no raw
-/// socket to answer 408 on after hyper gives up, so a slow TLS client is just closed.
+/// The client stream as hyper sees it (plain `SharedTcp`, or decrypted TLS): every byte read
+/// goes through the smuggling scanner, and reads and writes update the connection's flags.
 pub struct ScanIo<T> {
     inner: T,
     flags: Arc<ConnFlags>,
@@ -279,6 +246,7 @@ impl<T: AsyncRead + Unpin> AsyncRead for ScanIo<T> {
         ready!(Pin::new(&mut this.inner).poll_read(cx, buf))?;
         let fresh = &mut buf.filled_mut()[before..];
         if !fresh.is_empty() {
+            this.flags.read_since_write.store(true, Ordering::Relaxed);
             this.flags.any_read.store(true, Ordering::Relaxed);
             if this.scanner.scan(fresh) {
                 this.flags.ambiguous.store(true, Ordering::Relaxed);
@@ -294,7 +262,9 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for ScanIo<T> {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
+        let this = self.get_mut();
+        this.flags.read_since_write.store(false, Ordering::Relaxed);
+        Pin::new(&mut this.inner).poll_write(cx, buf)
     }
 
     fn poll_write_vectored(
@@ -302,7 +272,9 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for ScanIo<T> {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().inner).poll_write_vectored(cx, bufs)
+        let this = self.get_mut();
+        this.flags.read_since_write.store(false, Ordering::Relaxed);
+        Pin::new(&mut this.inner).poll_write_vectored(cx, bufs)
     }
 
     fn is_write_vectored(&self) -> bool {

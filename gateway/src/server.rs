@@ -19,7 +19,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::validate::MAX_HEADER_BYTES_CEILING;
 use crate::config::Config;
 use crate::error::{error_body, GatewayError};
-use crate::framing::{write_and_close, ConnFlags, GuardedIo, ScanIo};
+use crate::framing::{write_and_close, ConnFlags, ScanIo, SharedTcp};
 use crate::proxy::{self, ConnCtx};
 use crate::state::AppState;
 
@@ -226,7 +226,7 @@ async fn accept_data(
             continue;
         }
         let stream = Arc::new(stream);
-        let io = TokioIo::new(GuardedIo::new(stream.clone(), flags.clone()));
+        let io = TokioIo::new(ScanIo::new(SharedTcp(stream.clone()), flags.clone()));
         let conn = graceful.watch(builder.serve_connection(io, svc).into_owned());
         tokio::spawn(async move {
             tokio::pin!(conn);
