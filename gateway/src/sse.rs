@@ -17,15 +17,34 @@ impl Usage {
     pub fn total(&self) -> u64 {
         self.prompt_tokens + self.completion_tokens
     }
+}
 
-    fn from_json(v: &serde_json::Value) -> Option<Self> {
-        let u = v.get("usage")?;
-        let n = |k: &str| u.get(k).and_then(|x| x.as_u64());
-        Some(Self {
-            prompt_tokens: n("prompt_tokens").unwrap_or(0),
-            completion_tokens: n("completion_tokens").unwrap_or(0),
-        })
-    }
+/// The parts of an answer or a stream event that carry token counts. A typed read: the rest of
+/// the document is skipped, not built into a tree.
+#[derive(serde::Deserialize)]
+struct WithUsage {
+    usage: Option<Counts>,
+    /// Only counted: an empty list marks a usage-only stream event.
+    choices: Option<Vec<serde::de::IgnoredAny>>,
+}
+
+#[derive(serde::Deserialize)]
+struct Counts {
+    #[serde(default)]
+    prompt_tokens: u64,
+    #[serde(default)]
+    completion_tokens: u64,
+}
+
+/// `usage` of a JSON document, and whether its `choices` are an empty list.
+fn read_usage(json: &[u8]) -> Option<(Usage, bool)> {
+    let w: WithUsage = serde_json::from_slice(json).ok()?;
+    let u = w.usage?;
+    let usage = Usage {
+        prompt_tokens: u.prompt_tokens,
+        completion_tokens: u.completion_tokens,
+    };
+    Some((usage, w.choices.is_some_and(|c| c.is_empty())))
 }
 
 /// Reads SSE events as they pass.
@@ -99,16 +118,11 @@ impl SseMeter {
         if memchr::memmem::find(&data, b"\"usage\"").is_none() {
             return false;
         }
-        let Ok(v) = serde_json::from_slice::<serde_json::Value>(&data) else {
+        let Some((usage, usage_only)) = read_usage(&data) else {
             return false;
         };
-        if v.get("usage").is_none_or(|u| u.is_null()) {
-            return false;
-        }
-        self.usage = Usage::from_json(&v);
-        v.get("choices")
-            .and_then(|c| c.as_array())
-            .is_some_and(|c| c.is_empty())
+        self.usage = Some(usage);
+        usage_only
     }
 }
 
@@ -159,25 +173,9 @@ fn event_data(event: &[u8]) -> Vec<u8> {
     out
 }
 
-/// `usage` of a complete JSON answer. A typed read: the rest of the document is skipped, not
-/// built into a tree (this runs on every non-streaming answer).
+/// `usage` of a complete JSON answer (this runs on every non-streaming answer).
 pub fn json_usage(body: &[u8]) -> Option<Usage> {
-    #[derive(serde::Deserialize)]
-    struct Answer {
-        usage: Option<Counts>,
-    }
-    #[derive(serde::Deserialize)]
-    struct Counts {
-        #[serde(default)]
-        prompt_tokens: u64,
-        #[serde(default)]
-        completion_tokens: u64,
-    }
-    let a: Answer = serde_json::from_slice(body).ok()?;
-    a.usage.map(|u| Usage {
-        prompt_tokens: u.prompt_tokens,
-        completion_tokens: u.completion_tokens,
-    })
+    read_usage(body).map(|(u, _)| u)
 }
 
 /// Adds `"stream_options":{"include_usage":true}` to a JSON object body (which must not have
