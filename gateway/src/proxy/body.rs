@@ -166,9 +166,9 @@ impl Meter {
         }
         if let Some(record) = self.record.take() {
             let status = match end {
-                End::Clean => self.status.to_string(),
-                End::Broken => "stream_error".to_owned(),
-                End::ClientGone => "client_closed".to_owned(),
+                End::Clean => super::resp_status_str(self.status),
+                End::Broken => "stream_error",
+                End::ClientGone => "client_closed",
             };
             let facts = BodyFacts {
                 ttft: self.first_token.map(|t| t - self.request_started),
@@ -176,7 +176,7 @@ impl Meter {
                 content_events: self.sse.as_ref().map_or(0, |s| s.content_events),
                 bytes_out: self.bytes_out,
             };
-            record.finish(&status, facts);
+            record.finish(status, facts);
         }
     }
 

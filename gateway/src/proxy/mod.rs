@@ -125,7 +125,7 @@ pub async fn handle(
     // A replica's body finishes the record when it ends; a gateway answer is complete now.
     let status = resp.status().as_u16();
     if let Some(trace) = resp.body_mut().attach(trace, status) {
-        trace.finish(&status.to_string(), record::BodyFacts::default());
+        trace.finish(resp_status_str(status), record::BodyFacts::default());
     }
     resp
 }
@@ -274,7 +274,7 @@ async fn serve(
         .unwrap_or_else(|| Uri::from_static("/"));
     let out = Outbound {
         uri,
-        headers: headers::upstream_request_headers(&parts.headers),
+        headers: headers::upstream_request_headers(parts.headers),
         body: forwarded_body,
         request_id: request_id.clone(),
     };
@@ -295,6 +295,15 @@ async fn serve(
             Err(error)
         }
     }
+}
+
+/// A status code as a label value, without allocating per request (a table built once).
+pub(crate) fn resp_status_str(status: u16) -> &'static str {
+    static CODES: std::sync::OnceLock<Vec<String>> = std::sync::OnceLock::new();
+    let codes = CODES.get_or_init(|| (100..600).map(|c: u16| c.to_string()).collect());
+    codes
+        .get(usize::from(status).wrapping_sub(100))
+        .map_or("unknown", String::as_str)
 }
 
 /// Turns a limit decision into admission or the right error, counting refusals.
@@ -428,6 +437,14 @@ mod tests {
                 "{p}"
             );
         }
+    }
+
+    #[test]
+    fn status_labels() {
+        assert_eq!(resp_status_str(200), "200");
+        assert_eq!(resp_status_str(599), "599");
+        assert_eq!(resp_status_str(42), "unknown");
+        assert_eq!(resp_status_str(600), "unknown");
     }
 
     #[test]
