@@ -17,8 +17,9 @@ use crate::metrics::Metrics;
 
 /// A model as the request path sees it: its versions' replica pools.
 pub struct Route {
-    /// The model's configured name (an alias resolves to it).
-    pub model: String,
+    /// The model's configured name (an alias resolves to it); shared, so a request's record
+    /// takes it without copying.
+    pub model: Arc<str>,
     pub versions: Vec<Pool>,
     /// Index of the stable version in `versions`.
     pub stable: usize,
@@ -60,7 +61,7 @@ impl Snapshot {
         let mut expected: HashMap<String, Vec<String>> = HashMap::new();
         for m in &config.models {
             let route = Arc::new(Route {
-                model: m.name.clone(),
+                model: Arc::from(m.name.as_str()),
                 versions: m
                     .versions
                     .iter()

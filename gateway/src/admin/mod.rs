@@ -325,7 +325,7 @@ fn replica_json(app: &AppState, ep: &Endpoint) -> serde_json::Value {
     let models: Vec<_> = models
         .into_iter()
         .map(|((model, version), weight)| {
-            serde_json::json!({"model": model, "version": version, "weight": weight})
+            serde_json::json!({"model": &*model, "version": &*version, "weight": weight})
         })
         .collect();
     serde_json::json!({

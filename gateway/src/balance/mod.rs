@@ -91,7 +91,7 @@ pub enum AcquireError {
 
 /// The replicas of one model version and how traffic is spread across them.
 pub struct Pool {
-    pub version: String,
+    pub version: Arc<str>,
     /// `x-gateway-model-version`, built once.
     pub version_header: HeaderValue,
     pub endpoints: Vec<Arc<Endpoint>>,
@@ -124,7 +124,7 @@ impl Pool {
             ep.subscribe_queue(&queue);
         }
         Self {
-            version: v.name.clone(),
+            version: Arc::from(v.name.as_str()),
             version_header: HeaderValue::from_str(&v.name)
                 .unwrap_or_else(|_| HeaderValue::from_static("unknown")),
             weights: v.replicas.iter().map(|r| r.weight).collect(),

@@ -71,7 +71,7 @@ pub async fn forward(
 ) -> Result<Forwarded, Failed> {
     let unavailable = |retries| Failed {
         error: GatewayError::UpstreamUnavailable {
-            model: route.model.clone(),
+            model: route.model.to_string(),
         },
         retries,
     };
@@ -95,7 +95,7 @@ pub async fn forward(
             Err(AcquireError::QueueFull) => {
                 return Err(Failed {
                     error: GatewayError::QueueFull {
-                        model: route.model.clone(),
+                        model: route.model.to_string(),
                     },
                     retries: attempt,
                 })
@@ -103,7 +103,7 @@ pub async fn forward(
             Err(AcquireError::QueueTimeout) => {
                 return Err(Failed {
                     error: GatewayError::QueueTimeout {
-                        model: route.model.clone(),
+                        model: route.model.to_string(),
                     },
                     retries: attempt,
                 })
@@ -117,7 +117,7 @@ pub async fn forward(
                 fail(&endpoint, "no response head within response_head_timeout");
                 return Err(Failed {
                     error: GatewayError::UpstreamTimeout {
-                        model: route.model.clone(),
+                        model: route.model.to_string(),
                     },
                     retries: attempt,
                 });

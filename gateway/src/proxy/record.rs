@@ -22,8 +22,8 @@ pub struct Record {
     pub op: &'static str,
     pub key: Option<String>,
     /// The configured model name (an unknown model stays `None` and counts as "unknown").
-    pub model: Option<String>,
-    pub version: Option<String>,
+    pub model: Option<Arc<str>>,
+    pub version: Option<Arc<str>>,
     pub replica: Option<HeaderValue>,
     pub arm: Option<Arm>,
     pub stream: bool,

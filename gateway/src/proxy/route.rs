@@ -23,7 +23,7 @@ pub fn resolve(
     let index = route
         .versions
         .iter()
-        .position(|p| p.version == version)
+        .position(|p| &*p.version == version)
         .ok_or_else(not_found)?;
     let allowed = !auth_enabled || principal.key.as_ref().is_some_and(|k| k.pin_versions);
     if !allowed {
