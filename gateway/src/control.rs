@@ -87,7 +87,7 @@ pub fn reload(app: &AppState, trigger: &str) -> Result<Reloaded, Vec<String>> {
             .map_err(|e| vec![format!("cannot read {}: {e}", p.display())]),
         None => Ok(old_text.clone()),
     };
-    let result = text.and_then(|t| apply_text(app, &t, trigger).map(|r| (r, t)));
+    let result = text.and_then(|t| apply_text(app, &t).map(|r| (r, t)));
     let mut status = ReloadStatus {
         trigger: trigger.to_owned(),
         at_unix: unix_now(),
@@ -124,7 +124,7 @@ pub fn reload(app: &AppState, trigger: &str) -> Result<Reloaded, Vec<String>> {
 }
 
 /// Validates `text` and, if valid, publishes it and records it as the source.
-fn apply_text(app: &AppState, text: &str, _trigger: &str) -> Result<Reloaded, Vec<String>> {
+fn apply_text(app: &AppState, text: &str) -> Result<Reloaded, Vec<String>> {
     let cfg = config::parse(text).map_err(|e| match e {
         config::ConfigError::Invalid(errs) => errs,
         other => vec![other.to_string()],

@@ -273,6 +273,7 @@ impl AppState {
         self.snapshot.store(Arc::new(next));
         self.endpoints.retain(&|k| keys.contains(k));
         self.queues.retain(&|k| pools.contains(k));
+        self.limits.prune();
     }
 
     pub fn is_draining(&self) -> bool {

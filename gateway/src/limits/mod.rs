@@ -577,10 +577,14 @@ impl LimitsRegistry {
         Some(l)
     }
 
-    /// Forgets limiters whose id is not in `keep` (after a reload).
-    pub fn retain(&self, keep_requests: &dyn Fn(&Arc<RequestLimiter>) -> bool) {
-        let mut m = self.requests.lock().unwrap_or_else(|p| p.into_inner());
-        m.retain(|_, l| keep_requests(l));
+    /// After a reload: forgets limiters that no snapshot uses any more (a removed key, a
+    /// changed rate). The registry holds one reference; the current snapshot holds another.
+    pub fn prune(&self) {
+        let mut r = self.requests.lock().unwrap_or_else(|p| p.into_inner());
+        r.retain(|_, l| Arc::strong_count(l) > 1);
+        drop(r);
+        let mut t = self.tokens.lock().unwrap_or_else(|p| p.into_inner());
+        t.retain(|_, b| Arc::strong_count(b) > 1);
     }
 
     /// Sweeps idle per-IP state; call on a timer.
@@ -700,6 +704,22 @@ mod tests {
         tokio::time::sleep(Duration::from_millis(20)).await;
         l.sweep(false);
         assert_eq!(l.tracked(), 0);
+    }
+
+    #[test]
+    fn unused_limiters_are_pruned() {
+        let reg = LimitsRegistry::default();
+        let kept = reg.request_limiter(Scope::Key, "a", rate(1.0, 1), 1);
+        let _gone = reg.request_limiter(Scope::Key, "b", rate(1.0, 1), 1);
+        drop(_gone);
+        let budget = reg.token_budget("a", 100, 1);
+        reg.prune();
+        assert!(Arc::ptr_eq(
+            &kept,
+            &reg.request_limiter(Scope::Key, "a", rate(1.0, 1), 1)
+        ));
+        assert!(Arc::ptr_eq(&budget, &reg.token_budget("a", 100, 1)));
+        assert_eq!(reg.requests.lock().unwrap().len(), 1);
     }
 
     #[test]
