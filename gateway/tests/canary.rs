@@ -125,14 +125,7 @@ async fn sticky_clients_keep_their_arm_and_raising_the_weight_only_adds_clients(
         let addr = gw.addr;
         async move {
             let u = format!("user-{user}");
-            let r = request(
-                addr,
-                "POST",
-                "/v1/chat/completions",
-                &[("x-user", &u)],
-                chat(false).to_string(),
-            )
-            .await;
+            let r = post_chat(addr, &[("x-user", &u)], chat(false).to_string()).await;
             version_of(&r)
         }
     };
@@ -234,20 +227,16 @@ async fn pinning_a_version_needs_pin_versions() {
         + &keys;
     let gw = TestGateway::start(&cfg).await;
     let body = serde_json::json!({"model": pin, "messages": []}).to_string();
-    let r = request(
+    let r = post_chat(
         gw.addr,
-        "POST",
-        "/v1/chat/completions",
         &[("authorization", "Bearer sk-pinner-1234567890")],
         body.clone(),
     )
     .await;
     assert_eq!(r.status, 200);
     assert_eq!(version_of(&r), "1.1.0");
-    let r = request(
+    let r = post_chat(
         gw.addr,
-        "POST",
-        "/v1/chat/completions",
         &[("authorization", "Bearer sk-plain-1234567890")],
         body,
     )
@@ -255,10 +244,8 @@ async fn pinning_a_version_needs_pin_versions() {
     assert_eq!(r.status, 403);
     assert_eq!(r.error_code(), "version_pin_not_allowed");
     let unknown = serde_json::json!({"model": format!("{MODEL}@9.9.9"), "messages": []});
-    let r = request(
+    let r = post_chat(
         gw.addr,
-        "POST",
-        "/v1/chat/completions",
         &[("authorization", "Bearer sk-pinner-1234567890")],
         unknown.to_string(),
     )

@@ -56,7 +56,7 @@ async fn bad_bodies_are_400_and_unknown_models_404() {
         ),
     ];
     for (body, status, code) in cases {
-        let r = request(gw.addr, "POST", "/v1/chat/completions", &[], body.clone()).await;
+        let r = post_chat(gw.addr, &[], body.clone()).await;
         assert_eq!(r.status, status, "{:?}", String::from_utf8_lossy(&body));
         assert_eq!(r.error_code(), code, "{:?}", String::from_utf8_lossy(&body));
     }
@@ -90,7 +90,7 @@ async fn unknown_paths_wrong_methods_and_admin_paths_on_the_data_port() {
 async fn bodies_over_the_cap_are_413_with_or_without_content_length() {
     let (m, gw) = setup("[server]\nmax_body_bytes = 1024\n").await;
     let big = format!(r#"{{"model":"{MODEL}","x":"{}"}}"#, "a".repeat(2000));
-    let r = request(gw.addr, "POST", "/v1/chat/completions", &[], big.clone()).await;
+    let r = post_chat(gw.addr, &[], big.clone()).await;
     assert_eq!(r.status, 413);
     assert_eq!(r.error_code(), "request_too_large");
     // Chunked, no Content-Length: caught while reading.
@@ -105,7 +105,7 @@ async fn bodies_over_the_cap_are_413_with_or_without_content_length() {
     let base = format!(r#"{{"model":"{MODEL}","x":""}}"#).len();
     let fits = format!(r#"{{"model":"{MODEL}","x":"{}"}}"#, "a".repeat(1024 - base));
     assert_eq!(fits.len(), 1024);
-    let r = request(gw.addr, "POST", "/v1/chat/completions", &[], fits).await;
+    let r = post_chat(gw.addr, &[], fits).await;
     assert_eq!(r.status, 200);
     assert_eq!(m.stats.requests.load(Ordering::Relaxed), 1);
 }

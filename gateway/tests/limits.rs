@@ -36,14 +36,7 @@ fn keys_config(replicas: &[String], extra: &str, key_a: &str, key_b: &str) -> St
 
 async fn with_key(addr: std::net::SocketAddr, key: &str, body: serde_json::Value) -> Reply {
     let auth = format!("Bearer {key}");
-    request(
-        addr,
-        "POST",
-        "/v1/chat/completions",
-        &[("authorization", &auth)],
-        body.to_string(),
-    )
-    .await
+    post_chat(addr, &[("authorization", &auth)], body.to_string()).await
 }
 
 #[tokio::test]
@@ -72,14 +65,7 @@ async fn missing_and_wrong_keys_are_401_and_valid_keys_work_in_either_header() {
     let r = request(gw.addr, "GET", "/v1/models", &[], "").await;
     assert_eq!(r.status, 401);
     assert_eq!(with_key(gw.addr, KEY_A, chat(false)).await.status, 200);
-    let r = request(
-        gw.addr,
-        "POST",
-        "/v1/chat/completions",
-        &[("x-api-key", KEY_B)],
-        chat(false).to_string(),
-    )
-    .await;
+    let r = post_chat(gw.addr, &[("x-api-key", KEY_B)], chat(false).to_string()).await;
     assert_eq!(r.status, 200);
     assert_eq!(m.stats.requests.load(Ordering::Relaxed), 2);
     // The key never reaches the replica's logs through us... it does reach the replica as
@@ -308,10 +294,8 @@ async fn per_ip_limits_use_the_socket_address_or_trusted_forwarded_for() {
         .unwrap()
         .contains("address"));
     // Forwarded-For from an untrusted peer changes nothing.
-    let r = request(
+    let r = post_chat(
         gw.addr,
-        "POST",
-        "/v1/chat/completions",
         &[("x-forwarded-for", "198.51.100.1")],
         chat(false).to_string(),
     )
@@ -325,10 +309,8 @@ async fn per_ip_limits_use_the_socket_address_or_trusted_forwarded_for() {
     .await;
     for client in ["198.51.100.1", "198.51.100.2", "198.51.100.3"] {
         for n in 0..3 {
-            let r = request(
+            let r = post_chat(
                 trusted.addr,
-                "POST",
-                "/v1/chat/completions",
                 &[("x-forwarded-for", client)],
                 chat(false).to_string(),
             )

@@ -58,10 +58,8 @@ async fn a_200_kib_body_reaches_the_replica_byte_identical() {
         "{{ \"messages\" : [{{\"role\":\"user\",\"content\":\"{filler}\"}}],\n  \"model\":\"{MODEL}\" , \"max_tokens\": 3 }}"
     );
     assert!(body.len() > 200 * 1024);
-    let r = request(
+    let r = post_chat(
         gw.addr,
-        "POST",
-        "/v1/chat/completions",
         &[("content-type", "application/json")],
         body.clone(),
     )
@@ -129,10 +127,8 @@ async fn models_are_listed_from_config() {
 async fn request_id_is_propagated_or_generated_and_hop_by_hop_headers_dropped() {
     let m = mock(fast()).await;
     let gw = TestGateway::start(&config(&[m.url()], "")).await;
-    let r = request(
+    let r = post_chat(
         gw.addr,
-        "POST",
-        "/v1/chat/completions",
         &[
             ("x-request-id", "client-id-42"),
             ("connection", "x-private"),
@@ -308,14 +304,7 @@ async fn admin_listener_serves_health_and_readiness_only() {
     assert_eq!(r.status, 200);
     let r = request(gw.admin, "GET", "/readyz", &[], "").await;
     assert_eq!(r.status, 200);
-    let r = request(
-        gw.admin,
-        "POST",
-        "/v1/chat/completions",
-        &[],
-        chat(false).to_string(),
-    )
-    .await;
+    let r = post_chat(gw.admin, &[], chat(false).to_string()).await;
     assert_eq!(r.status, 404);
     assert_eq!(r.error_code(), "unknown_url");
 }

@@ -119,10 +119,8 @@ async fn fallback_open_admits_and_fallback_closed_refuses_with_503() {
     ))
     .await;
     let auth = format!("Bearer {KEY}");
-    let r = request(
+    let r = post_chat(
         closed.addr,
-        "POST",
-        "/v1/chat/completions",
         &[("authorization", &auth)],
         chat(false).to_string(),
     )
@@ -143,16 +141,7 @@ async fn token_budgets_are_shared_and_settled_in_redis() {
     let auth = format!("Bearer {KEY}");
     let send_to = |gw: &TestGateway| {
         let (addr, auth, body) = (gw.addr, auth.clone(), body.to_string());
-        async move {
-            request(
-                addr,
-                "POST",
-                "/v1/chat/completions",
-                &[("authorization", &auth)],
-                body,
-            )
-            .await
-        }
+        async move { post_chat(addr, &[("authorization", &auth)], body).await }
     };
     // Each reservation is ~920 tokens; they settle to the mock's real usage (~20).
     for gw in [&a, &b, &a, &b, &a, &b] {

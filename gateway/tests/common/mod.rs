@@ -225,6 +225,15 @@ pub async fn post_json(addr: SocketAddr, path: &str, body: serde_json::Value) ->
     .await
 }
 
+/// A chat completion with the given headers (e.g. a key, a forwarded-for address).
+pub async fn post_chat(
+    addr: SocketAddr,
+    headers: &[(&str, &str)],
+    body: impl Into<Bytes>,
+) -> Reply {
+    request(addr, "POST", "/v1/chat/completions", headers, body).await
+}
+
 pub fn chat(stream: bool) -> serde_json::Value {
     serde_json::json!({"model": MODEL, "stream": stream,
         "messages": [{"role": "user", "content": "Hello"}]})
@@ -389,15 +398,9 @@ pub async fn pace(
         tick.tick().await;
         let auth = auth.clone();
         tasks.push(tokio::spawn(async move {
-            request(
-                addr,
-                "POST",
-                "/v1/chat/completions",
-                &[("authorization", &auth)],
-                chat(false).to_string(),
-            )
-            .await
-            .status
+            post_chat(addr, &[("authorization", &auth)], chat(false).to_string())
+                .await
+                .status
         }));
     }
     let (mut ok, mut limited, mut other) = (0, 0, 0);
