@@ -12,10 +12,8 @@ PYTHON="${PYTHON:-.venv/bin/python}"
 
 URLS=()
 for i in 1 2; do
-  "$BIN/mock-replica" --listen 127.0.0.1:0 --model e2e-model --ttft-ms 5 --itl-ms 2 \
-    --tokens 16 2>"$WORK/mock$i.log" &
-  PIDS+=($!)
-  URLS+=("$(wait_for "$WORK/mock$i.log" 'http://127\.0\.0\.1:[0-9]+')")
+  start_mock --model e2e-model --ttft-ms 5 --itl-ms 2 --tokens 16
+  URLS+=("$MOCK_URL")
 done
 
 cat >"$WORK/gateway.toml" <<TOML

@@ -27,10 +27,8 @@ PY
 REDIS_URL=redis://127.0.0.1:6379 "$BIN/gateway" check-config "$WORK/k8s-gateway.toml"
 "$BIN/gateway" check-config docker/gateway.compose.toml
 
-"$BIN/mock-replica" --listen 127.0.0.1:0 --model prom-model --ttft-ms 20 --itl-ms 5 --tokens 16 \
-  2>"$WORK/mock.log" &
-PIDS+=($!)
-REPLICA="$(wait_for "$WORK/mock.log" 'http://127\.0\.0\.1:[0-9]+')"
+start_mock --model prom-model --ttft-ms 20 --itl-ms 5 --tokens 16
+REPLICA="$MOCK_URL"
 cat >"$WORK/gateway.toml" <<TOML
 [server]
 listen = "127.0.0.1:0"

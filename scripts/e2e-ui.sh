@@ -12,9 +12,8 @@ mkdir -p "$OUT"
 
 URLS=()
 for v in 1.0.0 1.1.0; do
-  "$BIN/mock-replica" --listen 127.0.0.1:0 --model ui-model --root "/models/ui-model/$v" 2>"$WORK/mock-$v.log" &
-  PIDS+=($!)
-  URLS+=("$(wait_for "$WORK/mock-$v.log" 'http://127\.0\.0\.1:[0-9]+')")
+  start_mock --model ui-model --root "/models/ui-model/$v"
+  URLS+=("$MOCK_URL")
 done
 cat >"$WORK/gateway.toml" <<TOML
 # The status page test's gateway. Comments like this one must survive the page's changes.

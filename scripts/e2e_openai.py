@@ -4,20 +4,13 @@ Usage: e2e_openai.py BASE_URL MODEL ALIAS
 """
 import sys
 
+from e2e_check import check, done
+
 import openai
 from openai import OpenAI
 
 base, model, alias = sys.argv[1], sys.argv[2], sys.argv[3]
 client = OpenAI(base_url=base, api_key="not-needed", max_retries=0, timeout=30)
-checks = 0
-
-
-def check(cond, what):
-    global checks
-    if not cond:
-        raise SystemExit(f"FAIL: {what}")
-    checks += 1
-    print(f"ok - {what}")
 
 
 # Non-streaming chat completion.
@@ -77,4 +70,4 @@ except openai.NotFoundError as e:
     check(e.status_code == 404, "unknown model is 404")
     check(e.code == "model_not_found", f"error code model_not_found (got {e.code})")
 
-print(f"all {checks} checks passed")
+done()

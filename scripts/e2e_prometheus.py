@@ -10,6 +10,8 @@ Sends 100 streaming and 100 non-streaming requests with the official openai clie
 import json
 import re
 import sys
+
+from e2e_check import check, done
 import time
 import urllib.parse
 import urllib.request
@@ -18,15 +20,6 @@ import yaml
 from openai import OpenAI
 
 gateway, admin, prom, model = sys.argv[1:5]
-checks = 0
-
-
-def check(cond, what):
-    global checks
-    if not cond:
-        raise SystemExit(f"FAIL: {what}")
-    checks += 1
-    print(f"ok - {what}")
 
 
 client = OpenAI(base_url=f"{gateway}/v1", api_key="unused", max_retries=0, timeout=30)
@@ -101,4 +94,4 @@ for where, expr in exprs:
     check(not missing, f"{where}: metrics exported ({', '.join(sorted(names)) or 'up'})"
           + (f" MISSING {missing}" if missing else ""))
 
-print(f"all {checks} checks passed")
+done()

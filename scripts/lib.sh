@@ -25,3 +25,12 @@ listener_addr() {
   wait_for "$1" "\"message\":\"$2 listener ready\",\"addr\":\"127\\.0\\.0\\.1:[0-9]+\"" \
     | grep -oE '127\.0\.0\.1:[0-9]+'
 }
+
+# Starts a mock replica with the given flags on a free port (stopped by PID on exit);
+# sets MOCK_URL. Not for $(...): the PID must be recorded in this shell.
+start_mock() {
+  local log="$WORK/mock-$RANDOM$RANDOM.log"
+  "${BIN:-target/debug}/mock-replica" --listen 127.0.0.1:0 "$@" 2>"$log" &
+  PIDS+=($!)
+  MOCK_URL="$(wait_for "$log" 'http://127\.0\.0\.1:[0-9]+')"
+}
