@@ -474,10 +474,6 @@ async fn serve(path: Option<PathBuf>) -> ExitCode {
         eprintln!("error: no config file: pass --config PATH or set GATEWAY_CONFIG");
         return ExitCode::from(2);
     };
-    if let Err(e) = config::load(&path) {
-        eprintln!("{}: {e}", path.display());
-        return ExitCode::FAILURE;
-    }
     match Gateway::from_file(&path) {
         Ok(gw) => serve_bound(gw).await,
         Err(e) => {

@@ -209,6 +209,28 @@ impl Metrics {
         m
     }
 
+    /// `gateway_canary_weight{model,version}` from a new configuration: the canary's weight,
+    /// the stable's remainder; and a zero rollback counter per model, so alerts on increase()
+    /// see the first rollback.
+    pub fn set_canary_weights(&self, config: &crate::config::Config) {
+        self.canary_weight.reset();
+        for m in &config.models {
+            self.canary_rollbacks.with_label_values(&[&m.name]);
+            let canary = m.canary.as_ref().filter(|c| c.version != m.stable);
+            let w = canary.map_or(0.0, |c| c.weight_percent);
+            if let Some(v) = m.versions.get(m.stable) {
+                self.canary_weight
+                    .with_label_values(&[&m.name, &v.name])
+                    .set(100.0 - w);
+            }
+            if let Some(v) = canary.and_then(|c| m.versions.get(c.version)) {
+                self.canary_weight
+                    .with_label_values(&[&m.name, &v.name])
+                    .set(w);
+            }
+        }
+    }
+
     /// The text exposition format.
     pub fn render(&self) -> Vec<u8> {
         let mut out = Vec::new();

@@ -62,7 +62,10 @@ impl Gateway {
 
     /// Binds from config text; `path` is the file it came from, if any.
     pub fn from_source(text: &str, path: Option<std::path::PathBuf>) -> anyhow::Result<Self> {
-        let config = crate::config::parse(text).map_err(|e| anyhow::anyhow!("{e}"))?;
+        let config = crate::config::parse(text).map_err(|e| match &path {
+            Some(p) => anyhow::anyhow!("{}: {e}", p.display()),
+            None => anyhow::anyhow!("{e}"),
+        })?;
         let gw = Self::bind(config)?;
         *gw.app
             .control

@@ -152,29 +152,6 @@ impl Snapshot {
     }
 }
 
-/// `gateway_canary_weight{model,version}`: the canary's weight, the stable's remainder.
-fn set_canary_gauges(metrics: &Metrics, config: &Config) {
-    metrics.canary_weight.reset();
-    for m in &config.models {
-        // Present from the start, so alerts on increase() see the first rollback.
-        metrics.canary_rollbacks.with_label_values(&[&m.name]);
-        let canary = m.canary.as_ref().filter(|c| c.version != m.stable);
-        let w = canary.map_or(0.0, |c| c.weight_percent);
-        if let Some(v) = m.versions.get(m.stable) {
-            metrics
-                .canary_weight
-                .with_label_values(&[&m.name, &v.name])
-                .set(100.0 - w);
-        }
-        if let Some(v) = canary.and_then(|c| m.versions.get(c.version)) {
-            metrics
-                .canary_weight
-                .with_label_values(&[&m.name, &v.name])
-                .set(w);
-        }
-    }
-}
-
 /// The OpenAI `model` object for a name the gateway serves.
 pub fn model_object(name: &str) -> serde_json::Value {
     serde_json::json!({"id": name, "object": "model", "created": 0, "owned_by": "gateway"})
@@ -223,7 +200,7 @@ impl AppState {
                 }
             });
         let first = Snapshot::build(config, &endpoints, &queues, &limits, &stats);
-        set_canary_gauges(&metrics, &first.config);
+        metrics.set_canary_weights(&first.config);
         let snapshot = ArcSwap::from_pointee(first);
         Self {
             snapshot,
@@ -254,7 +231,7 @@ impl AppState {
             &self.limits,
             &self.stats,
         );
-        set_canary_gauges(&self.metrics, &next.config);
+        self.metrics.set_canary_weights(&next.config);
         let keys: std::collections::HashSet<String> = next
             .routes
             .values()
