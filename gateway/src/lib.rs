@@ -25,6 +25,7 @@ pub mod server;
 pub mod sse;
 pub mod state;
 pub mod tls;
+pub mod upstream;
 
 pub use server::{BoundAddrs, Gateway};
 

@@ -15,20 +15,14 @@ use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering}
 use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::Duration;
 
-use bytes::Bytes;
 use http::uri::Authority;
 use http::HeaderValue;
-use http_body_util::Full;
-use hyper::client::conn::http1;
-use hyper_util::rt::TokioIo;
-use tokio::net::TcpStream;
 use tokio::time::Instant;
 
 use super::queue::PoolQueue;
 use crate::config::{HealthConfig, ReplicaConfig};
 
-/// The sending half of one upstream HTTP/1.1 connection.
-pub type Sender = http1::SendRequest<Full<Bytes>>;
+pub use crate::upstream::{Conn, ConnectError};
 
 /// Idle connections kept per replica; more are closed when they come back.
 const MAX_IDLE_PER_REPLICA: usize = 1024;
@@ -44,26 +38,8 @@ pub fn now_ns() -> u64 {
     Instant::now().saturating_duration_since(base).as_nanos() as u64 + 1
 }
 
-/// Why no connection to a replica could be had. Always safe to retry elsewhere: nothing was sent.
-#[derive(Debug)]
-pub enum ConnectError {
-    Timeout,
-    Io(std::io::Error),
-    Handshake(hyper::Error),
-}
-
-impl std::fmt::Display for ConnectError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Self::Timeout => f.write_str("connect timed out"),
-            Self::Io(e) => write!(f, "connect failed: {e}"),
-            Self::Handshake(e) => write!(f, "handshake failed: {e}"),
-        }
-    }
-}
-
 struct IdleConn {
-    sender: Sender,
+    conn: Conn,
     since: Instant,
 }
 
@@ -353,73 +329,42 @@ impl Endpoint {
         self.idle.lock().map(|q| q.len()).unwrap_or(0)
     }
 
-    /// A ready connection: the most recently used idle one that is young enough, or a new one.
-    /// Never waits: a connection handed back a moment ago may not be ready yet (hyper marks it
-    /// ready once it has read the end of the last body); it stays in the pool for the next
-    /// request instead of delaying this one.
+    /// A connection: the most recently used idle one that is young enough and still open,
+    /// or a new one. Idle connections older than `pool_idle_timeout` (kept below the replica's
+    /// keep-alive) are closed rather than risk a write into a socket the replica is closing.
     pub async fn checkout(
         &self,
         connect_timeout: Duration,
         pool_idle_timeout: Duration,
-    ) -> Result<Sender, ConnectError> {
-        {
-            let Ok(mut q) = self.idle.lock() else {
-                return self.connect(connect_timeout).await;
-            };
-            let mut not_ready = Vec::new();
-            let mut found = None;
+    ) -> Result<Conn, ConnectError> {
+        if let Ok(mut q) = self.idle.lock() {
             while let Some(idle) = q.pop_back() {
-                if idle.since.elapsed() >= pool_idle_timeout || idle.sender.is_closed() {
-                    continue;
+                if idle.since.elapsed() < pool_idle_timeout && idle.conn.is_idle_usable() {
+                    return Ok(idle.conn);
                 }
-                if idle.sender.is_ready() {
-                    found = Some(idle.sender);
-                    break;
-                }
-                not_ready.push(idle);
-            }
-            for idle in not_ready.into_iter().rev() {
-                q.push_back(idle);
-            }
-            if let Some(sender) = found {
-                return Ok(sender);
             }
         }
         self.connect(connect_timeout).await
     }
 
     /// A new connection, not pooled (also used by the health prober).
-    pub async fn connect(&self, connect_timeout: Duration) -> Result<Sender, ConnectError> {
-        let connect = async {
-            let stream = TcpStream::connect(self.authority.as_str())
-                .await
-                .map_err(ConnectError::Io)?;
-            // Small SSE chunks must go out at once, not wait for Nagle.
-            let _ = stream.set_nodelay(true);
-            http1::Builder::new()
-                .handshake::<_, Full<Bytes>>(TokioIo::new(stream))
-                .await
-                .map_err(ConnectError::Handshake)
-        };
-        let (sender, conn) = tokio::time::timeout(connect_timeout, connect)
-            .await
-            .map_err(|_| ConnectError::Timeout)??;
-        tokio::spawn(async move {
-            // Ends when the replica closes, on error, or once every `Sender` is dropped.
-            let _ = conn.await;
-        });
-        Ok(sender)
+    pub async fn connect(&self, connect_timeout: Duration) -> Result<Conn, ConnectError> {
+        Conn::connect(self.authority.as_str(), connect_timeout).await
     }
 
-    /// Gives back a connection whose response body ended cleanly.
-    pub fn checkin(&self, sender: Sender) {
-        if sender.is_closed() {
-            return;
-        }
+    /// Gives back a connection whose response body ended cleanly at a message boundary.
+    /// Connections idle past `pool_idle_timeout` at the cold end of the pool are closed here.
+    pub fn checkin(&self, conn: Conn, pool_idle_timeout: Duration) {
         if let Ok(mut q) = self.idle.lock() {
+            while q
+                .front()
+                .is_some_and(|c| c.since.elapsed() >= pool_idle_timeout)
+            {
+                q.pop_front();
+            }
             if q.len() < MAX_IDLE_PER_REPLICA {
                 q.push_back(IdleConn {
-                    sender,
+                    conn,
                     since: Instant::now(),
                 });
             }

@@ -8,8 +8,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::{header, HeaderValue, Method, Request};
-use http_body_util::{BodyExt, Full};
 use tokio_util::sync::CancellationToken;
 
 use crate::balance::Endpoint;
@@ -88,14 +86,13 @@ async fn probe_loop(app: Arc<AppState>, ep: Arc<Endpoint>, stop: CancellationTok
 /// of the names the replica is configured to serve.
 pub async fn probe(ep: &Endpoint, cfg: &HealthConfig) -> Result<(), String> {
     let check = async {
-        let mut sender = ep.connect(cfg.timeout).await.map_err(|e| e.to_string())?;
-        let status = get(&mut sender, ep, &cfg.path).await?.0;
+        let mut conn = ep.connect(cfg.timeout).await.map_err(|e| e.to_string())?;
+        let status = get(&mut conn, ep, &cfg.path).await?.0;
         if !status.is_success() {
             return Err(format!("{} answered {status}", cfg.path));
         }
         if cfg.check_model {
-            sender.ready().await.map_err(|e| e.to_string())?;
-            let (status, body) = get(&mut sender, ep, "/v1/models").await?;
+            let (status, body) = get(&mut conn, ep, "/v1/models").await?;
             if !status.is_success() {
                 return Err(format!("/v1/models answered {status}"));
             }
@@ -112,29 +109,20 @@ pub async fn probe(ep: &Endpoint, cfg: &HealthConfig) -> Result<(), String> {
         .unwrap_or_else(|_| Err(format!("no answer within {:?}", cfg.timeout)))
 }
 
+/// Largest health or model-list answer read.
+const MAX_PROBE_BODY: usize = 1024 * 1024;
+
 async fn get(
-    sender: &mut crate::balance::endpoint::Sender,
+    conn: &mut crate::upstream::Conn,
     ep: &Endpoint,
     path: &str,
 ) -> Result<(http::StatusCode, Bytes), String> {
-    let mut req = Request::new(Full::new(Bytes::new()));
-    *req.method_mut() = Method::GET;
-    *req.uri_mut() = path.parse().map_err(|_| format!("bad path {path}"))?;
-    req.headers_mut()
-        .insert(header::HOST, ep.host_header.clone());
-    req.headers_mut().insert(
-        header::USER_AGENT,
-        HeaderValue::from_static("inference-gateway-health"),
-    );
-    let resp = sender.send_request(req).await.map_err(|e| e.to_string())?;
-    let status = resp.status();
-    let body = resp
-        .into_body()
-        .collect()
+    if !path.starts_with('/') || path.bytes().any(|b| b <= b' ' || b == 0x7f) {
+        return Err(format!("bad path {path}"));
+    }
+    conn.get(&ep.host_header, path, MAX_PROBE_BODY)
         .await
-        .map_err(|e| e.to_string())?
-        .to_bytes();
-    Ok((status, body))
+        .map_err(|e| e.to_string())
 }
 
 /// Model ids listed by an OpenAI `/v1/models` answer.

@@ -11,18 +11,17 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use http_body::{Body, Frame, SizeHint};
-use hyper::body::Incoming;
 use pin_project_lite::pin_project;
 use tokio::time::{Instant, Sleep};
 
 use super::record::{BodyFacts, Record};
-use crate::balance::endpoint::Sender;
 use crate::balance::InflightGuard;
 use crate::canary::stats::VersionStats;
 use crate::config::Config;
 use crate::limits::Reservation;
 use crate::sse::{json_usage, SseMeter, Usage};
 use crate::state::Route;
+use crate::upstream::{self, Conn};
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -210,14 +209,14 @@ pub struct BodyCtx {
 
 pin_project! {
     pub struct UpstreamBody {
-        #[pin]
-        inner: Incoming,
+        // Where the body stands, read from `conn` in this task (see `crate::upstream`).
+        inner: upstream::Body,
         #[pin]
         idle: Sleep,
         ctx: BodyCtx,
         first_seen: bool,
         // The connection and the replica it belongs to; given back on a clean end.
-        conn: Option<Sender>,
+        conn: Option<Conn>,
         guard: Option<InflightGuard>,
         // An upstream error held back for one poll (see `poll_frame`).
         deferred: Option<BoxError>,
@@ -225,7 +224,7 @@ pin_project! {
 }
 
 impl UpstreamBody {
-    pub fn new(inner: Incoming, conn: Sender, guard: InflightGuard, ctx: BodyCtx) -> Self {
+    pub fn new(inner: upstream::Body, conn: Conn, guard: InflightGuard, ctx: BodyCtx) -> Self {
         Self {
             inner,
             idle: tokio::time::sleep(ctx.idle_timeout),
@@ -243,8 +242,14 @@ impl UpstreamBody {
     }
 }
 
-/// Returns the connection to its replica's pool and releases the in-flight count.
-fn finish(conn: &mut Option<Sender>, guard: &mut Option<InflightGuard>, ctx: &mut BodyCtx) {
+/// Returns the connection to its replica's pool (if it ended at a message boundary) and
+/// releases the in-flight count.
+fn finish(
+    inner: &upstream::Body,
+    conn: &mut Option<Conn>,
+    guard: &mut Option<InflightGuard>,
+    ctx: &mut BodyCtx,
+) {
     if let Some(g) = guard.as_ref() {
         if !ctx.stream {
             let took = ctx.sent_at.elapsed();
@@ -252,8 +257,9 @@ fn finish(conn: &mut Option<Sender>, guard: &mut Option<InflightGuard>, ctx: &mu
                 .observe_latency(took, ctx.config.upstream.ewma_decay);
             ctx.stats.record_ttft(took);
         }
-        if let Some(c) = conn.take() {
-            g.endpoint().checkin(c);
+        if let Some(c) = conn.take().filter(|c| inner.reusable(c)) {
+            g.endpoint()
+                .checkin(c, ctx.config.upstream.pool_idle_timeout);
         }
     }
     guard.take();
@@ -262,7 +268,7 @@ fn finish(conn: &mut Option<Sender>, guard: &mut Option<InflightGuard>, ctx: &mu
 
 /// The replica broke the body (reset, or silent past the idle limit): a passive failure.
 fn broken(
-    conn: &mut Option<Sender>,
+    conn: &mut Option<Conn>,
     guard: &mut Option<InflightGuard>,
     ctx: &mut BodyCtx,
     why: &str,
@@ -285,15 +291,19 @@ impl Body for UpstreamBody {
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        let mut this = self.project();
+        let this = self.project();
         if let Some(e) = this.deferred.take() {
             return Poll::Ready(Some(Err(e)));
         }
-        match this.inner.as_mut().poll_frame(cx) {
-            Poll::Ready(Some(Ok(mut frame))) => {
+        let Some(conn) = this.conn.as_mut() else {
+            // Finished or broken already.
+            return Poll::Ready(None);
+        };
+        match this.inner.poll_data(conn, cx) {
+            Poll::Ready(Some(Ok(data))) => {
                 let now = Instant::now();
                 this.idle.reset(now + this.ctx.idle_timeout);
-                if !*this.first_seen && frame.is_data() {
+                if !*this.first_seen {
                     *this.first_seen = true;
                     if this.ctx.stream {
                         if let Some(g) = this.guard.as_ref() {
@@ -304,24 +314,19 @@ impl Body for UpstreamBody {
                         }
                     }
                 }
-                let end = this.inner.is_end_stream();
-                if let Some(data) = frame.data_ref() {
-                    let mut out = this.ctx.meter.feed(data.clone(), &this.ctx.stats);
-                    if end {
-                        let tail = this.ctx.meter.tail();
-                        if !tail.is_empty() {
-                            let mut joined = BytesMut::from(&out[..]);
-                            joined.extend_from_slice(&tail);
-                            out = joined.freeze();
-                        }
-                    }
-                    frame = Frame::data(out);
-                }
-                // hyper stops polling once `is_end_stream` says so: finish here, not on `None`.
+                let end = this.inner.is_end();
+                let mut out = this.ctx.meter.feed(data, &this.ctx.stats);
                 if end {
-                    finish(this.conn, this.guard, this.ctx);
+                    let tail = this.ctx.meter.tail();
+                    if !tail.is_empty() {
+                        let mut joined = BytesMut::from(&out[..]);
+                        joined.extend_from_slice(&tail);
+                        out = joined.freeze();
+                    }
+                    // hyper stops polling once `is_end_stream` says so: finish here.
+                    finish(this.inner, this.conn, this.guard, this.ctx);
                 }
-                Poll::Ready(Some(Ok(frame)))
+                Poll::Ready(Some(Ok(Frame::data(out))))
             }
             Poll::Ready(Some(Err(e))) => {
                 // Cut short by the replica: pass the break on, never paper over it. But first
@@ -334,7 +339,7 @@ impl Body for UpstreamBody {
             }
             Poll::Ready(None) => {
                 let tail = this.ctx.meter.tail();
-                finish(this.conn, this.guard, this.ctx);
+                finish(this.inner, this.conn, this.guard, this.ctx);
                 if tail.is_empty() {
                     Poll::Ready(None)
                 } else {
@@ -355,14 +360,14 @@ impl Body for UpstreamBody {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        (self.inner.is_end() || self.conn.is_none()) && self.deferred.is_none()
     }
 
     fn size_hint(&self) -> SizeHint {
         // The meter may take bytes out (an injected usage event): only an unmetered length
         // would be exact, so promise none.
         let mut h = SizeHint::new();
-        if let Some(upper) = self.inner.size_hint().upper() {
+        if let Some(upper) = self.inner.remaining() {
             h.set_upper(upper);
         }
         h

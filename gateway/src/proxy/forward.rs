@@ -7,9 +7,7 @@
 
 use bytes::{Bytes, BytesMut};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
-use http::{Method, Request, Response, StatusCode, Uri};
-use http_body_util::{BodyExt, Full};
-use hyper::body::Incoming;
+use http::{Response, StatusCode, Uri};
 
 use std::sync::Arc;
 
@@ -19,11 +17,11 @@ pub use super::body::Meter;
 use super::body::{BodyCtx, ResponseBody, UpstreamBody};
 use super::canary::VersionChoice;
 use super::headers::strip_hop_by_hop;
-use crate::balance::endpoint::Sender;
 use crate::balance::{AcquireError, Endpoint, InflightGuard};
 use crate::config::{Config, UpstreamConfig};
 use crate::error::{error_body, GatewayError};
 use crate::state::Route;
+use crate::upstream::{self, Conn, ResponseHead};
 
 pub const REPLICA_HEADER: HeaderName = HeaderName::from_static("x-gateway-replica");
 pub const VERSION_HEADER: HeaderName = HeaderName::from_static("x-gateway-model-version");
@@ -58,7 +56,7 @@ pub struct Failed {
 enum Attempt {
     /// Nothing reached the replica or it broke before answering: try another.
     Retry(String),
-    Done(Response<Incoming>, Sender),
+    Done(ResponseHead, Conn),
 }
 
 pub async fn forward(
@@ -87,7 +85,7 @@ pub async fn forward(
     };
     let waiting_since = Instant::now();
     let mut tried: Vec<usize> = Vec::with_capacity(cfg.retries as usize + 1);
-    let mut held: Option<(Response<Incoming>, Sender, InflightGuard, Instant)> = None;
+    let mut held: Option<(ResponseHead, Conn, InflightGuard, Instant)> = None;
     for attempt in 0..=cfg.retries {
         let (i, guard) = match pool.acquire(&tried).await {
             Ok(x) => x,
@@ -112,7 +110,7 @@ pub async fn forward(
         tried.push(i);
         let endpoint = guard.endpoint().clone();
         let sent_at = Instant::now();
-        let (resp, sender) = match attempt_once(cfg, &endpoint, &out).await {
+        let (resp, conn) = match attempt_once(cfg, &endpoint, &out).await {
             Err(Timeout) => {
                 fail(&endpoint, "no response head within response_head_timeout");
                 return Err(Failed {
@@ -126,9 +124,9 @@ pub async fn forward(
                 fail(&endpoint, &why);
                 continue;
             }
-            Ok(Attempt::Done(resp, sender)) => (resp, sender),
+            Ok(Attempt::Done(resp, conn)) => (resp, conn),
         };
-        let status = resp.status();
+        let status = resp.status;
         if status.is_server_error() {
             fail(&endpoint, &format!("answered {status}"));
         }
@@ -136,7 +134,7 @@ pub async fn forward(
             status,
             StatusCode::BAD_GATEWAY | StatusCode::SERVICE_UNAVAILABLE
         );
-        held = Some((resp, sender, guard, sent_at));
+        held = Some((resp, conn, guard, sent_at));
         if refused && attempt < cfg.retries {
             continue;
         }
@@ -144,7 +142,7 @@ pub async fn forward(
     }
     let retries = (tried.len() as u32).saturating_sub(1);
     let upstream_wait = waiting_since.elapsed();
-    let Some((resp, sender, guard, sent_at)) = held else {
+    let Some((resp, conn, guard, sent_at)) = held else {
         return Err(unavailable(retries));
     };
     let replica = guard.endpoint().host_header.clone();
@@ -160,7 +158,7 @@ pub async fn forward(
     let response = respond(
         ctx,
         resp,
-        sender,
+        conn,
         guard,
         &out.request_id,
         &pool.version_header,
@@ -182,51 +180,65 @@ async fn attempt_once(
     endpoint: &Endpoint,
     out: &Outbound,
 ) -> Result<Attempt, Timeout> {
-    let mut sender = match endpoint
+    let mut conn = match endpoint
         .checkout(cfg.connect_timeout, cfg.pool_idle_timeout)
         .await
     {
-        Ok(s) => s,
+        Ok(c) => c,
         Err(e) => {
             tracing::warn!(replica = %endpoint.authority, error = %e, "replica unreachable");
             return Ok(Attempt::Retry(e.to_string()));
         }
     };
-    let mut req = Request::new(Full::new(out.body.clone()));
-    *req.method_mut() = Method::POST;
-    *req.uri_mut() = out.uri.clone();
-    let mut headers = out.headers.clone();
-    headers.insert(header::HOST, endpoint.host_header.clone());
-    headers.insert(header::CONTENT_LENGTH, HeaderValue::from(out.body.len()));
-    headers.insert(REQUEST_ID, out.request_id.clone());
-    *req.headers_mut() = headers;
-    match tokio::time::timeout(cfg.response_head_timeout, sender.send_request(req)).await {
+    let path = out.uri.path_and_query().map_or("/", |p| p.as_str());
+    let exchange = async {
+        conn.send(
+            "POST",
+            path,
+            &endpoint.host_header,
+            &out.headers,
+            &[(&REQUEST_ID, &out.request_id)],
+            &out.body,
+        )
+        .await?;
+        conn.read_head().await
+    };
+    match tokio::time::timeout(cfg.response_head_timeout, exchange).await {
         // The replica has the request and may be working on it: not safe to send it again.
         Err(_) => Err(Timeout),
         Ok(Err(e)) => {
             tracing::warn!(replica = %endpoint.authority, error = %e, "replica failed before response head");
             Ok(Attempt::Retry(format!("failed before response head: {e}")))
         }
-        Ok(Ok(resp)) => Ok(Attempt::Done(resp, sender)),
+        Ok(Ok(head)) => Ok(Attempt::Done(head, conn)),
     }
 }
 
 async fn respond(
     mut ctx: BodyCtx,
-    resp: Response<Incoming>,
-    sender: Sender,
+    head: ResponseHead,
+    mut conn: Conn,
     guard: InflightGuard,
     request_id: &HeaderValue,
     version: &HeaderValue,
 ) -> Response<ResponseBody> {
     let replica = guard.endpoint().host_header.clone();
-    let (mut parts, incoming) = resp.into_parts();
+    let body = upstream::Body::of(&head);
+    let mut response = Response::new(());
+    *response.status_mut() = head.status;
+    *response.headers_mut() = head.headers;
+    let (mut parts, ()) = response.into_parts();
     strip_hop_by_hop(&mut parts.headers);
     let body = if parts.status.as_u16() >= 400 {
         ctx.meter.refund();
-        let (bytes, replaced) =
-            openai_error_body(ctx.idle_timeout, parts.status, incoming, sender, guard).await;
-        if replaced {
+        let pool_idle = ctx.config.upstream.pool_idle_timeout;
+        let (bytes, read) =
+            openai_error_body(ctx.idle_timeout, parts.status, body, &mut conn).await;
+        if read.reusable {
+            guard.endpoint().checkin(conn, pool_idle);
+        }
+        drop(guard);
+        if read.replaced {
             parts.headers.remove(header::CONTENT_ENCODING);
             parts.headers.insert(
                 header::CONTENT_TYPE,
@@ -236,7 +248,7 @@ async fn respond(
         parts.headers.remove(header::CONTENT_LENGTH);
         ResponseBody::full(bytes)
     } else {
-        ResponseBody::upstream(UpstreamBody::new(incoming, sender, guard, ctx))
+        ResponseBody::upstream(UpstreamBody::new(body, conn, guard, ctx))
     };
     let h = &mut parts.headers;
     h.insert(REQUEST_ID, request_id.clone());
@@ -245,26 +257,30 @@ async fn respond(
     Response::from_parts(parts, body)
 }
 
+/// What reading a replica's error body found.
+struct ErrorBodyRead {
+    /// The body was not OpenAI-shaped and the gateway wrote its own.
+    replaced: bool,
+    /// It ended cleanly and the connection can go back to the pool.
+    reusable: bool,
+}
+
 /// A replica's error body in OpenAI's shape: passed through if it already is, otherwise wrapped
 /// (vLLM's `{"object":"error","message":..}`, FastAPI's `{"detail":..}`, a plain-text 500).
 /// Returns the body and whether it was replaced.
 async fn openai_error_body(
     idle_timeout: std::time::Duration,
     status: StatusCode,
-    mut incoming: Incoming,
-    sender: Sender,
-    guard: InflightGuard,
-) -> (Bytes, bool) {
+    mut body: upstream::Body,
+    conn: &mut Conn,
+) -> (Bytes, ErrorBodyRead) {
     let mut buf = BytesMut::new();
     let mut complete = false;
     let deadline = tokio::time::Instant::now() + idle_timeout;
     while buf.len() <= MAX_ERROR_BODY {
-        match tokio::time::timeout_at(deadline, incoming.frame()).await {
-            Ok(Some(Ok(f))) => {
-                if let Ok(d) = f.into_data() {
-                    buf.extend_from_slice(&d);
-                }
-            }
+        let next = std::future::poll_fn(|cx| body.poll_data(conn, cx));
+        match tokio::time::timeout_at(deadline, next).await {
+            Ok(Some(Ok(d))) => buf.extend_from_slice(&d),
             Ok(None) => {
                 complete = true;
                 break;
@@ -272,13 +288,16 @@ async fn openai_error_body(
             _ => break,
         }
     }
-    if complete {
-        guard.endpoint().checkin(sender);
-    }
-    drop(guard);
+    let reusable = complete && body.reusable(conn);
     let bytes = buf.freeze();
     if complete && is_openai_error(&bytes) {
-        return (bytes, false);
+        return (
+            bytes,
+            ErrorBodyRead {
+                replaced: false,
+                reusable,
+            },
+        );
     }
     let message = replica_message(&bytes)
         .unwrap_or_else(|| format!("The model replica answered {status} without details."));
@@ -289,7 +308,10 @@ async fn openai_error_body(
     };
     (
         error_body(&message, error_type, Some("upstream_error")),
-        true,
+        ErrorBodyRead {
+            replaced: true,
+            reusable,
+        },
     )
 }
 

@@ -1,0 +1,805 @@
+//! The upstream HTTP/1.1 client: one connection to a replica, driven inside the request's own
+//! task.
+//!
+//! Why not hyper's client here: hyper runs each client connection as a task of its own and
+//! talks to it through a channel, so every request paid for two extra task wake-ups, a
+//! oneshot, a per-attempt `HeaderMap` clone, and each connection held an 8 KiB write buffer,
+//! an 8 KiB read buffer and a 9 KiB channel block for its whole life — on a pass-through that
+//! only ever sends `POST` with a known length and reads one answer, that was most of the
+//! gateway's CPU above nginx and most of its memory per open stream. This client writes the
+//! request head and body with one `writev`, parses the answer's head with `httparse` (the
+//! parser hyper uses), hands the head's bytes to the header values without copying, and reads
+//! the body (`Content-Length`, chunked, or until close, RFC 9112 §6.3) straight from the
+//! socket into one small buffer that is reused from frame to frame.
+//!
+//! A connection is reusable only after its body ended exactly at a message boundary on a
+//! keep-alive HTTP/1.1 answer; anything else (close-delimited, `Connection: close`, bytes past
+//! the end, an error, a body dropped early) closes it.
+
+use std::io;
+use std::mem::MaybeUninit;
+use std::task::{ready, Context, Poll};
+use std::time::Duration;
+
+use bytes::{Buf, Bytes, BytesMut};
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{StatusCode, Version};
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+
+/// Largest response head accepted from a replica.
+const MAX_HEAD: usize = 64 * 1024;
+/// Most header fields read from a replica's response head.
+const MAX_HEADERS: usize = 96;
+/// Longest chunk-size or trailer line.
+const MAX_LINE: usize = 4096;
+/// Read size while a body streams; grows (to `MAX_READ`) while reads keep filling it.
+const MIN_READ: usize = 4096;
+const MAX_READ: usize = 64 * 1024;
+
+/// Why a connection could not be made. Always safe to retry elsewhere: nothing was sent.
+#[derive(Debug)]
+pub enum ConnectError {
+    Timeout,
+    Io(io::Error),
+}
+
+impl std::fmt::Display for ConnectError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Timeout => f.write_str("connect timed out"),
+            Self::Io(e) => write!(f, "connect failed: {e}"),
+        }
+    }
+}
+
+/// What went wrong on an established connection.
+#[derive(Debug)]
+pub enum UpstreamError {
+    Io(io::Error),
+    /// The replica closed the connection before the message was complete.
+    Closed,
+    /// The replica's bytes are not valid HTTP/1.1.
+    Malformed(&'static str),
+}
+
+impl std::fmt::Display for UpstreamError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Io(e) => write!(f, "connection error: {e}"),
+            Self::Closed => f.write_str("connection closed before message completed"),
+            Self::Malformed(why) => write!(f, "invalid HTTP from replica: {why}"),
+        }
+    }
+}
+
+impl std::error::Error for UpstreamError {}
+
+impl From<io::Error> for UpstreamError {
+    fn from(e: io::Error) -> Self {
+        Self::Io(e)
+    }
+}
+
+/// One HTTP/1.1 connection to a replica.
+#[derive(Debug)]
+pub struct Conn {
+    io: TcpStream,
+    /// Bytes read and not consumed yet.
+    buf: BytesMut,
+    /// The request head being written (kept: its capacity is reused).
+    head: Vec<u8>,
+    /// Next read size.
+    read_size: usize,
+}
+
+/// A response head; the body follows on the connection.
+pub struct ResponseHead {
+    pub status: StatusCode,
+    pub version: Version,
+    pub headers: HeaderMap,
+    framing: Framing,
+    keep_alive: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Framing {
+    Length(u64),
+    Chunked,
+    UntilClose,
+}
+
+impl Conn {
+    /// Opens a connection (`TCP_NODELAY`: small SSE chunks must go out at once).
+    pub async fn connect(authority: &str, timeout: Duration) -> Result<Self, ConnectError> {
+        let io = tokio::time::timeout(timeout, TcpStream::connect(authority))
+            .await
+            .map_err(|_| ConnectError::Timeout)?
+            .map_err(ConnectError::Io)?;
+        let _ = io.set_nodelay(true);
+        Ok(Self {
+            io,
+            buf: BytesMut::new(),
+            head: Vec::new(),
+            read_size: MIN_READ,
+        })
+    }
+
+    /// Whether an idle pooled connection still looks usable: the replica has neither closed
+    /// it nor sent anything unasked. Never blocks; usually answered from the reactor's cached
+    /// readiness without a system call.
+    pub fn is_idle_usable(&self) -> bool {
+        let mut probe = [0u8; 1];
+        self.buf.is_empty()
+            && matches!(self.io.try_read(&mut probe), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
+    }
+
+    /// Writes a request: `method path HTTP/1.1`, `Host`, the given headers (the caller has
+    /// removed hop-by-hop ones and those set here), `extra` (already-validated pairs), and a
+    /// `Content-Length` body — head and body in one `writev`.
+    pub async fn send(
+        &mut self,
+        method: &str,
+        path: &str,
+        host: &HeaderValue,
+        headers: &HeaderMap,
+        extra: &[(&HeaderName, &HeaderValue)],
+        body: &Bytes,
+    ) -> io::Result<()> {
+        let h = &mut self.head;
+        h.clear();
+        h.extend_from_slice(method.as_bytes());
+        h.push(b' ');
+        h.extend_from_slice(path.as_bytes());
+        h.extend_from_slice(b" HTTP/1.1\r\nhost: ");
+        h.extend_from_slice(host.as_bytes());
+        h.extend_from_slice(b"\r\n");
+        let mut put = |name: &HeaderName, value: &HeaderValue| {
+            h.extend_from_slice(name.as_str().as_bytes());
+            h.extend_from_slice(b": ");
+            h.extend_from_slice(value.as_bytes());
+            h.extend_from_slice(b"\r\n");
+        };
+        for (name, value) in headers {
+            // Framing and routing are the gateway's to set, whatever the map holds.
+            if name == header::HOST
+                || name == header::CONTENT_LENGTH
+                || name == header::TRANSFER_ENCODING
+                || name == header::CONNECTION
+            {
+                continue;
+            }
+            put(name, value);
+        }
+        for (name, value) in extra {
+            put(name, value);
+        }
+        if !body.is_empty() || method == "POST" {
+            h.extend_from_slice(b"content-length: ");
+            let mut n = itoa_buf();
+            h.extend_from_slice(fmt_u64(body.len() as u64, &mut n));
+            h.extend_from_slice(b"\r\n");
+        }
+        h.extend_from_slice(b"\r\n");
+        let mut out = (&h[..]).chain(&body[..]);
+        self.io.write_all_buf(&mut out).await
+    }
+
+    /// Reads the response head (1xx interim answers are skipped).
+    pub async fn read_head(&mut self) -> Result<ResponseHead, UpstreamError> {
+        loop {
+            if let Some(head) = self.parse_head()? {
+                if head.status.is_informational() {
+                    continue;
+                }
+                return Ok(head);
+            }
+            if self.buf.len() >= MAX_HEAD {
+                return Err(UpstreamError::Malformed("response head too large"));
+            }
+            if std::future::poll_fn(|cx| self.poll_fill(cx)).await? == 0 {
+                return Err(UpstreamError::Closed);
+            }
+        }
+    }
+
+    fn parse_head(&mut self) -> Result<Option<ResponseHead>, UpstreamError> {
+        if self.buf.is_empty() {
+            return Ok(None);
+        }
+        let mut slots = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
+        let mut resp = httparse::Response::new(&mut []);
+        let base = self.buf.as_ptr() as usize;
+        // Offsets of each name and value in the buffer, so the values can share its bytes.
+        let mut spans = [(0usize, 0usize, 0usize, 0usize); MAX_HEADERS];
+        let (len, count, code, minor) = match httparse::ParserConfig::default()
+            .parse_response_with_uninit_headers(&mut resp, &self.buf, &mut slots)
+        {
+            Ok(httparse::Status::Complete(len)) => {
+                for (span, h) in spans.iter_mut().zip(resp.headers.iter()) {
+                    *span = (
+                        h.name.as_ptr() as usize - base,
+                        h.name.len(),
+                        h.value.as_ptr() as usize - base,
+                        h.value.len(),
+                    );
+                }
+                (
+                    len,
+                    resp.headers.len(),
+                    resp.code.unwrap_or(0),
+                    resp.version.unwrap_or(1),
+                )
+            }
+            Ok(httparse::Status::Partial) => return Ok(None),
+            Err(httparse::Error::TooManyHeaders) => {
+                return Err(UpstreamError::Malformed("too many header fields"))
+            }
+            Err(_) => return Err(UpstreamError::Malformed("bad response head")),
+        };
+        let raw = self.buf.split_to(len).freeze();
+        let status =
+            StatusCode::from_u16(code).map_err(|_| UpstreamError::Malformed("bad status code"))?;
+        let mut headers = HeaderMap::with_capacity(count);
+        let mut length: Option<u64> = None;
+        let mut chunked = false;
+        let mut has_te = false;
+        let mut close = minor == 0;
+        for &(no, nl, vo, vl) in &spans[..count] {
+            let name = HeaderName::from_bytes(&raw[no..no + nl])
+                .map_err(|_| UpstreamError::Malformed("bad header name"))?;
+            let value = HeaderValue::from_maybe_shared(raw.slice(vo..vo + vl))
+                .map_err(|_| UpstreamError::Malformed("bad header value"))?;
+            if name == header::CONTENT_LENGTH {
+                let n = std::str::from_utf8(value.as_bytes())
+                    .ok()
+                    .and_then(|s| s.trim().parse::<u64>().ok())
+                    .ok_or(UpstreamError::Malformed("bad content-length"))?;
+                if length.is_some_and(|l| l != n) {
+                    return Err(UpstreamError::Malformed("conflicting content-length"));
+                }
+                length = Some(n);
+            } else if name == header::TRANSFER_ENCODING {
+                has_te = true;
+                // Only the final coding decides: chunked last means chunked framing.
+                chunked = value
+                    .as_bytes()
+                    .rsplit(|&b| b == b',')
+                    .next()
+                    .is_some_and(|last| last.trim_ascii().eq_ignore_ascii_case(b"chunked"));
+            } else if name == header::CONNECTION {
+                let v = value.as_bytes();
+                if contains_token(v, b"close") {
+                    close = true;
+                } else if minor == 0 && contains_token(v, b"keep-alive") {
+                    close = false;
+                }
+            }
+            headers.append(name, value);
+        }
+        let no_body = status.is_informational()
+            || status == StatusCode::NO_CONTENT
+            || status == StatusCode::NOT_MODIFIED;
+        let framing = if no_body {
+            Framing::Length(0)
+        } else if has_te {
+            // Transfer-Encoding overrides Content-Length; a message that carries both is
+            // suspect, so its connection is not reused.
+            if length.is_some() {
+                close = true;
+            }
+            if chunked {
+                Framing::Chunked
+            } else {
+                Framing::UntilClose
+            }
+        } else if let Some(n) = length {
+            Framing::Length(n)
+        } else {
+            Framing::UntilClose
+        };
+        let version = if minor == 0 {
+            Version::HTTP_10
+        } else {
+            Version::HTTP_11
+        };
+        Ok(Some(ResponseHead {
+            status,
+            version,
+            headers,
+            framing,
+            keep_alive: !close && framing != Framing::UntilClose,
+        }))
+    }
+
+    /// Reads more bytes into the buffer; `Ok(0)` at end of stream.
+    fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
+        if self.buf.capacity() - self.buf.len() < self.read_size / 2 {
+            self.buf.reserve(self.read_size);
+        }
+        let spare = self.buf.capacity() - self.buf.len();
+        loop {
+            ready!(self.io.poll_read_ready(cx))?;
+            match self.io.try_read_buf(&mut self.buf) {
+                Ok(n) => {
+                    // A read that filled the space asks for a larger one next time.
+                    self.read_size = if n == spare {
+                        (self.read_size * 2).min(MAX_READ)
+                    } else {
+                        MIN_READ
+                    };
+                    return Poll::Ready(Ok(n));
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                Err(e) => return Poll::Ready(Err(e)),
+            }
+        }
+    }
+
+    /// Sends `GET path` and reads the whole answer, at most `limit` body bytes (health checks).
+    pub async fn get(
+        &mut self,
+        host: &HeaderValue,
+        path: &str,
+        limit: usize,
+    ) -> Result<(StatusCode, Bytes), UpstreamError> {
+        let ua = HeaderValue::from_static("inference-gateway-health");
+        self.send(
+            "GET",
+            path,
+            host,
+            &HeaderMap::new(),
+            &[(&header::USER_AGENT, &ua)],
+            &Bytes::new(),
+        )
+        .await?;
+        let head = self.read_head().await?;
+        let status = head.status;
+        let mut body = Body::new(head.framing, head.keep_alive);
+        let mut out = BytesMut::new();
+        while let Some(chunk) = std::future::poll_fn(|cx| body.poll_data(self, cx)).await {
+            let chunk = chunk?;
+            if out.len() + chunk.len() > limit {
+                return Err(UpstreamError::Malformed("answer too large"));
+            }
+            out.extend_from_slice(&chunk);
+        }
+        Ok((status, out.freeze()))
+    }
+}
+
+/// How much of a response body is left, and where the connection stands.
+pub struct Body {
+    state: State,
+    keep_alive: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    Length(u64),
+    UntilClose,
+    ChunkSize,
+    ChunkData(u64),
+    ChunkEnd,
+    Trailers,
+    Done,
+}
+
+impl Body {
+    fn new(framing: Framing, keep_alive: bool) -> Self {
+        let state = match framing {
+            Framing::Length(0) => State::Done,
+            Framing::Length(n) => State::Length(n),
+            Framing::Chunked => State::ChunkSize,
+            Framing::UntilClose => State::UntilClose,
+        };
+        Self { state, keep_alive }
+    }
+
+    /// The body of a response whose head was just read.
+    pub fn of(head: &ResponseHead) -> Self {
+        Self::new(head.framing, head.keep_alive)
+    }
+
+    pub fn is_end(&self) -> bool {
+        self.state == State::Done
+    }
+
+    /// Bytes still expected, when the framing says.
+    pub fn remaining(&self) -> Option<u64> {
+        match self.state {
+            State::Length(n) => Some(n),
+            State::Done => Some(0),
+            _ => None,
+        }
+    }
+
+    /// Whether the connection may carry another request: the body ended exactly at the end of
+    /// what the replica sent, on a keep-alive answer.
+    pub fn reusable(&self, conn: &Conn) -> bool {
+        self.keep_alive && self.state == State::Done && conn.buf.is_empty()
+    }
+
+    /// The next piece of body. Data is handed out as it arrives (one chunk of a chunked body
+    /// at most per call); `None` once the body is complete.
+    pub fn poll_data(
+        &mut self,
+        conn: &mut Conn,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Bytes, UpstreamError>>> {
+        loop {
+            if let Some(data) = self.step(conn)? {
+                // Move past a chunk's end (and a final empty chunk) already in the buffer, so
+                // the last frame already reports the end of the body.
+                self.step_framing(conn)?;
+                return Poll::Ready(Some(Ok(data)));
+            }
+            if self.state == State::Done {
+                return Poll::Ready(None);
+            }
+            match ready!(conn.poll_fill(cx)) {
+                Ok(0) if self.state == State::UntilClose => {
+                    self.state = State::Done;
+                    self.keep_alive = false;
+                    return Poll::Ready(None);
+                }
+                Ok(0) => return Poll::Ready(Some(Err(UpstreamError::Closed))),
+                Ok(_) => {}
+                Err(e) => return Poll::Ready(Some(Err(e.into()))),
+            }
+        }
+    }
+
+    /// Advances with what is buffered: `Some(data)` when there is body to hand out, `None`
+    /// when more bytes are needed (or the body is done).
+    fn step(&mut self, conn: &mut Conn) -> Result<Option<Bytes>, UpstreamError> {
+        self.step_framing(conn)?;
+        let buf = &mut conn.buf;
+        if buf.is_empty() {
+            return Ok(None);
+        }
+        Ok(match self.state {
+            State::Length(n) | State::ChunkData(n) => {
+                let take = buf.len().min(usize::try_from(n).unwrap_or(usize::MAX));
+                let left = n - take as u64;
+                self.state = match (self.state, left) {
+                    (State::Length(_), 0) => State::Done,
+                    (State::Length(_), l) => State::Length(l),
+                    (_, 0) => State::ChunkEnd,
+                    (_, l) => State::ChunkData(l),
+                };
+                Some(buf.split_to(take).freeze())
+            }
+            State::UntilClose => Some(buf.split().freeze()),
+            _ => None,
+        })
+    }
+
+    /// Consumes chunk-size lines, chunk ends and trailers that are fully buffered.
+    fn step_framing(&mut self, conn: &mut Conn) -> Result<(), UpstreamError> {
+        let buf = &mut conn.buf;
+        loop {
+            match self.state {
+                State::ChunkSize => {
+                    let Some(line) = take_line(buf)? else {
+                        return Ok(());
+                    };
+                    let size = parse_chunk_size(&line)?;
+                    self.state = if size == 0 {
+                        State::Trailers
+                    } else {
+                        State::ChunkData(size)
+                    };
+                }
+                State::ChunkEnd => {
+                    let Some(line) = take_line(buf)? else {
+                        return Ok(());
+                    };
+                    if !line.is_empty() {
+                        return Err(UpstreamError::Malformed("chunk longer than its size"));
+                    }
+                    self.state = State::ChunkSize;
+                }
+                State::Trailers => {
+                    let Some(line) = take_line(buf)? else {
+                        return Ok(());
+                    };
+                    // Trailer fields are dropped: nothing downstream reads them.
+                    if line.is_empty() {
+                        self.state = State::Done;
+                    }
+                }
+                _ => return Ok(()),
+            }
+        }
+    }
+}
+
+/// One line (without CRLF or LF) off the front of the buffer, if a whole one is there.
+fn take_line(buf: &mut BytesMut) -> Result<Option<BytesMut>, UpstreamError> {
+    match memchr::memchr(b'\n', buf) {
+        Some(i) => {
+            let mut line = buf.split_to(i + 1);
+            line.truncate(i);
+            if line.last() == Some(&b'\r') {
+                line.truncate(i - 1);
+            }
+            Ok(Some(line))
+        }
+        None if buf.len() > MAX_LINE => Err(UpstreamError::Malformed("chunk line too long")),
+        None => Ok(None),
+    }
+}
+
+/// `1a3f;ext=1` → 0x1a3f.
+fn parse_chunk_size(line: &[u8]) -> Result<u64, UpstreamError> {
+    let digits = line
+        .split(|&b| b == b';')
+        .next()
+        .unwrap_or_default()
+        .trim_ascii();
+    if digits.is_empty() || digits.len() > 15 {
+        return Err(UpstreamError::Malformed("bad chunk size"));
+    }
+    digits.iter().try_fold(0u64, |n, &b| {
+        let d = (b as char)
+            .to_digit(16)
+            .ok_or(UpstreamError::Malformed("bad chunk size"))?;
+        Ok(n * 16 + u64::from(d))
+    })
+}
+
+fn contains_token(v: &[u8], token: &[u8]) -> bool {
+    v.split(|&b| b == b',')
+        .any(|t| t.trim_ascii().eq_ignore_ascii_case(token))
+}
+
+fn itoa_buf() -> [u8; 20] {
+    [0; 20]
+}
+
+fn fmt_u64(mut n: u64, buf: &mut [u8; 20]) -> &[u8] {
+    let mut i = buf.len();
+    loop {
+        i -= 1;
+        buf[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            return &buf[i..];
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpListener;
+
+    /// A replica that answers every request with `answer` (written in `pieces`), and reports
+    /// the request bytes it saw.
+    async fn replica(
+        answers: Vec<Vec<&'static [u8]>>,
+    ) -> (String, tokio::task::JoinHandle<Vec<Vec<u8>>>) {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap().to_string();
+        let task = tokio::spawn(async move {
+            let (mut s, _) = l.accept().await.unwrap();
+            let mut seen = Vec::new();
+            for pieces in answers {
+                let mut req = Vec::new();
+                let mut b = [0u8; 4096];
+                while !req.windows(4).any(|w| w == b"\r\n\r\n") {
+                    let n = s.read(&mut b).await.unwrap();
+                    if n == 0 {
+                        return seen;
+                    }
+                    req.extend_from_slice(&b[..n]);
+                }
+                seen.push(req);
+                for p in pieces {
+                    s.write_all(p).await.unwrap();
+                    s.flush().await.unwrap();
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+            }
+            seen
+        });
+        (addr, task)
+    }
+
+    async fn exchange(conn: &mut Conn) -> Result<(ResponseHead, Vec<Bytes>, bool), UpstreamError> {
+        let h = HeaderMap::new();
+        conn.send(
+            "POST",
+            "/v1/x",
+            &HeaderValue::from_static("r"),
+            &h,
+            &[],
+            &Bytes::from_static(b"{}"),
+        )
+        .await?;
+        let head = conn.read_head().await?;
+        let mut body = Body::of(&head);
+        let mut frames = Vec::new();
+        while let Some(f) = std::future::poll_fn(|cx| body.poll_data(conn, cx)).await {
+            frames.push(f?);
+        }
+        let reusable = body.reusable(conn);
+        Ok((head, frames, reusable))
+    }
+
+    fn joined(frames: &[Bytes]) -> Vec<u8> {
+        frames.iter().flat_map(|f| f.iter().copied()).collect()
+    }
+
+    #[tokio::test]
+    async fn reads_length_and_chunked_bodies_and_reuses_the_connection() {
+        let (addr, task) = replica(vec![
+            vec![b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\nx-a: 1\r\n\r\nhe", b"llo"],
+            vec![
+                b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n",
+                b"3;ext=1\r\nabc\r\n",
+                b"2\r\nde\r\n0\r\ntrailer: x\r\n\r\n",
+            ],
+            vec![b"HTTP/1.1 204 No Content\r\n\r\n"],
+        ])
+        .await;
+        let mut conn = Conn::connect(&addr, Duration::from_secs(1)).await.unwrap();
+        let (head, frames, reusable) = exchange(&mut conn).await.unwrap();
+        assert_eq!(head.status, 200);
+        assert_eq!(head.headers["x-a"], "1");
+        assert_eq!(joined(&frames), b"hello");
+        assert!(reusable);
+        let (_, frames, reusable) = exchange(&mut conn).await.unwrap();
+        assert_eq!(joined(&frames), b"abcde");
+        assert!(reusable);
+        let (head, frames, reusable) = exchange(&mut conn).await.unwrap();
+        assert_eq!(head.status, 204);
+        assert!(frames.is_empty() && reusable);
+        drop(conn);
+        let seen = task.await.unwrap();
+        let first = String::from_utf8(seen[0].clone()).unwrap();
+        assert!(
+            first.starts_with("POST /v1/x HTTP/1.1\r\nhost: r\r\n"),
+            "{first}"
+        );
+        assert!(first.contains("content-length: 2\r\n"));
+    }
+
+    #[tokio::test]
+    async fn a_chunk_event_is_one_frame_and_the_last_frame_reports_the_end() {
+        let (addr, _task) = replica(vec![vec![
+            b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n6\r\ndata:1\r\n",
+            b"6\r\ndata:2\r\n0\r\n\r\n",
+        ]])
+        .await;
+        let mut conn = Conn::connect(&addr, Duration::from_secs(1)).await.unwrap();
+        conn.send(
+            "POST",
+            "/",
+            &HeaderValue::from_static("r"),
+            &HeaderMap::new(),
+            &[],
+            &Bytes::new(),
+        )
+        .await
+        .unwrap();
+        let head = conn.read_head().await.unwrap();
+        let mut body = Body::of(&head);
+        let first = std::future::poll_fn(|cx| body.poll_data(&mut conn, cx))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(&first[..], b"data:1");
+        assert!(!body.is_end());
+        let second = std::future::poll_fn(|cx| body.poll_data(&mut conn, cx))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(&second[..], b"data:2");
+        assert!(body.is_end(), "the final chunk was buffered with the data");
+    }
+
+    #[tokio::test]
+    async fn close_delimited_and_connection_close_answers_are_not_reused() {
+        let (addr, _t) = replica(vec![vec![b"HTTP/1.1 200 OK\r\n\r\nall of it"]]).await;
+        let mut conn = Conn::connect(&addr, Duration::from_secs(1)).await.unwrap();
+        let send = async {
+            conn.send(
+                "POST",
+                "/",
+                &HeaderValue::from_static("r"),
+                &HeaderMap::new(),
+                &[],
+                &Bytes::new(),
+            )
+            .await
+        };
+        send.await.unwrap();
+        let head = conn.read_head().await.unwrap();
+        let mut body = Body::of(&head);
+        // The replica's task ends after answering, which closes the socket: end of body.
+        let mut got = Vec::new();
+        while let Some(f) = std::future::poll_fn(|cx| body.poll_data(&mut conn, cx)).await {
+            got.extend_from_slice(&f.unwrap());
+        }
+        assert_eq!(got, b"all of it");
+        assert!(!body.reusable(&conn));
+
+        let (addr, _t) = replica(vec![vec![
+            b"HTTP/1.1 200 OK\r\nconnection: close\r\ncontent-length: 2\r\n\r\nok",
+        ]])
+        .await;
+        let mut conn = Conn::connect(&addr, Duration::from_secs(1)).await.unwrap();
+        let (_, frames, reusable) = exchange(&mut conn).await.unwrap();
+        assert_eq!(joined(&frames), b"ok");
+        assert!(!reusable);
+    }
+
+    #[tokio::test]
+    async fn malformed_answers_are_errors() {
+        for (answer, why) in [
+            (
+                &b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\ncontent-length: 3\r\n\r\nok"[..],
+                "conflicting",
+            ),
+            (
+                b"HTTP/1.1 200 OK\r\ncontent-length: x\r\n\r\n",
+                "content-length",
+            ),
+            (
+                b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\nzz\r\n",
+                "chunk size",
+            ),
+            (
+                b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n2\r\nabc\r\n",
+                "longer",
+            ),
+            (b"NOT HTTP\r\n\r\n", "bad response head"),
+        ] {
+            let (addr, _t) = replica(vec![vec![answer]]).await;
+            let mut conn = Conn::connect(&addr, Duration::from_secs(1)).await.unwrap();
+            let err = exchange(&mut conn).await.err().expect(why);
+            assert!(err.to_string().contains(why), "{err} / {why}");
+        }
+        // Cut short: closed in the middle of a length-delimited body.
+        let (addr, _t) = replica(vec![vec![
+            b"HTTP/1.1 200 OK\r\ncontent-length: 9\r\n\r\nabc",
+        ]])
+        .await;
+        let mut conn = Conn::connect(&addr, Duration::from_secs(1)).await.unwrap();
+        assert!(matches!(
+            exchange(&mut conn).await,
+            Err(UpstreamError::Closed)
+        ));
+    }
+
+    #[tokio::test]
+    async fn an_idle_connection_closed_by_the_replica_is_not_usable() {
+        let (addr, task) = replica(vec![]).await;
+        let conn = Conn::connect(&addr, Duration::from_secs(1)).await.unwrap();
+        assert!(conn.is_idle_usable());
+        task.await.unwrap();
+        let mut usable = true;
+        for _ in 0..100 {
+            usable = conn.is_idle_usable();
+            if !usable {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert!(!usable);
+    }
+
+    #[test]
+    fn chunk_sizes_and_numbers() {
+        assert_eq!(parse_chunk_size(b"ff").unwrap(), 255);
+        assert_eq!(parse_chunk_size(b"A ; name=v").unwrap(), 10);
+        assert!(parse_chunk_size(b"").is_err());
+        assert!(parse_chunk_size(b"fffffffffffffffff").is_err());
+        let mut b = itoa_buf();
+        assert_eq!(fmt_u64(0, &mut b), b"0");
+        assert_eq!(fmt_u64(1234567890, &mut b), b"1234567890");
+    }
+}
