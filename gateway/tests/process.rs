@@ -107,6 +107,43 @@ async fn sigterm_lets_20_open_streams_finish_then_exits_0() {
     assert!(status.success(), "{status:?}");
 }
 
+/// Runtime threads of a running process (tokio names them `tokio-rt-worker`).
+fn runtime_threads(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .filter_map(Result::ok)
+        .filter(|t| {
+            std::fs::read_to_string(t.path().join("comm")).is_ok_and(|c| c.starts_with("tokio-r"))
+        })
+        .count()
+}
+
+#[test]
+fn workers_sets_the_number_of_runtime_threads() {
+    let path = temp_file(
+        "workers.toml",
+        &config(
+            &["http://127.0.0.1:9".to_string()],
+            "[server]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\n",
+        ),
+    );
+    let mut counts = Vec::new();
+    for workers in ["1", "3"] {
+        let child = Command::new(BIN)
+            .args(["--workers", workers, "serve", "--config"])
+            .arg(&path)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut guard = ChildGuard(Some(child));
+        let child = guard.0.as_mut().unwrap();
+        wait_for_addr(child);
+        counts.push(runtime_threads(child.id()));
+    }
+    assert_eq!(counts, [1, 3]);
+}
+
 #[test]
 fn check_config_prints_every_error_and_exits_1() {
     let path = temp_file(
