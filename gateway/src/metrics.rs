@@ -3,10 +3,12 @@
 //! fixed sets (operation, status, scope); a request for an unknown model counts under
 //! `model="unknown"`, so no client can grow the series count.
 
+use std::sync::OnceLock;
+
 use prometheus::core::Collector;
 use prometheus::{
-    Encoder, GaugeVec, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
-    IntGaugeVec, Opts, Registry, TextEncoder,
+    Encoder, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec,
+    IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 use crate::state::AppState;
@@ -236,6 +238,81 @@ impl Metrics {
         let mut out = Vec::new();
         let _ = TextEncoder::new().encode(&self.registry.gather(), &mut out);
         out
+    }
+}
+
+/// The request metrics of one model version, each resolved on first use and kept: label
+/// values are hashed and looked up once per version instead of on every request (and every
+/// token). A series appears only once used, as with `with_label_values`.
+#[derive(Default)]
+pub struct VersionHandles {
+    ok: OnceLock<IntCounter>,
+    duration: [OnceLock<Histogram>; 3],
+    ttft: OnceLock<Histogram>,
+    itl: OnceLock<Histogram>,
+    prompt: OnceLock<IntCounter>,
+    completion: OnceLock<IntCounter>,
+}
+
+/// A finished request's figures, for `VersionHandles::observe`.
+pub struct Observed<'a> {
+    pub status: &'a str,
+    pub op: &'a str,
+    pub duration: f64,
+    pub ttft: Option<f64>,
+    pub prompt: Option<u64>,
+    pub completion: Option<u64>,
+}
+
+impl VersionHandles {
+    /// Counts one finished request of `model`/`version`.
+    pub fn observe(&self, m: &Metrics, model: &str, version: &str, o: &Observed<'_>) {
+        if o.status == "200" {
+            self.ok
+                .get_or_init(|| m.requests.with_label_values(&[model, version, "200"]))
+                .inc();
+        } else {
+            m.requests
+                .with_label_values(&[model, version, o.status])
+                .inc();
+        }
+        let slot = match o.op {
+            "chat" => self.duration.first(),
+            "completion" => self.duration.get(1),
+            "embedding" => self.duration.get(2),
+            _ => None,
+        };
+        match slot {
+            Some(h) => h
+                .get_or_init(|| m.duration.with_label_values(&[model, o.op]))
+                .observe(o.duration),
+            None => m
+                .duration
+                .with_label_values(&[model, o.op])
+                .observe(o.duration),
+        }
+        if let Some(t) = o.ttft {
+            self.ttft
+                .get_or_init(|| m.ttft.with_label_values(&[model, version]))
+                .observe(t);
+        }
+        if let Some(p) = o.prompt {
+            self.prompt
+                .get_or_init(|| m.tokens.with_label_values(&[model, "prompt"]))
+                .inc_by(p);
+        }
+        if let Some(c) = o.completion {
+            self.completion
+                .get_or_init(|| m.tokens.with_label_values(&[model, "completion"]))
+                .inc_by(c);
+        }
+    }
+
+    /// One gap between tokens of a stream.
+    pub fn observe_itl(&self, m: &Metrics, model: &str, version: &str, seconds: f64) {
+        self.itl
+            .get_or_init(|| m.itl.with_label_values(&[model, version]))
+            .observe(seconds);
     }
 }
 

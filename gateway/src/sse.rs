@@ -175,6 +175,21 @@ fn event_data(event: &[u8]) -> Vec<u8> {
 
 /// `usage` of a complete JSON answer (this runs on every non-streaming answer).
 pub fn json_usage(body: &[u8]) -> Option<Usage> {
+    // Answers end with their `usage`: read just that object when it is found. The byte
+    // sequence `"usage"` cannot occur inside a JSON string (its quotes would be escaped), so
+    // followed by `:` it is a key. Anything unexpected falls back to reading the document.
+    if let Some(at) = memchr::memmem::rfind(body, b"\"usage\"") {
+        let rest = body[at + 7..].trim_ascii_start();
+        if let Some(value) = rest.strip_prefix(b":") {
+            let mut de = serde_json::Deserializer::from_slice(value);
+            if let Ok(u) = <Counts as serde::Deserialize>::deserialize(&mut de) {
+                return Some(Usage {
+                    prompt_tokens: u.prompt_tokens,
+                    completion_tokens: u.completion_tokens,
+                });
+            }
+        }
+    }
     read_usage(body).map(|(u, _)| u)
 }
 
@@ -277,6 +292,13 @@ mod tests {
         let u = json_usage(br#"{"id":"x","usage":{"prompt_tokens":3,"completion_tokens":4}}"#);
         assert_eq!(u.unwrap().total(), 7);
         assert!(json_usage(b"{}").is_none());
+        assert!(json_usage(br#"{"usage":null}"#).is_none());
+        // Text that quotes a usage object is not mistaken for the answer's own.
+        let tricky = br#"{"usage":{"prompt_tokens":1,"completion_tokens":2},"choices":[{"text":"\"usage\":{\"prompt_tokens\":90}"}]}"#;
+        assert_eq!(json_usage(tricky).unwrap().total(), 3);
+        // A value "usage" is not a key; the document is read instead.
+        let value = br#"{"object":"usage","usage":{"prompt_tokens":5,"completion_tokens":0}}"#;
+        assert_eq!(json_usage(value).unwrap().total(), 5);
     }
 
     proptest! {

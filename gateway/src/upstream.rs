@@ -240,7 +240,9 @@ impl Conn {
         let raw = self.buf.split_to(len).freeze();
         let status =
             StatusCode::from_u16(code).map_err(|_| UpstreamError::Malformed("bad status code"))?;
-        let mut headers = HeaderMap::with_capacity(count);
+        // Room for what the gateway adds on the way back (ids, rate-limit and security
+        // headers), so the map is never grown.
+        let mut headers = HeaderMap::with_capacity(count + 16);
         let mut length: Option<u64> = None;
         let mut chunked = false;
         let mut has_te = false;

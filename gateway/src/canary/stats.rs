@@ -35,6 +35,8 @@ pub struct Summary {
 #[derive(Default)]
 pub struct VersionStats {
     slots: Mutex<VecDeque<Slot>>,
+    /// This version's Prometheus series, resolved once (kept here: per version, across reloads).
+    pub metrics: crate::metrics::VersionHandles,
 }
 
 fn now_second() -> u64 {

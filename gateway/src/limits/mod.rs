@@ -597,22 +597,39 @@ impl LimitsRegistry {
 
 /// Formats a reset time the way OpenAI's `x-ratelimit-reset-*` headers do ("1s", "6m0s", "20ms").
 pub fn openai_duration(d: Duration) -> String {
-    let ms = d.as_millis();
-    if ms < 1000 {
-        return format!("{ms}ms");
-    }
-    let s = d.as_secs_f64();
-    if s < 60.0 {
-        let t = format!("{s:.3}");
-        let t = t.trim_end_matches('0').trim_end_matches('.');
-        return format!("{t}s");
-    }
-    let total = d.as_secs();
-    let (h, m, sec) = (total / 3600, (total % 3600) / 60, total % 60);
-    if h > 0 {
-        format!("{h}h{m}m{sec}s")
-    } else {
-        format!("{m}m{sec}s")
+    OpenAiDuration(d).to_string()
+}
+
+/// A reset time in OpenAI's format, written without allocating.
+pub struct OpenAiDuration(pub Duration);
+
+impl std::fmt::Display for OpenAiDuration {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let d = self.0;
+        let ms = d.as_millis();
+        if ms < 1000 {
+            return write!(f, "{ms}ms");
+        }
+        if d < Duration::from_secs(60) {
+            // Seconds to the nearest millisecond, without trailing zeros: "1.05s", "2s".
+            let ms = (d.as_micros() + 500) / 1000;
+            let (whole, mut frac, mut width) = (ms / 1000, ms % 1000, 3);
+            if frac == 0 {
+                return write!(f, "{whole}s");
+            }
+            while frac % 10 == 0 {
+                frac /= 10;
+                width -= 1;
+            }
+            return write!(f, "{whole}.{frac:0width$}s");
+        }
+        let total = d.as_secs();
+        let (h, m, sec) = (total / 3600, (total % 3600) / 60, total % 60);
+        if h > 0 {
+            write!(f, "{h}h{m}m{sec}s")
+        } else {
+            write!(f, "{m}m{sec}s")
+        }
     }
 }
 
@@ -727,6 +744,9 @@ mod tests {
         assert_eq!(openai_duration(Duration::from_millis(20)), "20ms");
         assert_eq!(openai_duration(Duration::from_millis(1500)), "1.5s");
         assert_eq!(openai_duration(Duration::from_secs(1)), "1s");
+        assert_eq!(openai_duration(Duration::from_millis(1050)), "1.05s");
+        assert_eq!(openai_duration(Duration::from_millis(1005)), "1.005s");
+        assert_eq!(openai_duration(Duration::from_micros(1_999_600)), "2s");
         assert_eq!(openai_duration(Duration::from_secs(360)), "6m0s");
         assert_eq!(openai_duration(Duration::from_secs(3725)), "1h2m5s");
     }

@@ -44,7 +44,7 @@ impl std::error::Error for IdleChunkTimeout {}
 pub struct Meter {
     reservation: Option<Reservation>,
     sse: Option<SseMeter>,
-    json: Option<BytesMut>,
+    json: Option<JsonAnswer>,
     record: Option<Record>,
     request_started: Instant,
     first_token: Option<Instant>,
@@ -54,7 +54,37 @@ pub struct Meter {
     finished: bool,
 }
 
-/// Largest JSON answer kept (as a copy) to read its `usage`.
+/// A JSON answer kept to read its `usage` at the end: usually one frame, shared, not copied.
+enum JsonAnswer {
+    Empty,
+    One(Bytes),
+    Many(BytesMut),
+}
+
+impl JsonAnswer {
+    /// Adds a frame; `None` once the answer is too large to keep.
+    fn push(self, data: &Bytes) -> Option<Self> {
+        Some(match self {
+            Self::Empty => Self::One(data.clone()),
+            Self::One(first) => {
+                let mut all = BytesMut::with_capacity(first.len() + data.len());
+                all.extend_from_slice(&first);
+                all.extend_from_slice(data);
+                Self::Many(all)
+            }
+            Self::Many(mut all) => {
+                all.extend_from_slice(data);
+                Self::Many(all)
+            }
+        })
+        .filter(|j| match j {
+            Self::Many(all) => all.len() <= MAX_METERED_JSON,
+            _ => true,
+        })
+    }
+}
+
+/// Largest JSON answer kept to read its `usage`.
 const MAX_METERED_JSON: usize = 8 * 1024 * 1024;
 
 /// How a response body ended.
@@ -76,7 +106,7 @@ impl Meter {
         Self {
             reservation,
             sse: stream.then(|| SseMeter::new(strip_usage)),
-            json: (!stream).then(BytesMut::new),
+            json: (!stream).then_some(JsonAnswer::Empty),
             record: None,
             request_started,
             first_token: None,
@@ -107,13 +137,12 @@ impl Meter {
                     }
                     Some(prev) => {
                         if let Some(r) = &self.record {
-                            r.metrics()
-                                .itl
-                                .with_label_values(&[
-                                    r.model.as_deref().unwrap_or("unknown"),
-                                    r.version.as_deref().unwrap_or("none"),
-                                ])
-                                .observe((now - prev).as_secs_f64());
+                            stats.metrics.observe_itl(
+                                r.metrics(),
+                                r.model.as_deref().unwrap_or("unknown"),
+                                r.version.as_deref().unwrap_or("none"),
+                                (now - prev).as_secs_f64(),
+                            );
                         }
                     }
                 }
@@ -121,13 +150,7 @@ impl Meter {
             }
             out
         } else {
-            if let Some(j) = self.json.as_mut() {
-                if j.len() + data.len() <= MAX_METERED_JSON {
-                    j.extend_from_slice(&data);
-                } else {
-                    self.json = None;
-                }
-            }
+            self.json = self.json.take().and_then(|j| j.push(&data));
             data
         };
         self.bytes_out += out.len() as u64;
@@ -144,7 +167,8 @@ impl Meter {
     fn usage(&self) -> Option<Usage> {
         match (&self.sse, &self.json) {
             (Some(s), _) => s.usage,
-            (None, Some(j)) => json_usage(j),
+            (None, Some(JsonAnswer::One(b))) => json_usage(b),
+            (None, Some(JsonAnswer::Many(b))) => json_usage(b),
             _ => None,
         }
     }

@@ -84,7 +84,7 @@ pub async fn forward(
         });
     };
     let waiting_since = Instant::now();
-    let mut tried: Vec<usize> = Vec::with_capacity(cfg.retries as usize + 1);
+    let mut tried: smallvec::SmallVec<[usize; 4]> = smallvec::SmallVec::new();
     let mut held: Option<(ResponseHead, Conn, InflightGuard, Instant)> = None;
     for attempt in 0..=cfg.retries {
         let (i, guard) = match pool.acquire(&tried).await {

@@ -168,7 +168,7 @@ async fn serve(
     } else {
         Principal::default()
     };
-    trace.key = principal.name().map(str::to_owned);
+    trace.key = principal.key.clone();
     // Stage 3b: the key's request rate.
     if let Some(limiter) = principal.key.as_ref().and_then(|k| k.requests.as_ref()) {
         if let Decision::Allowed {
@@ -342,24 +342,39 @@ fn check_access(
     })
 }
 
-/// OpenAI's `x-ratelimit-*` headers for the caller's key, on every answer it gets.
+/// OpenAI's `x-ratelimit-*` headers for the caller's key, on every answer it gets. The values
+/// are written into one buffer and share it: one allocation for all of them.
 fn ratelimit_headers(h: &mut http::HeaderMap, trace: &Record) {
-    let mut set = |name: &'static str, value: String| {
-        if let Ok(v) = HeaderValue::from_str(&value) {
-            h.entry(HeaderName::from_static(name)).or_insert(v);
+    use std::fmt::Write;
+    if trace.requests_left.is_none() && trace.tokens_left.is_none() {
+        return;
+    }
+    let mut buf = bytes::BytesMut::with_capacity(96);
+    let mut set = |name: &'static str, value: std::fmt::Arguments<'_>| {
+        if buf.write_fmt(value).is_ok() {
+            let v = buf.split().freeze();
+            if let Ok(v) = HeaderValue::from_maybe_shared(v) {
+                h.entry(HeaderName::from_static(name)).or_insert(v);
+            }
         }
     };
     if let Some((limit, remaining, reset)) = trace.requests_left {
-        set("x-ratelimit-limit-requests", limit.to_string());
-        set("x-ratelimit-remaining-requests", remaining.to_string());
-        set("x-ratelimit-reset-requests", limits::openai_duration(reset));
+        set("x-ratelimit-limit-requests", format_args!("{limit}"));
+        set("x-ratelimit-remaining-requests", format_args!("{remaining}"));
+        set(
+            "x-ratelimit-reset-requests",
+            format_args!("{}", limits::OpenAiDuration(reset)),
+        );
     }
     if let Some((tpm, left)) = trace.tokens_left {
-        set("x-ratelimit-limit-tokens", tpm.to_string());
-        set("x-ratelimit-remaining-tokens", left.to_string());
+        set("x-ratelimit-limit-tokens", format_args!("{tpm}"));
+        set("x-ratelimit-remaining-tokens", format_args!("{left}"));
         let missing = tpm.saturating_sub(left) as f64;
         let reset = std::time::Duration::from_secs_f64(missing / (tpm.max(1) as f64 / 60.0));
-        set("x-ratelimit-reset-tokens", limits::openai_duration(reset));
+        set(
+            "x-ratelimit-reset-tokens",
+            format_args!("{}", limits::OpenAiDuration(reset)),
+        );
     }
 }
 

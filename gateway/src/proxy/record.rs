@@ -11,7 +11,7 @@ use tokio::time::Instant;
 
 use super::canary::Arm;
 use crate::canary::stats::VersionStats;
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, Observed, VersionHandles};
 use crate::sse::Usage;
 
 /// Facts about one request, filled in by the stages as they run.
@@ -20,7 +20,7 @@ pub struct Record {
     pub request_id: HeaderValue,
     pub peer: std::net::SocketAddr,
     pub op: &'static str,
-    pub key: Option<String>,
+    pub key: Option<std::sync::Arc<crate::auth::KeyEntry>>,
     /// The configured model name (an unknown model stays `None` and counts as "unknown").
     pub model: Option<Arc<str>>,
     pub version: Option<Arc<str>>,
@@ -93,30 +93,24 @@ impl Record {
         let version = self.version.as_deref().unwrap_or("none");
         let m = &self.metrics;
         let duration = self.started.elapsed();
-        m.requests
-            .with_label_values(&[model, version, status])
-            .inc();
-        m.duration
-            .with_label_values(&[model, self.op])
-            .observe(duration.as_secs_f64());
-        if let Some(t) = facts.ttft {
-            m.ttft
-                .with_label_values(&[model, version])
-                .observe(t.as_secs_f64());
-        }
         let (prompt, completion) = match facts.usage {
             Some(u) => (Some(u.prompt_tokens), Some(u.completion_tokens)),
             // A stream without a usage event: one content event is (about) one token.
             None if self.stream && facts.content_events > 0 => (None, Some(facts.content_events)),
             None => (None, None),
         };
-        if self.model.is_some() {
-            if let Some(p) = prompt {
-                m.tokens.with_label_values(&[model, "prompt"]).inc_by(p);
-            }
-            if let Some(c) = completion {
-                m.tokens.with_label_values(&[model, "completion"]).inc_by(c);
-            }
+        let observed = Observed {
+            status,
+            op: self.op,
+            duration: duration.as_secs_f64(),
+            ttft: facts.ttft.map(|t| t.as_secs_f64()),
+            // Tokens only for configured models: an unknown name must not add series.
+            prompt: prompt.filter(|_| self.model.is_some()),
+            completion: completion.filter(|_| self.model.is_some()),
+        };
+        match &self.stats {
+            Some(stats) => stats.metrics.observe(m, model, version, &observed),
+            None => VersionHandles::default().observe(m, model, version, &observed),
         }
         if let Some(stats) = &self.stats {
             let error = status.starts_with('5') || status == "stream_error";
@@ -126,7 +120,7 @@ impl Record {
             target: "access",
             request_id = self.request_id.to_str().unwrap_or(""),
             peer = %self.peer,
-            key = self.key.as_deref().unwrap_or("-"),
+            key = self.key.as_ref().map_or("-", |k| k.name.as_str()),
             op = self.op,
             model = self.model.as_deref().unwrap_or("-"),
             version = self.version.as_deref().unwrap_or("-"),

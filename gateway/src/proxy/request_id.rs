@@ -27,7 +27,10 @@ pub fn generate() -> HeaderValue {
     let id = uuid::Builder::from_random_bytes(bytes).into_uuid();
     let mut buf = [0u8; uuid::fmt::Hyphenated::LENGTH];
     let s = id.hyphenated().encode_lower(&mut buf);
-    HeaderValue::from_str(s).unwrap_or_else(|_| HeaderValue::from_static("invalid"))
+    // A shared (not vector-backed) buffer: the id is cloned into the record and the upstream
+    // request, and clones of a shared buffer are only a count.
+    let shared = bytes::BytesMut::from(s.as_bytes()).freeze();
+    HeaderValue::from_maybe_shared(shared).unwrap_or_else(|_| HeaderValue::from_static("invalid"))
 }
 
 #[cfg(test)]
