@@ -149,6 +149,32 @@ fn header_value<'a>(line: &'a [u8], name: &[u8]) -> Option<&'a [u8]> {
 /// gave up on a slow head), through `&TcpStream` readiness calls.
 pub struct SharedTcp(pub Arc<TcpStream>);
 
+/// One read from a socket, through `read` (which returns what it read and what it asked
+/// for). A short read means the socket was empty at that moment, so the reactor's read
+/// readiness is cleared as well, as nginx does: the next read waits for epoll instead of
+/// paying a system call to learn the socket is empty — one `EAGAIN` fewer per request and
+/// per streamed event. Race-free: tokio clears readiness only if no readiness event has
+/// arrived since the one this read was based on.
+pub fn read_noting_drain(
+    io: &TcpStream,
+    read: impl FnOnce() -> io::Result<(usize, usize)>,
+) -> io::Result<usize> {
+    let mut got = None;
+    let r = io.try_io(tokio::io::Interest::READABLE, || {
+        let (n, asked) = read()?;
+        got = Some(n);
+        if n > 0 && n < asked {
+            Err(io::ErrorKind::WouldBlock.into())
+        } else {
+            Ok(n)
+        }
+    });
+    match got {
+        Some(n) => Ok(n),
+        None => r,
+    }
+}
+
 impl AsyncRead for SharedTcp {
     fn poll_read(
         self: Pin<&mut Self>,
@@ -160,7 +186,8 @@ impl AsyncRead for SharedTcp {
             // Zero (and so make resident) only what one read can use: hyper hands over its
             // whole read buffer each time, and zeroing all of it cost memory per connection.
             let room = buf.remaining().min(READ_CHUNK);
-            match self.0.try_read(buf.initialize_unfilled_to(room)) {
+            let dst = buf.initialize_unfilled_to(room);
+            match read_noting_drain(&self.0, || Ok((self.0.try_read(dst)?, room))) {
                 Ok(n) => {
                     buf.advance(n);
                     return Poll::Ready(Ok(()));

@@ -322,7 +322,8 @@ impl Conn {
         let spare = self.buf.capacity() - self.buf.len();
         loop {
             ready!(self.io.poll_read_ready(cx))?;
-            match self.io.try_read_buf(&mut self.buf) {
+            let (io, buf) = (&self.io, &mut self.buf);
+            match crate::framing::read_noting_drain(io, || Ok((io.try_read_buf(buf)?, spare))) {
                 Ok(n) => {
                     // A read that filled the space asks for a larger one next time.
                     self.read_size = if n == spare {

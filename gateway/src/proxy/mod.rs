@@ -360,7 +360,10 @@ fn ratelimit_headers(h: &mut http::HeaderMap, trace: &Record) {
     };
     if let Some((limit, remaining, reset)) = trace.requests_left {
         set("x-ratelimit-limit-requests", format_args!("{limit}"));
-        set("x-ratelimit-remaining-requests", format_args!("{remaining}"));
+        set(
+            "x-ratelimit-remaining-requests",
+            format_args!("{remaining}"),
+        );
         set(
             "x-ratelimit-reset-requests",
             format_args!("{}", limits::OpenAiDuration(reset)),
