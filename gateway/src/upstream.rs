@@ -34,7 +34,7 @@ const MAX_HEADERS: usize = 96;
 /// Longest chunk-size or trailer line.
 const MAX_LINE: usize = 4096;
 /// Read size while a body streams; grows (to `MAX_READ`) while reads keep filling it.
-const MIN_READ: usize = 4096;
+const MIN_READ: usize = 2048;
 const MAX_READ: usize = 64 * 1024;
 
 /// Why a connection could not be made. Always safe to retry elsewhere: nothing was sent.
@@ -242,7 +242,7 @@ impl Conn {
             StatusCode::from_u16(code).map_err(|_| UpstreamError::Malformed("bad status code"))?;
         // Room for what the gateway adds on the way back (ids, rate-limit and security
         // headers), so the map is never grown.
-        let mut headers = HeaderMap::with_capacity(count + 16);
+        let mut headers = HeaderMap::with_capacity(count + 8);
         let mut length: Option<u64> = None;
         let mut chunked = false;
         let mut has_te = false;

@@ -29,6 +29,9 @@ pub struct Plan {
     /// Closed loop: clients; open loop: the most requests in flight.
     pub concurrency: usize,
     pub duration: Duration,
+    /// Requests started within this time of the start are not measured (their failures
+    /// still count): the first wave opens every connection at once.
+    pub warmup: Duration,
     pub max_requests: Option<u64>,
     /// Prompt sizes (bytes of user content) and max_tokens values, drawn at random per request.
     pub prompt_bytes: Vec<usize>,
@@ -240,13 +243,18 @@ pub async fn run(plan: Plan, progress: impl Fn(u64, u64) + Send + Sync + 'static
             }
         })
     };
+    let warmup = plan.warmup.as_secs_f64();
     let record = {
         let (collected, done, ok) = (collected.clone(), done.clone(), ok.clone());
-        move |s: Sample, gaps: Vec<f64>| {
+        move |mut s: Sample, gaps: Vec<f64>| {
             done.fetch_add(1, Ordering::Relaxed);
             if s.ok {
                 ok.fetch_add(1, Ordering::Relaxed);
             }
+            if s.at < warmup && s.ok {
+                return;
+            }
+            s.at = (s.at - warmup).max(0.0);
             if let Ok(mut c) = collected.lock() {
                 c.samples.push(s);
                 c.gaps.extend(gaps);
@@ -298,7 +306,7 @@ pub async fn run(plan: Plan, progress: impl Fn(u64, u64) + Send + Sync + 'static
         let _ = t.await;
     }
     ticker.abort();
-    let seconds = started.elapsed().as_secs_f64();
+    let seconds = (started.elapsed().as_secs_f64() - warmup).max(1e-3);
     let c = std::mem::take(&mut *collected.lock().unwrap_or_else(|p| p.into_inner()));
     summarize(c, seconds)
 }
@@ -491,6 +499,7 @@ mod tests {
             rate: None,
             concurrency: 4,
             duration: Duration::from_secs(10),
+            warmup: Duration::ZERO,
             max_requests: Some(40),
             prompt_bytes: vec![100],
             max_tokens: vec![8],
@@ -505,11 +514,39 @@ mod tests {
         let r = run(
             Plan {
                 max_requests: Some(5),
-                ..plan
+                ..plan.clone()
             },
             |_, _| {},
         )
         .await;
         assert_eq!((r.requests, r.ok, r.failed), (5, 0, 5));
+        // Failures during the warm-up still count; successes then are not measured.
+        let r = run(
+            Plan {
+                max_requests: Some(5),
+                warmup: Duration::from_secs(5),
+                ..plan.clone()
+            },
+            |_, _| {},
+        )
+        .await;
+        assert_eq!((r.requests, r.ok, r.failed), (5, 0, 5));
+        m.set_config(|c| c.reset_after = None);
+        let r = run(
+            Plan {
+                max_requests: None,
+                duration: Duration::from_millis(600),
+                warmup: Duration::from_millis(300),
+                ..plan
+            },
+            |_, _| {},
+        )
+        .await;
+        assert!(r.ok > 0 && r.failed == 0);
+        assert!(
+            r.seconds < 0.45,
+            "measured time excludes the warm-up: {}",
+            r.seconds
+        );
     }
 }

@@ -106,7 +106,10 @@ pub async fn handle(
     let started = tokio::time::Instant::now();
     let request_id = request_id::assign(req.headers());
     let mut trace = Record::new(started, request_id.clone(), conn.peer, app.metrics.clone());
-    let mut resp = match serve(&app, &conn, req, &request_id, &mut trace).await {
+    // Boxed: hyper keeps room for this future for as long as the connection lives, and the
+    // request path's state (several KiB) is needed only until the response head; the box is
+    // freed then, which keeps memory per open stream small.
+    let mut resp = match Box::pin(serve(&app, &conn, req, &request_id, &mut trace)).await {
         Ok(r) => r,
         Err(e) => {
             tracing::debug!(code = e.code(), "request rejected");
@@ -471,5 +474,19 @@ mod tests {
         assert_eq!(percent_decode("plain"), "plain");
         assert_eq!(percent_decode("bad%zz%"), "bad%zz%");
         assert_eq!(percent_decode("%41"), "A");
+    }
+}
+
+#[cfg(test)]
+mod size_tests {
+    /// hyper reserves room for the request future for as long as the connection lives (an
+    /// open stream included): it must stay small.
+    #[test]
+    fn the_per_connection_request_future_is_small() {
+        fn future_size<A, B, C, F: std::future::Future>(_: fn(A, B, C) -> F) -> usize {
+            std::mem::size_of::<F>()
+        }
+        let size = future_size(super::handle);
+        assert!(size <= 1024, "handle's future is {size} bytes");
     }
 }

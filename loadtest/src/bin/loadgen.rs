@@ -36,6 +36,10 @@ struct Args {
     /// Stop after this many requests.
     #[arg(long)]
     requests: Option<u64>,
+    /// Seconds at the start whose requests run but are not measured (connections being
+    /// opened, caches warming); their failures still count.
+    #[arg(long, default_value_t = 0.0)]
+    warmup: f64,
     /// Prompt sizes in bytes, comma separated; each request draws one.
     #[arg(long, default_value = "200", value_delimiter = ',')]
     prompt_bytes: Vec<usize>,
@@ -88,6 +92,7 @@ fn main() -> std::process::ExitCode {
         rate: a.rate,
         concurrency: a.concurrency,
         duration: Duration::from_secs_f64(a.duration.clamp(0.1, 3600.0)),
+        warmup: Duration::from_secs_f64(a.warmup.clamp(0.0, a.duration.clamp(0.1, 3600.0))),
         max_requests: a.requests,
         prompt_bytes: a.prompt_bytes.clone(),
         max_tokens: a.max_tokens.clone(),
