@@ -106,7 +106,8 @@ impl Gateway {
             data,
             admin,
         } = self;
-        tracing::info!(addr = %addrs.data, "data listener ready");
+        let workers = tokio::runtime::Handle::current().metrics().num_workers();
+        tracing::info!(addr = %addrs.data, workers, "data listener ready");
         tracing::info!(addr = %addrs.admin, "admin listener ready");
         let graceful = Arc::new(GracefulShutdown::new());
         let builder = data_builder(&app);

@@ -123,12 +123,11 @@ impl Meter {
         self.status = status;
     }
 
-    fn feed(&mut self, data: Bytes, stats: &VersionStats) -> Bytes {
+    fn feed(&mut self, data: Bytes, now: Instant, stats: &VersionStats) -> Bytes {
         let out = if let Some(s) = self.sse.as_mut() {
             let before = s.content_events;
             let out = s.feed(data);
             if s.content_events > before {
-                let now = Instant::now();
                 match self.last_token {
                     None => {
                         let ttft = now - self.request_started;
@@ -235,8 +234,11 @@ pin_project! {
     pub struct UpstreamBody {
         // Where the body stands, read from `conn` in this task (see `crate::upstream`).
         inner: upstream::Body,
+        // The idle-gap timer, armed only once the replica makes the body wait: an answer that is
+        // already buffered (most JSON answers) never touches the timer wheel.
         #[pin]
         idle: Sleep,
+        idle_armed: bool,
         ctx: BodyCtx,
         first_seen: bool,
         // The connection and the replica it belongs to; given back on a clean end.
@@ -251,7 +253,8 @@ impl UpstreamBody {
     pub fn new(inner: upstream::Body, conn: Conn, guard: InflightGuard, ctx: BodyCtx) -> Self {
         Self {
             inner,
-            idle: tokio::time::sleep(ctx.idle_timeout),
+            idle: tokio::time::sleep_until(ctx.sent_at + ctx.idle_timeout),
+            idle_armed: false,
             ctx,
             first_seen: false,
             conn: Some(conn),
@@ -273,10 +276,11 @@ fn finish(
     conn: &mut Option<Conn>,
     guard: &mut Option<InflightGuard>,
     ctx: &mut BodyCtx,
+    now: Instant,
 ) {
     if let Some(g) = guard.as_ref() {
         if !ctx.stream {
-            let took = ctx.sent_at.elapsed();
+            let took = now - ctx.sent_at;
             g.endpoint()
                 .observe_latency(took, ctx.config.upstream.ewma_decay);
             ctx.stats.record_ttft(took);
@@ -315,7 +319,7 @@ impl Body for UpstreamBody {
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        let this = self.project();
+        let mut this = self.project();
         if let Some(e) = this.deferred.take() {
             return Poll::Ready(Some(Err(e)));
         }
@@ -326,7 +330,9 @@ impl Body for UpstreamBody {
         match this.inner.poll_data(conn, cx) {
             Poll::Ready(Some(Ok(data))) => {
                 let now = Instant::now();
-                this.idle.reset(now + this.ctx.idle_timeout);
+                if *this.idle_armed {
+                    this.idle.as_mut().reset(now + this.ctx.idle_timeout);
+                }
                 if !*this.first_seen {
                     *this.first_seen = true;
                     if this.ctx.stream {
@@ -339,7 +345,7 @@ impl Body for UpstreamBody {
                     }
                 }
                 let end = this.inner.is_end();
-                let mut out = this.ctx.meter.feed(data, &this.ctx.stats);
+                let mut out = this.ctx.meter.feed(data, now, &this.ctx.stats);
                 if end {
                     let tail = this.ctx.meter.tail();
                     if !tail.is_empty() {
@@ -348,7 +354,7 @@ impl Body for UpstreamBody {
                         out = joined.freeze();
                     }
                     // hyper stops polling once `is_end_stream` says so: finish here.
-                    finish(this.inner, this.conn, this.guard, this.ctx);
+                    finish(this.inner, this.conn, this.guard, this.ctx, now);
                 }
                 Poll::Ready(Some(Ok(Frame::data(out))))
             }
@@ -363,7 +369,7 @@ impl Body for UpstreamBody {
             }
             Poll::Ready(None) => {
                 let tail = this.ctx.meter.tail();
-                finish(this.inner, this.conn, this.guard, this.ctx);
+                finish(this.inner, this.conn, this.guard, this.ctx, Instant::now());
                 if tail.is_empty() {
                     Poll::Ready(None)
                 } else {
@@ -371,6 +377,12 @@ impl Body for UpstreamBody {
                 }
             }
             Poll::Pending => {
+                if !*this.idle_armed {
+                    *this.idle_armed = true;
+                    this.idle
+                        .as_mut()
+                        .reset(Instant::now() + this.ctx.idle_timeout);
+                }
                 ready!(this.idle.poll(cx));
                 broken(
                     this.conn,

@@ -110,7 +110,7 @@ pub async fn forward(
         tried.push(i);
         let endpoint = guard.endpoint().clone();
         let sent_at = Instant::now();
-        let (resp, conn) = match attempt_once(cfg, &endpoint, &out).await {
+        let (resp, conn) = match attempt_once(cfg, &endpoint, &out, sent_at).await {
             Err(Timeout) => {
                 fail(&endpoint, "no response head within response_head_timeout");
                 return Err(Failed {
@@ -179,6 +179,7 @@ async fn attempt_once(
     cfg: &UpstreamConfig,
     endpoint: &Endpoint,
     out: &Outbound,
+    sent_at: Instant,
 ) -> Result<Attempt, Timeout> {
     let mut conn = match endpoint
         .checkout(cfg.connect_timeout, cfg.pool_idle_timeout)
@@ -203,7 +204,7 @@ async fn attempt_once(
         .await?;
         conn.read_head().await
     };
-    match tokio::time::timeout(cfg.response_head_timeout, exchange).await {
+    match tokio::time::timeout_at(sent_at + cfg.response_head_timeout, exchange).await {
         // The replica has the request and may be working on it: not safe to send it again.
         Err(_) => Err(Timeout),
         Ok(Err(e)) => {

@@ -212,7 +212,8 @@ async fn serve(
         incoming,
         content_length,
         server.max_body_bytes,
-        server.body_read_timeout,
+        // From the moment the head was read: one clock reading less per request.
+        trace.started + server.body_read_timeout,
     )
     .await?;
     trace.bytes_in = body.len();

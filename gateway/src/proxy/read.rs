@@ -2,7 +2,6 @@
 //! and `stream` by borrowing from those bytes. The same bytes are forwarded unchanged.
 
 use std::borrow::Cow;
-use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use http_body_util::BodyExt;
@@ -16,12 +15,11 @@ pub async fn read_body(
     mut body: Incoming,
     content_length: Option<u64>,
     max: usize,
-    timeout: Duration,
+    deadline: tokio::time::Instant,
 ) -> Result<Bytes, GatewayError> {
     if content_length.is_some_and(|n| n > max as u64) {
         return Err(GatewayError::BodyTooLarge { limit: max });
     }
-    let deadline = tokio::time::Instant::now() + timeout;
     let mut first: Option<Bytes> = None;
     let mut rest: Option<BytesMut> = None;
     let mut total = 0usize;
