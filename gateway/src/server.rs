@@ -11,7 +11,6 @@ use anyhow::Context as _;
 use http::Request;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
@@ -110,12 +109,12 @@ impl Gateway {
         tracing::info!(addr = %addrs.data, workers, "data listener ready");
         tracing::info!(addr = %addrs.admin, "admin listener ready");
         let graceful = Arc::new(GracefulShutdown::new());
-        let builder = data_builder(&app);
+        let builders = data_builder(&app);
         let data_task = {
             let (app, shutdown) = (app.clone(), shutdown.clone());
             let watcher = graceful.clone();
             tokio::spawn(async move {
-                accept_data(data, builder, app, watcher, shutdown).await;
+                accept_data(data, builders, app, watcher, shutdown).await;
             })
         };
         let admin_task = {
@@ -162,26 +161,59 @@ impl Gateway {
     }
 }
 
-fn data_builder(app: &AppState) -> auto::Builder<TokioExecutor> {
+/// hyper's HTTP/1.1 and HTTP/2 connection settings for the data port. The protocol is chosen
+/// per connection before hyper sees it (ALPN, or the h2 preface) — not by hyper-util's `auto`
+/// builder, whose sniffing hands hyper the first request in two pieces: hyper then doubles its
+/// read buffer to 16 KiB for every connection (and the connection future carried room for both
+/// protocols).
+#[derive(Clone)]
+struct DataBuilders {
+    h1: hyper::server::conn::http1::Builder,
+    h2: hyper::server::conn::http2::Builder<TokioExecutor>,
+}
+
+fn data_builder(app: &AppState) -> DataBuilders {
     let server = app.snapshot().config.server.clone();
-    let mut b = auto::Builder::new(TokioExecutor::new());
-    b.http1()
-        .timer(TokioTimer::new())
+    let mut h1 = hyper::server::conn::http1::Builder::new();
+    h1.timer(TokioTimer::new())
         .header_read_timeout(server.header_read_timeout)
         // Just above our own cap, so that our check (with an OpenAI-shaped 431) fires first.
         // hyper sizes a per-request index array by this; up to 100 it lives on the stack.
         .max_headers(server.max_headers + 10)
         .max_buf_size((MAX_HEADER_BYTES_CEILING as usize + 16 * 1024).max(8192 + 4096 * 100));
-    b.http2()
-        .timer(TokioTimer::new())
+    let mut h2 = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+    h2.timer(TokioTimer::new())
         .max_concurrent_streams(1024)
         .max_header_list_size((MAX_HEADER_BYTES_CEILING + 16 * 1024) as u32);
-    b
+    DataBuilders { h1, h2 }
+}
+
+/// The HTTP/2 connection preface (prior knowledge, h2c).
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// Whether a plain connection speaks HTTP/2 (prior knowledge) — read without consuming: the
+/// bytes stay in the socket for hyper. `None` if the client closed first.
+async fn is_h2_preface(stream: &TcpStream) -> Option<bool> {
+    let mut buf = [0u8; H2_PREFACE.len()];
+    loop {
+        let n = stream.peek(&mut buf).await.ok()?;
+        if n == 0 {
+            return None;
+        }
+        if buf[..n] != H2_PREFACE[..n] {
+            return Some(false);
+        }
+        if n == H2_PREFACE.len() {
+            return Some(true);
+        }
+        // A preface arriving in pieces: wait for the rest (bounded by the caller's deadline).
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
 }
 
 async fn accept_data(
     listener: TcpListener,
-    builder: auto::Builder<TokioExecutor>,
+    builders: DataBuilders,
     app: Arc<AppState>,
     graceful: Arc<GracefulShutdown>,
     shutdown: CancellationToken,
@@ -213,9 +245,10 @@ async fn accept_data(
                 async move { Ok::<_, Infallible>(proxy::handle(app, ctx, req).await) }
             })
         };
+        // Subscribed now (before any shutdown signal), used once the protocol is known.
+        let (builders, watcher) = (builders.clone(), graceful.watcher());
         if let Some(tls) = &app.tls {
             let acceptor = tls.acceptor();
-            let (builder, graceful) = (builder.clone(), graceful.clone());
             tokio::spawn(async move {
                 // The handshake has the header deadline too: a silent client is not kept.
                 let Ok(Ok(tls_stream)) =
@@ -223,32 +256,38 @@ async fn accept_data(
                 else {
                     return;
                 };
+                let h2 = tls_stream.get_ref().1.alpn_protocol() == Some(b"h2");
                 let io = TokioIo::new(ScanIo::new(tls_stream, flags.clone()));
-                let conn = graceful.watch(builder.serve_connection(io, svc).into_owned());
-                let _ = conn.await;
+                if h2 {
+                    let _ = watcher.watch(builders.h2.serve_connection(io, svc)).await;
+                } else {
+                    let _ = watcher.watch(builders.h1.serve_connection(io, svc)).await;
+                }
             });
             continue;
         }
-        let stream = Arc::new(stream);
-        let io = TokioIo::new(ScanIo::new(SharedTcp(stream.clone()), flags.clone()));
-        let conn = graceful.watch(builder.serve_connection(io, svc).into_owned());
+        let stop = shutdown.clone();
         tokio::spawn(async move {
-            tokio::pin!(conn);
-            // hyper-util reads the protocol preface (h1 or h2?) without any timeout, so a
-            // connection that never sends a byte would be held forever.
-            let result = tokio::select! {
-                r = &mut conn => Some(r),
-                _ = tokio::time::sleep(first_byte_timeout) => None,
+            // A connection that sends nothing before the header deadline is closed unanswered
+            // (and one still silent when draining starts does not hold the drain up).
+            let sniff = tokio::time::timeout(first_byte_timeout, is_h2_preface(&stream));
+            let sniffed = tokio::select! {
+                r = sniff => r,
+                _ = stop.cancelled() => return,
             };
-            let result = match result {
-                Some(r) => r,
-                None if !flags.any_read() => return,
-                None => conn.await,
+            let Ok(Some(h2)) = sniffed else {
+                return;
             };
+            let stream = Arc::new(stream);
+            let io = TokioIo::new(ScanIo::new(SharedTcp(stream.clone()), flags.clone()));
+            if h2 {
+                let _ = watcher.watch(builders.h2.serve_connection(io, svc)).await;
+                return;
+            }
+            let result = watcher.watch(builders.h1.serve_connection(io, svc)).await;
             if let Err(e) = result {
-                let timed_out = e
-                    .downcast_ref::<hyper::Error>()
-                    .is_some_and(|e| e.is_timeout());
+                // A request head (or body) still incomplete at the deadline: answer 408.
+                let timed_out = e.is_timeout();
                 if timed_out && flags.partial_request_pending() {
                     write_and_close(&stream, &request_timeout_response()).await;
                 }
@@ -301,5 +340,43 @@ async fn accept_admin(
         tokio::spawn(async move {
             let _ = conn.await;
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::AsyncWriteExt;
+
+    async fn pair() -> (TcpStream, TcpStream) {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let client = TcpStream::connect(l.local_addr().unwrap()).await.unwrap();
+        let (server, _) = l.accept().await.unwrap();
+        (client, server)
+    }
+
+    #[tokio::test]
+    async fn the_h2_preface_is_recognised_even_in_pieces_and_left_unread() {
+        let (mut c, s) = pair().await;
+        c.write_all(&H2_PREFACE[..9]).await.unwrap();
+        let sniff = tokio::spawn(async move {
+            let h2 = is_h2_preface(&s).await;
+            (h2, s)
+        });
+        tokio::time::sleep(Duration::from_millis(30)).await;
+        c.write_all(&H2_PREFACE[9..]).await.unwrap();
+        let (h2, s) = sniff.await.unwrap();
+        assert_eq!(h2, Some(true));
+        // Still there for hyper.
+        let mut buf = [0u8; 64];
+        assert_eq!(s.peek(&mut buf).await.unwrap(), H2_PREFACE.len());
+
+        let (mut c, s) = pair().await;
+        c.write_all(b"PRI / HTTP/1.1\r\n").await.unwrap();
+        assert_eq!(is_h2_preface(&s).await, Some(false));
+
+        let (c, s) = pair().await;
+        drop(c);
+        assert_eq!(is_h2_preface(&s).await, None);
     }
 }
