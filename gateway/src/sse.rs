@@ -4,6 +4,9 @@
 //! except for one case: a usage-only event the gateway itself asked for (the client did not
 //! request `stream_options.include_usage`) is removed from the client's stream.
 
+use std::borrow::Cow;
+use std::sync::OnceLock;
+
 use bytes::{Bytes, BytesMut};
 
 /// Token counts a replica reported.
@@ -71,18 +74,35 @@ impl SseMeter {
     /// Feeds one chunk; returns what to forward. Without stripping that is the chunk itself,
     /// at once. With stripping, complete events only (a partial event waits for its end).
     pub fn feed(&mut self, chunk: Bytes) -> Bytes {
-        self.partial.extend_from_slice(&chunk);
         let mut kept = if self.strip_usage {
-            Some(BytesMut::with_capacity(self.partial.len()))
+            Some(BytesMut::with_capacity(self.partial.len() + chunk.len()))
         } else {
             None
         };
-        while let Some(end) = event_end(&self.partial) {
-            let event = self.partial.split_to(end);
-            let usage_only = self.inspect(&event);
-            if let Some(k) = kept.as_mut() {
-                if !usage_only {
-                    k.extend_from_slice(&event);
+        if self.partial.is_empty() {
+            // The usual case: the chunk starts at an event boundary. Read its whole events
+            // where they are, and keep only an unfinished tail.
+            let mut at = 0;
+            while let Some(end) = event_end(&chunk[at..]) {
+                let event = &chunk[at..at + end];
+                let usage_only = self.inspect(event);
+                if let Some(k) = kept.as_mut() {
+                    if !usage_only {
+                        k.extend_from_slice(event);
+                    }
+                }
+                at += end;
+            }
+            self.partial.extend_from_slice(&chunk[at..]);
+        } else {
+            self.partial.extend_from_slice(&chunk);
+            while let Some(end) = event_end(&self.partial) {
+                let event = self.partial.split_to(end);
+                let usage_only = self.inspect(&event);
+                if let Some(k) = kept.as_mut() {
+                    if !usage_only {
+                        k.extend_from_slice(&event);
+                    }
                 }
             }
         }
@@ -108,14 +128,14 @@ impl SseMeter {
     /// Reads one event; returns whether it is a usage-only event (no choices).
     fn inspect(&mut self, event: &[u8]) -> bool {
         let data = event_data(event);
-        if data.as_slice() == b"[DONE]" {
+        if &*data == b"[DONE]" {
             self.done = true;
             return false;
         }
         if has_content(&data) {
             self.content_events += 1;
         }
-        if memchr::memmem::find(&data, b"\"usage\"").is_none() {
+        if finder(&USAGE_KEY, b"\"usage\"").find(&data).is_none() {
             return false;
         }
         let Some((usage, usage_only)) = read_usage(&data) else {
@@ -129,9 +149,13 @@ impl SseMeter {
 /// Whether an event's data carries generated text: a non-empty `"content"` (chat) or
 /// `"text"` (completions) string. A byte test, not a JSON parse: it runs on every event.
 fn has_content(data: &[u8]) -> bool {
-    for key in [&b"\"content\":"[..], b"\"text\":"] {
-        for at in memchr::memmem::find_iter(data, key) {
-            let rest = &data[at + key.len()..];
+    let keys = [
+        (finder(&CONTENT_KEY, b"\"content\":"), 10),
+        (finder(&TEXT_KEY, b"\"text\":"), 7),
+    ];
+    for (key, len) in keys {
+        for at in key.find_iter(data) {
+            let rest = &data[at + len..];
             let rest = &rest[rest.iter().take_while(|b| b.is_ascii_whitespace()).count()..];
             if rest.first() == Some(&b'"') && rest.get(1).is_some_and(|b| *b != b'"') {
                 return true;
@@ -158,19 +182,39 @@ fn event_end(buf: &[u8]) -> Option<usize> {
     None
 }
 
-/// The `data:` lines of one event, joined with newlines (comments and other fields skipped).
-fn event_data(event: &[u8]) -> Vec<u8> {
-    let mut out: Vec<u8> = Vec::new();
-    for line in event.split(|&b| b == b'\n') {
-        let line = line.strip_suffix(b"\r").unwrap_or(line);
-        if let Some(rest) = line.strip_prefix(b"data:") {
-            if !out.is_empty() {
-                out.push(b'\n');
-            }
-            out.extend_from_slice(rest.strip_prefix(b" ").unwrap_or(rest));
-        }
+/// Searchers built once (building one costs more than a search through an event).
+static USAGE_KEY: OnceLock<memchr::memmem::Finder<'static>> = OnceLock::new();
+static CONTENT_KEY: OnceLock<memchr::memmem::Finder<'static>> = OnceLock::new();
+static TEXT_KEY: OnceLock<memchr::memmem::Finder<'static>> = OnceLock::new();
+
+fn finder(
+    cell: &'static OnceLock<memchr::memmem::Finder<'static>>,
+    needle: &'static [u8],
+) -> &'static memchr::memmem::Finder<'static> {
+    cell.get_or_init(|| memchr::memmem::Finder::new(needle))
+}
+
+/// The data of an event: its `data:` lines joined by `\n`, comments and other fields skipped —
+/// borrowed when there is one line
+/// (every event an OpenAI-compatible server sends), so reading it copies nothing.
+fn event_data(event: &[u8]) -> Cow<'_, [u8]> {
+    let mut lines = event
+        .split(|&b| b == b'\n')
+        .map(|l| l.strip_suffix(b"\r").unwrap_or(l))
+        .filter_map(|l| l.strip_prefix(b"data:"))
+        .map(|rest| rest.strip_prefix(b" ").unwrap_or(rest));
+    let Some(first) = lines.next() else {
+        return Cow::Borrowed(&[]);
+    };
+    let Some(second) = lines.next() else {
+        return Cow::Borrowed(first);
+    };
+    let mut out = first.to_vec();
+    for line in std::iter::once(second).chain(lines) {
+        out.push(b'\n');
+        out.extend_from_slice(line);
     }
-    out
+    Cow::Owned(out)
 }
 
 /// `usage` of a complete JSON answer (this runs on every non-streaming answer).
@@ -285,6 +329,19 @@ mod tests {
             br#"{"stream_options":{"include_usage":true} }"#
         );
         assert!(inject_include_usage(b"[1]").is_none());
+    }
+
+    #[test]
+    fn event_data_joins_data_lines_and_borrows_a_single_one() {
+        assert!(matches!(
+            event_data(b"data: {\"a\":1}\n\n"),
+            Cow::Borrowed(b"{\"a\":1}")
+        ));
+        assert_eq!(
+            &*event_data(b": comment\r\ndata: a\r\nevent: x\ndata:b\n\n"),
+            b"a\nb"
+        );
+        assert_eq!(&*event_data(b"event: ping\n\n"), b"");
     }
 
     #[test]
