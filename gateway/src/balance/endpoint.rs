@@ -344,7 +344,9 @@ impl Endpoint {
                 }
             }
         }
-        self.connect(connect_timeout).await
+        // A new connection is the rare path once the pool is warm: boxed, so the request
+        // future does not carry the connect future's room.
+        Box::pin(self.connect(connect_timeout)).await
     }
 
     /// A new connection, not pooled (also used by the health prober).

@@ -190,6 +190,11 @@ impl Pool {
                 Err(Unavailable::Full) => {}
             }
         }
+        // Waiting is the rare path: boxed, so the request future stays small without it.
+        Box::pin(self.wait_in_queue(tried)).await
+    }
+
+    async fn wait_in_queue(&self, tried: &[usize]) -> Result<(usize, InflightGuard), AcquireError> {
         let Some(ticket) = self.queue.enqueue(self.queue_config.max_size) else {
             return Err(AcquireError::QueueFull);
         };

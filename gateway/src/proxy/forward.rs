@@ -233,8 +233,13 @@ async fn respond(
     let body = if parts.status.as_u16() >= 400 {
         ctx.meter.refund();
         let pool_idle = ctx.config.upstream.pool_idle_timeout;
-        let (bytes, read) =
-            openai_error_body(ctx.idle_timeout, parts.status, body, &mut conn).await;
+        let (bytes, read) = Box::pin(openai_error_body(
+            ctx.idle_timeout,
+            parts.status,
+            body,
+            &mut conn,
+        ))
+        .await;
         if read.reusable {
             guard.endpoint().checkin(conn, pool_idle);
         }
