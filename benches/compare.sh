@@ -71,11 +71,28 @@ start_nginx() { # name ports... -> NGINX_PORT, NGINX_PIDS
 
 KEY="sk-bench-0123456789abcdef"
 KEY_SHA="$(printf %s "$KEY" | sha256sum | cut -d' ' -f1)"
-start_gateway() { # name ports... -> GW_PORT, GW_PID
+start_gateway() { # name ports... -> GW_PORT, GW_PID (name "bare": no auth, no limits)
   local name=$1; shift
   local port admin; port="$(free_port)"; admin="$(free_port)"
   local replicas=""
   for p in "$@"; do replicas+="{ url = \"http://127.0.0.1:$p\" }, "; done
+  if [ "$name" = bare ]; then
+    cat >"$WORK/gateway-$name.toml" <<TOML
+[server]
+listen = "127.0.0.1:$port"
+admin_listen = "127.0.0.1:$admin"
+[upstream]
+response_head_timeout = "60s"
+[auth]
+enabled = false
+[[models]]
+name = "bench-model"
+balancer = "least_inflight"
+[[models.versions]]
+name = "1"
+replicas = [${replicas%, }]
+TOML
+  else
   cat >"$WORK/gateway-$name.toml" <<TOML
 [server]
 listen = "127.0.0.1:$port"
@@ -99,6 +116,7 @@ balancer = "least_inflight"
 name = "1"
 replicas = [${replicas%, }]
 TOML
+  fi
   GATEWAY_LOG=warn $SERVE "$BIN/gateway" --workers 1 serve --config "$WORK/gateway-$name.toml" >/dev/null 2>&1 &
   PIDS+=($!)
   GW_PID=$!
@@ -108,6 +126,8 @@ TOML
 
 start_nginx fast "${PORTS_fast[@]}"; NGINX_FAST_PORT=$NGINX_PORT; NGINX_FAST_PIDS=$NGINX_PIDS
 start_gateway fast "${PORTS_fast[@]}"; GW_FAST_PORT=$GW_PORT; GW_FAST_PID=$GW_PID
+# The same gateway without auth and limits (metrics and routing stay): what the features cost.
+start_gateway bare "${PORTS_fast[@]}"; GW_BARE_PORT=$GW_PORT; GW_BARE_PID=$GW_PID
 start_nginx stream "${PORTS_stream[@]}"; NGINX_STREAM_PORT=$NGINX_PORT; NGINX_STREAM_PIDS=$NGINX_PIDS
 start_gateway stream "${PORTS_stream[@]}"; GW_STREAM_PORT=$GW_PORT; GW_STREAM_PID=$GW_PID
 sleep 1
@@ -147,6 +167,7 @@ for round in $(seq 1 "$ROUNDS"); do
     echo "   round $round: $target"
     run_case max "$target" "$P" "$PIDS_T" --concurrency 64 --duration "$SECS"
     run_case rate "$target" "$P" "$PIDS_T" --rate 1000 --concurrency 512 --duration "$SECS"
+    [ "$target" = gateway ] && run_case max bare "$GW_BARE_PORT" "$GW_BARE_PID" --concurrency 64 --duration "$SECS"
     SPIDS=$([ "$target" = nginx ] && echo "$NGINX_STREAM_PIDS" || ([ "$target" = gateway ] && echo "$GW_STREAM_PID" || echo ""))
     # Streams of ~1 s: the first 2 s (every connection opened at once) run unmeasured; the
     # first wave is what the 10,000-stream run below shows.
@@ -207,6 +228,8 @@ d50, d99 = (med("rate", "direct", pct("latency_ms", q)) for q in ("p50", "p99"))
 for q, d in (("p50", d50), ("p99", d99)):
     row(f"latency added over direct at 1,000 req/s, {q}", med("rate", "nginx", pct("latency_ms", q)) - d, med("rate", "gateway", pct("latency_ms", q)) - d, "ms", "{:.3f}")
 row("CPU per request (proxy process, at max throughput)", cpu_med("max", "nginx"), cpu_med("max", "gateway"), "µs", "{:.1f}")
+row("CPU per request, gateway without auth and limits", cpu_med("max", "nginx"), cpu_med("max", "bare"), "µs", "{:.1f}")
+row("throughput, gateway without auth and limits", n_tp, med("max", "bare", tp), "req/s", "{:.0f}")
 row("RSS idle", int(idle_nginx) / 1024, int(idle_gw) / 1024, "MB", "{:.1f}")
 row("RSS under load (64 connections)", rss_max("max", "nginx"), rss_max("max", "gateway"), "MB", "{:.1f}")
 row(f"RSS with {streams} open streams", rss_max("streams", "nginx"), rss_max("streams", "gateway"), "MB", "{:.1f}")
