@@ -166,6 +166,7 @@ impl Conn {
                 || name == header::CONTENT_LENGTH
                 || name == header::TRANSFER_ENCODING
                 || name == header::CONNECTION
+                || extra.iter().any(|(n, _)| *n == name)
             {
                 continue;
             }
@@ -339,20 +340,29 @@ impl Conn {
         }
     }
 
-    /// Sends `GET path` and reads the whole answer, at most `limit` body bytes (health checks).
+    /// Sends `GET path` and reads the whole answer, at most `limit` body bytes (health checks);
+    /// `authorization`: the replicas' own key, if any.
     pub async fn get(
         &mut self,
         host: &HeaderValue,
         path: &str,
+        authorization: Option<&HeaderValue>,
         limit: usize,
     ) -> Result<(StatusCode, Bytes), UpstreamError> {
         let ua = HeaderValue::from_static("inference-gateway-health");
+        let (ua_name, auth_name) = (header::USER_AGENT, header::AUTHORIZATION);
+        let mut extra = [(&ua_name, &ua); 2];
+        let mut n = 1;
+        if let Some(key) = authorization {
+            extra[1] = (&auth_name, key);
+            n = 2;
+        }
         self.send(
             "GET",
             path,
             host,
             &HeaderMap::new(),
-            &[(&header::USER_AGENT, &ua)],
+            &extra[..n],
             &Bytes::new(),
         )
         .await?;

@@ -226,6 +226,38 @@ async fn a_replica_serving_the_wrong_model_is_unhealthy_with_check_model() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_with_their_own_key_are_probed_and_served_with_it() {
+    // Like vLLM started with --api-key: /v1/* needs the key, /health does not.
+    let keyed = mock(MockConfig {
+        api_key: Some("vllm-key".into()),
+        ..fast()
+    })
+    .await;
+    let health = "[health]\ninterval = \"50ms\"\ntimeout = \"50ms\"\nunhealthy_threshold = 1\ncheck_model = true\n";
+    // Without the key the model check gets 401: unhealthy, and requests are refused upstream.
+    let gw = TestGateway::start(&config(&[keyed.url()], health)).await;
+    let ep = endpoint(&gw, &keyed.url());
+    assert!(eventually(Duration::from_secs(2), || !ep.is_healthy()).await);
+    assert!(
+        ep.last_error().unwrap().contains("401"),
+        "{:?}",
+        ep.last_error()
+    );
+    std::env::set_var("GW_TEST_VLLM_KEY", "vllm-key");
+    let with_key = format!("{health}[upstream]\napi_key_env = \"GW_TEST_VLLM_KEY\"\n");
+    let gw = TestGateway::start(&config(&[keyed.url()], &with_key)).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let ep = endpoint(&gw, &keyed.url());
+    assert!(ep.is_healthy(), "{:?}", ep.last_error());
+    assert_eq!(
+        post_json(gw.addr, "/v1/chat/completions", chat(false))
+            .await
+            .status,
+        200
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_replica_unhealthy_means_panic_mode_not_failure() {
     let m = MockReplica::start(
         "127.0.0.1:0".parse().unwrap(),

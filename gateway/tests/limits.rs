@@ -68,8 +68,45 @@ async fn missing_and_wrong_keys_are_401_and_valid_keys_work_in_either_header() {
     let r = post_chat(gw.addr, &[("x-api-key", KEY_B)], chat(false).to_string()).await;
     assert_eq!(r.status, 200);
     assert_eq!(m.stats.requests.load(Ordering::Relaxed), 2);
-    // The key never reaches the replica's logs through us... it does reach the replica as
-    // sent (replicas may have keys of their own); but never the x-api-key of ours in errors.
+    // The client's key is the gateway's credential: it never reaches a replica.
+    let seen = m.stats.last_headers().unwrap();
+    assert!(seen.get("authorization").is_none() && seen.get("x-api-key").is_none());
+}
+
+#[tokio::test]
+async fn replicas_get_their_own_key_from_upstream_api_key_env_never_the_clients() {
+    let m = mock(fast()).await;
+    std::env::set_var("GW_TEST_REPLICA_KEY", "replica-secret");
+    let extra = "[upstream]\napi_key_env = \"GW_TEST_REPLICA_KEY\"";
+    let gw = TestGateway::start(&keys_config(&[m.url()], extra, "", "")).await;
+    assert_eq!(with_key(gw.addr, KEY_A, chat(false)).await.status, 200);
+    let seen = m.stats.last_headers().unwrap();
+    assert_eq!(seen["authorization"], "Bearer replica-secret");
+    // With auth off the client's own Authorization would pass, but the configured key wins.
+    let open = config(
+        &[m.url()],
+        "[auth]\nenabled = false\n[upstream]\napi_key_env = \"GW_TEST_REPLICA_KEY\"",
+    );
+    let gw = TestGateway::start(&open).await;
+    let r = post_chat(
+        gw.addr,
+        &[("authorization", "Bearer client")],
+        chat(false).to_string(),
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    let seen = m.stats.last_headers().unwrap();
+    assert_eq!(seen.get_all("authorization").iter().count(), 1);
+    assert_eq!(seen["authorization"], "Bearer replica-secret");
+    // A variable that is not set is a config error naming the field.
+    let err = gateway::config::parse(&config(
+        &[m.url()],
+        "[upstream]\napi_key_env = \"GW_TEST_UNSET_VARIABLE_XYZ\"",
+    ))
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("upstream.api_key_env"), "{err}");
+    assert!(!err.contains("replica-secret"));
 }
 
 #[tokio::test]

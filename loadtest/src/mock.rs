@@ -59,6 +59,9 @@ pub struct MockConfig {
     pub slow_start: Duration,
     /// Embedding dimension.
     pub embedding_dim: usize,
+    /// Like vLLM's `--api-key`: every `/v1/*` request needs `Authorization: Bearer <key>`
+    /// (401 otherwise); `/health` stays open.
+    pub api_key: Option<String>,
 }
 
 impl Default for MockConfig {
@@ -77,6 +80,7 @@ impl Default for MockConfig {
             reset_after: None,
             slow_start: Duration::ZERO,
             embedding_dim: 8,
+            api_key: None,
         }
     }
 }
@@ -284,6 +288,16 @@ async fn handle(
 ) -> Result<Response<MockBody>, Infallible> {
     let path = req.uri().path().to_owned();
     let method = req.method().clone();
+    if let Some(key) = cfg.api_key.as_deref() {
+        let sent = req.headers().get("authorization").map(|v| v.as_bytes());
+        if path.starts_with("/v1/") && sent != Some(format!("Bearer {key}").as_bytes()) {
+            return Ok(full(
+                StatusCode::UNAUTHORIZED,
+                "application/json",
+                r#"{"error":"Unauthorized"}"#,
+            ));
+        }
+    }
     match (method, path.as_str()) {
         (Method::GET, "/health") => return Ok(full(StatusCode::OK, "application/json", "")),
         (Method::GET, "/v1/models") => {

@@ -61,6 +61,9 @@ pub struct UpstreamFile {
     pub retries: Option<u64>,
     /// Time constant of the latency EWMA used by `p2c_ewma` (also how fast an idle estimate fades).
     pub ewma_decay: Option<String>,
+    /// Environment variable holding the key replicas expect (`Authorization: Bearer`), e.g.
+    /// vLLM's or SGLang's `--api-key`.
+    pub api_key_env: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -155,6 +155,8 @@ pub struct UpstreamConfig {
     pub pool_idle_timeout: Duration,
     pub retries: u32,
     pub ewma_decay: Duration,
+    /// `Authorization` sent to replicas (from `upstream.api_key_env`), marked sensitive.
+    pub authorization: Option<http::HeaderValue>,
 }
 
 /// How a version's replicas share its traffic.

@@ -75,6 +75,35 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     Ok(Duration::from_secs_f64(secs))
 }
 
+/// The replicas' key from the environment variable `upstream.api_key_env` names, as a
+/// sensitive `Authorization: Bearer` value (never printed, never logged).
+fn upstream_authorization(e: &mut Errors, var: Option<&str>) -> Option<http::HeaderValue> {
+    let var = var.filter(|v| !v.is_empty())?;
+    let key = match std::env::var(var) {
+        Ok(k) if !k.trim().is_empty() => k,
+        _ => {
+            e.push(
+                "upstream.api_key_env",
+                format!("names the environment variable {var}, which is not set"),
+            );
+            return None;
+        }
+    };
+    match http::HeaderValue::from_str(&format!("Bearer {}", key.trim())) {
+        Ok(mut v) => {
+            v.set_sensitive(true);
+            Some(v)
+        }
+        Err(_) => {
+            e.push(
+                "upstream.api_key_env",
+                format!("the key in {var} has characters a header cannot carry"),
+            );
+            None
+        }
+    }
+}
+
 struct Errors(Vec<String>);
 
 impl Errors {
@@ -228,6 +257,7 @@ pub fn validate(f: &FileConfig) -> Result<Config, Vec<String>> {
         ),
         retries: e.range("upstream.retries", u.retries, defaults::RETRIES, 0, 10) as u32,
         ewma_decay: e.duration("upstream.ewma_decay", &u.ewma_decay, defaults::EWMA_DECAY),
+        authorization: upstream_authorization(&mut e, u.api_key_env.as_deref()),
     };
     let health = check_health(&mut e, &f.health);
     let auth = AuthConfig {

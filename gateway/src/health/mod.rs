@@ -37,14 +37,17 @@ async fn probe_loop(app: Arc<AppState>, ep: Arc<Endpoint>, stop: CancellationTok
         if ep.retired.load(Ordering::Relaxed) || stop.is_cancelled() {
             return;
         }
-        let cfg = app.snapshot().config.health.clone();
+        let snapshot = app.snapshot();
+        let cfg = snapshot.config.health.clone();
+        let key = snapshot.config.upstream.authorization.clone();
+        drop(snapshot);
         if cfg.active {
             // Successes count toward ending an ejection only once it has begun.
             if ep.ejections_total() != seen_ejections {
                 seen_ejections = ep.ejections_total();
                 ok_streak = 0;
             }
-            match probe(&ep, &cfg).await {
+            match probe(&ep, &cfg, key.as_ref()).await {
                 Ok(()) => {
                     ok_streak = ok_streak.saturating_add(1);
                     fail_streak = 0;
@@ -84,15 +87,20 @@ async fn probe_loop(app: Arc<AppState>, ep: Arc<Endpoint>, stop: CancellationTok
 
 /// One check: `GET {path}` must answer 2xx; with `check_model`, `GET /v1/models` must list one
 /// of the names the replica is configured to serve.
-pub async fn probe(ep: &Endpoint, cfg: &HealthConfig) -> Result<(), String> {
+/// `key`: the replicas' own key (`upstream.api_key_env`): vLLM guards `/v1/models` with it.
+pub async fn probe(
+    ep: &Endpoint,
+    cfg: &HealthConfig,
+    key: Option<&http::HeaderValue>,
+) -> Result<(), String> {
     let check = async {
         let mut conn = ep.connect(cfg.timeout).await.map_err(|e| e.to_string())?;
-        let status = get(&mut conn, ep, &cfg.path).await?.0;
+        let status = get(&mut conn, ep, &cfg.path, key).await?.0;
         if !status.is_success() {
             return Err(format!("{} answered {status}", cfg.path));
         }
         if cfg.check_model {
-            let (status, body) = get(&mut conn, ep, "/v1/models").await?;
+            let (status, body) = get(&mut conn, ep, "/v1/models", key).await?;
             if !status.is_success() {
                 return Err(format!("/v1/models answered {status}"));
             }
@@ -116,11 +124,12 @@ async fn get(
     conn: &mut crate::upstream::Conn,
     ep: &Endpoint,
     path: &str,
+    key: Option<&http::HeaderValue>,
 ) -> Result<(http::StatusCode, Bytes), String> {
     if !path.starts_with('/') || path.bytes().any(|b| b <= b' ' || b == 0x7f) {
         return Err(format!("bad path {path}"));
     }
-    conn.get(&ep.host_header, path, MAX_PROBE_BODY)
+    conn.get(&ep.host_header, path, key, MAX_PROBE_BODY)
         .await
         .map_err(|e| e.to_string())
 }

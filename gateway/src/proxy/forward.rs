@@ -193,12 +193,20 @@ async fn attempt_once(
     };
     let path = out.uri.path_and_query().map_or("/", |p| p.as_str());
     let exchange = async {
+        // The request id, and the replicas' own key when one is configured.
+        let (id_name, auth_name) = (REQUEST_ID, header::AUTHORIZATION);
+        let mut extra = [(&id_name, &out.request_id); 2];
+        let mut n = 1;
+        if let Some(key) = &cfg.authorization {
+            extra[1] = (&auth_name, key);
+            n = 2;
+        }
         conn.send(
             "POST",
             path,
             &endpoint.host_header,
             &out.headers,
-            &[(&REQUEST_ID, &out.request_id)],
+            &extra[..n],
             &out.body,
         )
         .await?;

@@ -35,9 +35,15 @@ pub fn strip_hop_by_hop(h: &mut HeaderMap) {
 /// The client's headers made ready to go upstream, in place: hop-by-hop gone, plus what the
 /// gateway sets itself (Host, Content-Length, the request id) and what must not reach a
 /// replica: `Expect` (hyper answered it already) and `Accept-Encoding` (bytes on the path stay
-/// uncompressed). Takes the map by value: the request's own headers are not needed after.
-pub fn upstream_request_headers(mut h: HeaderMap) -> HeaderMap {
+/// uncompressed). With `gateway_keys` (auth on), the client's key is the gateway's credential
+/// and is not passed on either: replicas get `upstream.api_key_env`'s key, or none. Takes the
+/// map by value: the request's own headers are not needed after.
+pub fn upstream_request_headers(mut h: HeaderMap, gateway_keys: bool) -> HeaderMap {
     strip_hop_by_hop(&mut h);
+    if gateway_keys {
+        h.remove(header::AUTHORIZATION);
+        h.remove("x-api-key");
+    }
     for n in [
         header::HOST,
         header::CONTENT_LENGTH,
@@ -74,7 +80,16 @@ mod tests {
         );
         h.insert(header::ACCEPT_ENCODING, HeaderValue::from_static("gzip"));
         h.insert(header::HOST, HeaderValue::from_static("gw"));
-        let up = upstream_request_headers(h);
+        h.insert(
+            header::AUTHORIZATION,
+            HeaderValue::from_static("Bearer sk-x"),
+        );
+        h.insert("x-api-key", HeaderValue::from_static("sk-x"));
+        // Auth off: the client's credentials may be meant for the replica.
+        let up = upstream_request_headers(h.clone(), false);
+        assert_eq!(up.len(), 3);
+        // Auth on: they are the gateway's, and stay here.
+        let up = upstream_request_headers(h, true);
         assert_eq!(up.len(), 1);
         assert_eq!(up[header::CONTENT_TYPE], "application/json");
     }

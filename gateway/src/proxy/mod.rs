@@ -278,7 +278,7 @@ async fn serve(
         .unwrap_or_else(|| Uri::from_static("/"));
     let out = Outbound {
         uri,
-        headers: headers::upstream_request_headers(parts.headers),
+        headers: headers::upstream_request_headers(parts.headers, config.auth.enabled),
         body: forwarded_body,
         request_id: request_id.clone(),
     };

@@ -51,6 +51,9 @@ struct Args {
     /// Extra delay before each response head, in milliseconds.
     #[arg(long, default_value_t = 0)]
     slow_start_ms: u64,
+    /// Require `Authorization: Bearer <key>` on /v1/* like vLLM's --api-key (/health stays open).
+    #[arg(long, env = "MOCK_API_KEY")]
+    api_key: Option<String>,
 }
 
 #[tokio::main]
@@ -73,6 +76,7 @@ async fn main() -> anyhow::Result<()> {
         hang: a.hang,
         reset_after: a.reset_after,
         slow_start: Duration::from_millis(a.slow_start_ms),
+        api_key: a.api_key.clone(),
         ..MockConfig::default()
     };
     let replica = MockReplica::start(a.listen, cfg).await?;
