@@ -76,39 +76,28 @@ start_gateway() { # name ports... -> GW_PORT, GW_PID (name "bare": no auth, no l
   local port admin; port="$(free_port)"; admin="$(free_port)"
   local replicas=""
   for p in "$@"; do replicas+="{ url = \"http://127.0.0.1:$p\" }, "; done
-  if [ "$name" = bare ]; then
-    cat >"$WORK/gateway-$name.toml" <<TOML
-[server]
-listen = "127.0.0.1:$port"
-admin_listen = "127.0.0.1:$admin"
-[upstream]
-response_head_timeout = "60s"
-[auth]
-enabled = false
-[[models]]
-name = "bench-model"
-balancer = "least_inflight"
-[[models.versions]]
-name = "1"
-replicas = [${replicas%, }]
-TOML
-  else
+  # "bare": the same gateway without auth and limits (metrics and routing stay).
+  local features="[auth]
+enabled = false"
+  if [ "$name" != bare ]; then
+    features="[auth]
+enabled = true
+[[api_keys]]
+name = \"bench\"
+sha256 = \"$KEY_SHA\"
+requests_per_second = 1000000.0
+burst = 1000000
+[limits]
+per_ip_requests_per_second = 1000000.0
+per_ip_burst = 1000000"
+  fi
   cat >"$WORK/gateway-$name.toml" <<TOML
 [server]
 listen = "127.0.0.1:$port"
 admin_listen = "127.0.0.1:$admin"
 [upstream]
 response_head_timeout = "60s"
-[auth]
-enabled = true
-[[api_keys]]
-name = "bench"
-sha256 = "$KEY_SHA"
-requests_per_second = 1000000.0
-burst = 1000000
-[limits]
-per_ip_requests_per_second = 1000000.0
-per_ip_burst = 1000000
+$features
 [[models]]
 name = "bench-model"
 balancer = "least_inflight"
@@ -116,7 +105,6 @@ balancer = "least_inflight"
 name = "1"
 replicas = [${replicas%, }]
 TOML
-  fi
   GATEWAY_LOG=warn $SERVE "$BIN/gateway" --workers 1 serve --config "$WORK/gateway-$name.toml" >/dev/null 2>&1 &
   PIDS+=($!)
   GW_PID=$!

@@ -621,17 +621,16 @@ mod tests {
         (addr, task)
     }
 
+    /// `POST path` with `body` and no headers of the caller's.
+    async fn post(conn: &mut Conn, path: &str, body: &'static [u8]) -> io::Result<()> {
+        let host = HeaderValue::from_static("r");
+        let body = Bytes::from_static(body);
+        conn.send("POST", path, &host, &HeaderMap::new(), &[], &body)
+            .await
+    }
+
     async fn exchange(conn: &mut Conn) -> Result<(ResponseHead, Vec<Bytes>, bool), UpstreamError> {
-        let h = HeaderMap::new();
-        conn.send(
-            "POST",
-            "/v1/x",
-            &HeaderValue::from_static("r"),
-            &h,
-            &[],
-            &Bytes::from_static(b"{}"),
-        )
-        .await?;
+        post(conn, "/v1/x", b"{}").await?;
         let head = conn.read_head().await?;
         let mut body = Body::of(&head);
         let mut frames = Vec::new();
@@ -688,16 +687,7 @@ mod tests {
         ]])
         .await;
         let mut conn = Conn::connect(&addr, Duration::from_secs(1)).await.unwrap();
-        conn.send(
-            "POST",
-            "/",
-            &HeaderValue::from_static("r"),
-            &HeaderMap::new(),
-            &[],
-            &Bytes::new(),
-        )
-        .await
-        .unwrap();
+        post(&mut conn, "/", b"").await.unwrap();
         let head = conn.read_head().await.unwrap();
         let mut body = Body::of(&head);
         let first = std::future::poll_fn(|cx| body.poll_data(&mut conn, cx))
@@ -718,18 +708,7 @@ mod tests {
     async fn close_delimited_and_connection_close_answers_are_not_reused() {
         let (addr, _t) = replica(vec![vec![b"HTTP/1.1 200 OK\r\n\r\nall of it"]]).await;
         let mut conn = Conn::connect(&addr, Duration::from_secs(1)).await.unwrap();
-        let send = async {
-            conn.send(
-                "POST",
-                "/",
-                &HeaderValue::from_static("r"),
-                &HeaderMap::new(),
-                &[],
-                &Bytes::new(),
-            )
-            .await
-        };
-        send.await.unwrap();
+        post(&mut conn, "/", b"").await.unwrap();
         let head = conn.read_head().await.unwrap();
         let mut body = Body::of(&head);
         // The replica's task ends after answering, which closes the socket: end of body.
