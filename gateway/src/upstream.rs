@@ -34,7 +34,7 @@ const MAX_HEADERS: usize = 96;
 /// Longest chunk-size or trailer line.
 const MAX_LINE: usize = 4096;
 /// Read size while a body streams; grows (to `MAX_READ`) while reads keep filling it.
-const MIN_READ: usize = 2048;
+const MIN_READ: usize = 1024;
 const MAX_READ: usize = 64 * 1024;
 
 /// Why a connection could not be made. Always safe to retry elsewhere: nothing was sent.
