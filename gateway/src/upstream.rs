@@ -441,10 +441,10 @@ impl Body {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Bytes, UpstreamError>>> {
         loop {
-            if let Some(data) = self.step(conn)? {
+            if let Some(data) = self.step(&mut conn.buf)? {
                 // Move past a chunk's end (and a final empty chunk) already in the buffer, so
                 // the last frame already reports the end of the body.
-                self.step_framing(conn)?;
+                self.step_framing(&mut conn.buf)?;
                 return Poll::Ready(Some(Ok(data)));
             }
             if self.state == State::Done {
@@ -465,9 +465,8 @@ impl Body {
 
     /// Advances with what is buffered: `Some(data)` when there is body to hand out, `None`
     /// when more bytes are needed (or the body is done).
-    fn step(&mut self, conn: &mut Conn) -> Result<Option<Bytes>, UpstreamError> {
-        self.step_framing(conn)?;
-        let buf = &mut conn.buf;
+    fn step(&mut self, buf: &mut BytesMut) -> Result<Option<Bytes>, UpstreamError> {
+        self.step_framing(buf)?;
         if buf.is_empty() {
             return Ok(None);
         }
@@ -489,8 +488,7 @@ impl Body {
     }
 
     /// Consumes chunk-size lines, chunk ends and trailers that are fully buffered.
-    fn step_framing(&mut self, conn: &mut Conn) -> Result<(), UpstreamError> {
-        let buf = &mut conn.buf;
+    fn step_framing(&mut self, buf: &mut BytesMut) -> Result<(), UpstreamError> {
         loop {
             match self.state {
                 State::ChunkSize => {
@@ -782,6 +780,47 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
         assert!(!usable);
+    }
+
+    /// Feeds `wire` to a body in the given pieces; returns the body bytes, or the error.
+    fn decode(
+        framing: Framing,
+        wire: &[u8],
+        cuts: &[usize],
+    ) -> Result<(Vec<u8>, Body, BytesMut), UpstreamError> {
+        let mut points: Vec<usize> = cuts.iter().map(|c| c % (wire.len() + 1)).collect();
+        points.push(wire.len());
+        points.sort_unstable();
+        let (mut body, mut buf, mut out, mut at) =
+            (Body::new(framing, true), BytesMut::new(), Vec::new(), 0);
+        for p in points {
+            buf.extend_from_slice(&wire[at..p]);
+            at = p;
+            while let Some(data) = body.step(&mut buf)? {
+                out.extend_from_slice(&data);
+                body.step_framing(&mut buf)?;
+            }
+        }
+        Ok((out, body, buf))
+    }
+
+    proptest::proptest! {
+        /// However the replica's bytes are split across reads, the body is the same, it ends
+        /// exactly at the message boundary, and what follows is left for the next message.
+        #[test]
+        fn any_split_of_a_body_decodes_the_same(cuts in proptest::collection::vec(0usize..200, 0..12)) {
+            let chunked = b"5\r\nhello\r\n3;x=y\r\n, w\r\nA\r\norld!!!!!!\r\n0\r\nt: 1\r\n\r\nNEXT";
+            let (out, body, rest) = decode(Framing::Chunked, chunked, &cuts).unwrap();
+            proptest::prop_assert_eq!(&out[..], b"hello, world!!!!!!");
+            proptest::prop_assert!(body.is_end());
+            proptest::prop_assert_eq!(&rest[..], b"NEXT");
+            let (out, body, rest) = decode(Framing::Length(11), b"hello worldNEXT", &cuts).unwrap();
+            proptest::prop_assert_eq!(&out[..], b"hello world");
+            proptest::prop_assert!(body.is_end());
+            proptest::prop_assert_eq!(&rest[..], b"NEXT");
+            // A chunk longer than its size is an error wherever the reads fall.
+            proptest::prop_assert!(decode(Framing::Chunked, b"2\r\nabc\r\n0\r\n\r\n", &cuts).is_err());
+        }
     }
 
     #[test]
