@@ -233,3 +233,34 @@ async fn inflight_is_released_when_streams_end_or_break() {
     assert_eq!(ep.inflight(), 0);
     stop.cancel();
 }
+
+#[tokio::test]
+async fn an_empty_success_body_is_counted_with_its_status_and_keeps_the_connection() {
+    // A 204 (or any Content-Length: 0 answer) has no body for hyper to poll.
+    let m = mock(MockConfig {
+        error_rate: 1.0,
+        error_status: 204,
+        ..fast()
+    })
+    .await;
+    let gw = TestGateway::start(&config(&[m.url()], NO_PROBES)).await;
+    for _ in 0..2 {
+        let r = post_json(gw.addr, "/v1/chat/completions", chat(false)).await;
+        assert_eq!(r.status, 204);
+        assert!(r.body.is_empty());
+    }
+    let ep = endpoint(&gw, &m.url());
+    assert!(eventually(Duration::from_secs(1), || ep.inflight() == 0).await);
+    assert_eq!(
+        ep.idle_connections(),
+        1,
+        "the connection went back to the pool"
+    );
+    let metrics = request(gw.admin, "GET", "/metrics", &[], "").await;
+    let text = String::from_utf8_lossy(&metrics.body);
+    let line = text
+        .lines()
+        .find(|l| l.starts_with("ai_requests_total{") && l.contains("status=\"204\""))
+        .unwrap_or_default();
+    assert!(line.ends_with(" 2"), "{text}");
+}
