@@ -192,9 +192,12 @@ fn data_builder(app: &AppState) -> DataBuilders {
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
 /// Whether a plain connection speaks HTTP/2 (prior knowledge) — read without consuming: the
-/// bytes stay in the socket for hyper. `None` if the client closed first.
+/// bytes stay in the socket for hyper. `PRI ` decides: RFC 9113 §3.4 reserves that method for
+/// the preface, and hyper's HTTP/2 server checks the rest. `None` if the client closed first.
 async fn is_h2_preface(stream: &TcpStream) -> Option<bool> {
-    let mut buf = [0u8; H2_PREFACE.len()];
+    const DECIDES: usize = 4;
+    let mut buf = [0u8; DECIDES];
+    let mut pause = Duration::from_millis(1);
     loop {
         let n = stream.peek(&mut buf).await.ok()?;
         if n == 0 {
@@ -203,11 +206,13 @@ async fn is_h2_preface(stream: &TcpStream) -> Option<bool> {
         if buf[..n] != H2_PREFACE[..n] {
             return Some(false);
         }
-        if n == H2_PREFACE.len() {
+        if n == DECIDES {
             return Some(true);
         }
-        // A preface arriving in pieces: wait for the rest (bounded by the caller's deadline).
-        tokio::time::sleep(Duration::from_millis(1)).await;
+        // "P", "PR" or "PRI" and then a pause: peeking again at once would spin (the bytes
+        // keep the socket readable), so back off, bounded by the caller's deadline.
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(Duration::from_millis(50));
     }
 }
 
@@ -358,13 +363,13 @@ mod tests {
     #[tokio::test]
     async fn the_h2_preface_is_recognised_even_in_pieces_and_left_unread() {
         let (mut c, s) = pair().await;
-        c.write_all(&H2_PREFACE[..9]).await.unwrap();
+        c.write_all(&H2_PREFACE[..2]).await.unwrap();
         let sniff = tokio::spawn(async move {
             let h2 = is_h2_preface(&s).await;
             (h2, s)
         });
         tokio::time::sleep(Duration::from_millis(30)).await;
-        c.write_all(&H2_PREFACE[9..]).await.unwrap();
+        c.write_all(&H2_PREFACE[2..]).await.unwrap();
         let (h2, s) = sniff.await.unwrap();
         assert_eq!(h2, Some(true));
         // Still there for hyper.
@@ -372,7 +377,13 @@ mod tests {
         assert_eq!(s.peek(&mut buf).await.unwrap(), H2_PREFACE.len());
 
         let (mut c, s) = pair().await;
-        c.write_all(b"PRI / HTTP/1.1\r\n").await.unwrap();
+        c.write_all(b"PRIX / HTTP/1.1\r\n").await.unwrap();
+        assert_eq!(is_h2_preface(&s).await, Some(false));
+
+        let (mut c, s) = pair().await;
+        c.write_all(b"POST /v1/chat/completions HTTP/1.1\r\n")
+            .await
+            .unwrap();
         assert_eq!(is_h2_preface(&s).await, Some(false));
 
         let (c, s) = pair().await;
