@@ -152,7 +152,16 @@ pub struct MockReplica {
 impl MockReplica {
     /// Binds `bind` (use port 0 in tests) and serves until dropped or stopped.
     pub async fn start(bind: SocketAddr, config: MockConfig) -> std::io::Result<Self> {
-        let listener = TcpListener::bind(bind).await?;
+        // uvicorn's (and so vLLM's) accept backlog is 2048; tokio's default of 1024 made the
+        // mock, not the proxy in front of it, drop SYNs when thousands of streams open at once.
+        let socket = if bind.is_ipv4() {
+            tokio::net::TcpSocket::new_v4()?
+        } else {
+            tokio::net::TcpSocket::new_v6()?
+        };
+        socket.set_reuseaddr(true)?;
+        socket.bind(bind)?;
+        let listener: TcpListener = socket.listen(2048)?;
         let addr = listener.local_addr()?;
         let stats = Arc::new(MockStats::default());
         let config = Arc::new(Mutex::new(config));
