@@ -51,7 +51,8 @@ pub struct Meter {
     last_token: Option<Instant>,
     bytes_out: u64,
     status: u16,
-    finished: bool,
+    /// How the body ended, once it has, and the usage read then.
+    ended: Option<(End, Option<Usage>)>,
 }
 
 /// A JSON answer kept to read its `usage` at the end: usually one frame, shared, not copied.
@@ -113,14 +114,16 @@ impl Meter {
             last_token: None,
             bytes_out: 0,
             status: 200,
-            finished: false,
+            ended: None,
         }
     }
 
-    /// Attaches the request's record (done once the response head is built).
+    /// Attaches the request's record (done once the response head is built). A body that
+    /// has already ended (an empty one) finishes the record at once.
     pub fn attach(&mut self, record: Record, status: u16) {
         self.record = Some(record);
         self.status = status;
+        self.finish_record();
     }
 
     fn feed(&mut self, data: Bytes, now: Instant, stats: &VersionStats) -> Bytes {
@@ -173,11 +176,11 @@ impl Meter {
     }
 
     fn finish(&mut self, end: End) {
-        if self.finished {
+        if self.ended.is_some() {
             return;
         }
-        self.finished = true;
         let usage = self.usage();
+        self.ended = Some((end, usage));
         if let Some(r) = self.reservation.take() {
             // Only a clean end has trustworthy usage; otherwise the reservation stays spent.
             r.settle(if end == End::Clean {
@@ -186,6 +189,15 @@ impl Meter {
                 None
             });
         }
+        self.finish_record();
+    }
+
+    /// Writes the record once the body has ended and the record is attached, whichever
+    /// comes last.
+    fn finish_record(&mut self) {
+        let Some((end, usage)) = self.ended else {
+            return;
+        };
         if let Some(record) = self.record.take() {
             let status = match end {
                 End::Clean => super::resp_status_str(self.status),
@@ -251,7 +263,7 @@ pin_project! {
 
 impl UpstreamBody {
     pub fn new(inner: upstream::Body, conn: Conn, guard: InflightGuard, ctx: BodyCtx) -> Self {
-        Self {
+        let mut body = Self {
             inner,
             idle: tokio::time::sleep_until(ctx.sent_at + ctx.idle_timeout),
             idle_armed: false,
@@ -260,7 +272,20 @@ impl UpstreamBody {
             conn: Some(conn),
             guard: Some(guard),
             deferred: None,
+        };
+        // Nothing to read (a 204, Content-Length: 0): hyper never polls a body that reports
+        // its end, so it ends here.
+        if body.inner.is_end() {
+            let now = Instant::now();
+            finish(
+                &body.inner,
+                &mut body.conn,
+                &mut body.guard,
+                &mut body.ctx,
+                now,
+            );
         }
+        body
     }
 
     /// Hands the request's record to the body, which finishes it when the body ends.

@@ -261,16 +261,6 @@ async fn respond(
         }
         parts.headers.remove(header::CONTENT_LENGTH);
         ResponseBody::full(bytes)
-    } else if body.is_end() {
-        // Nothing to pass through (204, Content-Length: 0): hyper would never poll such a
-        // body, so it is finished here and the answer completes like a gateway answer.
-        if body.reusable(&conn) {
-            guard
-                .endpoint()
-                .checkin(conn, ctx.config.upstream.pool_idle_timeout);
-        }
-        drop(guard);
-        ResponseBody::empty()
     } else {
         ResponseBody::upstream(UpstreamBody::new(body, conn, guard, ctx))
     };
