@@ -23,7 +23,7 @@ use std::time::Duration;
 
 use bytes::{Buf, Bytes, BytesMut};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
-use http::{StatusCode, Version};
+use http::StatusCode;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
@@ -93,20 +93,26 @@ pub struct Conn {
     read_size: usize,
 }
 
-/// A response head; the body follows on the connection.
-pub struct ResponseHead {
-    pub status: StatusCode,
-    pub version: Version,
-    pub headers: HeaderMap,
-    framing: Framing,
-    keep_alive: bool,
+/// A request for `Conn::send`: `method path HTTP/1.1`, `Host`, `headers` (the caller has removed
+/// hop-by-hop ones), `extra` (already-validated pairs), the replicas' own key as `Authorization`
+/// if there is one, and a body sent with `Content-Length`. What the gateway sets itself
+/// replaces the same name in `headers`.
+#[derive(Clone, Copy)]
+pub struct Request<'a> {
+    pub method: &'a str,
+    pub path: &'a str,
+    pub host: &'a HeaderValue,
+    pub headers: &'a HeaderMap,
+    pub extra: &'a [(&'a HeaderName, &'a HeaderValue)],
+    pub authorization: Option<&'a HeaderValue>,
+    pub body: &'a Bytes,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Framing {
-    Length(u64),
-    Chunked,
-    UntilClose,
+/// A response head, and where its body stands; the body follows on the connection.
+pub struct ResponseHead {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: Body,
 }
 
 impl Conn {
@@ -134,18 +140,17 @@ impl Conn {
             && matches!(self.io.try_read(&mut probe), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
     }
 
-    /// Writes a request: `method path HTTP/1.1`, `Host`, the given headers (the caller has
-    /// removed hop-by-hop ones and those set here), `extra` (already-validated pairs), and a
-    /// `Content-Length` body — head and body in one `writev`.
-    pub async fn send(
-        &mut self,
-        method: &str,
-        path: &str,
-        host: &HeaderValue,
-        headers: &HeaderMap,
-        extra: &[(&HeaderName, &HeaderValue)],
-        body: &Bytes,
-    ) -> io::Result<()> {
+    /// Writes a request — head and body in one `writev`.
+    pub async fn send(&mut self, req: &Request<'_>) -> io::Result<()> {
+        let Request {
+            method,
+            path,
+            host,
+            headers,
+            extra,
+            authorization,
+            body,
+        } = *req;
         let h = &mut self.head;
         h.clear();
         h.extend_from_slice(method.as_bytes());
@@ -166,6 +171,7 @@ impl Conn {
                 || name == header::CONTENT_LENGTH
                 || name == header::TRANSFER_ENCODING
                 || name == header::CONNECTION
+                || (authorization.is_some() && name == header::AUTHORIZATION)
                 || extra.iter().any(|(n, _)| *n == name)
             {
                 continue;
@@ -174,6 +180,9 @@ impl Conn {
         }
         for (name, value) in extra {
             put(name, value);
+        }
+        if let Some(key) = authorization {
+            put(&header::AUTHORIZATION, key);
         }
         if !body.is_empty() || method == "POST" {
             h.extend_from_slice(b"content-length: ");
@@ -283,8 +292,8 @@ impl Conn {
         let no_body = status.is_informational()
             || status == StatusCode::NO_CONTENT
             || status == StatusCode::NOT_MODIFIED;
-        let framing = if no_body {
-            Framing::Length(0)
+        let state = if no_body {
+            State::Done
         } else if has_te {
             // Transfer-Encoding overrides Content-Length; a message that carries both is
             // suspect, so its connection is not reused.
@@ -292,26 +301,21 @@ impl Conn {
                 close = true;
             }
             if chunked {
-                Framing::Chunked
+                State::ChunkSize
             } else {
-                Framing::UntilClose
+                State::UntilClose
             }
-        } else if let Some(n) = length {
-            Framing::Length(n)
         } else {
-            Framing::UntilClose
-        };
-        let version = if minor == 0 {
-            Version::HTTP_10
-        } else {
-            Version::HTTP_11
+            match length {
+                Some(0) => State::Done,
+                Some(n) => State::Length(n),
+                None => State::UntilClose,
+            }
         };
         Ok(Some(ResponseHead {
             status,
-            version,
             headers,
-            framing,
-            keep_alive: !close && framing != Framing::UntilClose,
+            body: Body::new(state, !close && state != State::UntilClose),
         }))
     }
 
@@ -350,25 +354,19 @@ impl Conn {
         limit: usize,
     ) -> Result<(StatusCode, Bytes), UpstreamError> {
         let ua = HeaderValue::from_static("inference-gateway-health");
-        let (ua_name, auth_name) = (header::USER_AGENT, header::AUTHORIZATION);
-        let mut extra = [(&ua_name, &ua); 2];
-        let mut n = 1;
-        if let Some(key) = authorization {
-            extra[1] = (&auth_name, key);
-            n = 2;
-        }
-        self.send(
-            "GET",
+        self.send(&Request {
+            method: "GET",
             path,
             host,
-            &HeaderMap::new(),
-            &extra[..n],
-            &Bytes::new(),
-        )
+            headers: &HeaderMap::new(),
+            extra: &[(&header::USER_AGENT, &ua)],
+            authorization,
+            body: &Bytes::new(),
+        })
         .await?;
-        let head = self.read_head().await?;
-        let status = head.status;
-        let mut body = Body::new(head.framing, head.keep_alive);
+        let ResponseHead {
+            status, mut body, ..
+        } = self.read_head().await?;
         let mut out = BytesMut::new();
         while let Some(chunk) = std::future::poll_fn(|cx| body.poll_data(self, cx)).await {
             let chunk = chunk?;
@@ -399,19 +397,8 @@ enum State {
 }
 
 impl Body {
-    fn new(framing: Framing, keep_alive: bool) -> Self {
-        let state = match framing {
-            Framing::Length(0) => State::Done,
-            Framing::Length(n) => State::Length(n),
-            Framing::Chunked => State::ChunkSize,
-            Framing::UntilClose => State::UntilClose,
-        };
+    fn new(state: State, keep_alive: bool) -> Self {
         Self { state, keep_alive }
-    }
-
-    /// The body of a response whose head was just read.
-    pub fn of(head: &ResponseHead) -> Self {
-        Self::new(head.framing, head.keep_alive)
     }
 
     pub fn is_end(&self) -> bool {
@@ -623,14 +610,22 @@ mod tests {
     async fn post(conn: &mut Conn, path: &str, body: &'static [u8]) -> io::Result<()> {
         let host = HeaderValue::from_static("r");
         let body = Bytes::from_static(body);
-        conn.send("POST", path, &host, &HeaderMap::new(), &[], &body)
-            .await
+        conn.send(&Request {
+            method: "POST",
+            path,
+            host: &host,
+            headers: &HeaderMap::new(),
+            extra: &[],
+            authorization: None,
+            body: &body,
+        })
+        .await
     }
 
     async fn exchange(conn: &mut Conn) -> Result<(ResponseHead, Vec<Bytes>, bool), UpstreamError> {
         post(conn, "/v1/x", b"{}").await?;
-        let head = conn.read_head().await?;
-        let mut body = Body::of(&head);
+        let mut head = conn.read_head().await?;
+        let body = &mut head.body;
         let mut frames = Vec::new();
         while let Some(f) = std::future::poll_fn(|cx| body.poll_data(conn, cx)).await {
             frames.push(f?);
@@ -686,8 +681,7 @@ mod tests {
         .await;
         let mut conn = Conn::connect(&addr, Duration::from_secs(1)).await.unwrap();
         post(&mut conn, "/", b"").await.unwrap();
-        let head = conn.read_head().await.unwrap();
-        let mut body = Body::of(&head);
+        let mut body = conn.read_head().await.unwrap().body;
         let first = std::future::poll_fn(|cx| body.poll_data(&mut conn, cx))
             .await
             .unwrap()
@@ -707,8 +701,7 @@ mod tests {
         let (addr, _t) = replica(vec![vec![b"HTTP/1.1 200 OK\r\n\r\nall of it"]]).await;
         let mut conn = Conn::connect(&addr, Duration::from_secs(1)).await.unwrap();
         post(&mut conn, "/", b"").await.unwrap();
-        let head = conn.read_head().await.unwrap();
-        let mut body = Body::of(&head);
+        let mut body = conn.read_head().await.unwrap().body;
         // The replica's task ends after answering, which closes the socket: end of body.
         let mut got = Vec::new();
         while let Some(f) = std::future::poll_fn(|cx| body.poll_data(&mut conn, cx)).await {
@@ -784,7 +777,7 @@ mod tests {
 
     /// Feeds `wire` to a body in the given pieces; returns the body bytes, or the error.
     fn decode(
-        framing: Framing,
+        state: State,
         wire: &[u8],
         cuts: &[usize],
     ) -> Result<(Vec<u8>, Body, BytesMut), UpstreamError> {
@@ -792,7 +785,7 @@ mod tests {
         points.push(wire.len());
         points.sort_unstable();
         let (mut body, mut buf, mut out, mut at) =
-            (Body::new(framing, true), BytesMut::new(), Vec::new(), 0);
+            (Body::new(state, true), BytesMut::new(), Vec::new(), 0);
         for p in points {
             buf.extend_from_slice(&wire[at..p]);
             at = p;
@@ -810,16 +803,16 @@ mod tests {
         #[test]
         fn any_split_of_a_body_decodes_the_same(cuts in proptest::collection::vec(0usize..200, 0..12)) {
             let chunked = b"5\r\nhello\r\n3;x=y\r\n, w\r\nA\r\norld!!!!!!\r\n0\r\nt: 1\r\n\r\nNEXT";
-            let (out, body, rest) = decode(Framing::Chunked, chunked, &cuts).unwrap();
+            let (out, body, rest) = decode(State::ChunkSize, chunked, &cuts).unwrap();
             proptest::prop_assert_eq!(&out[..], b"hello, world!!!!!!");
             proptest::prop_assert!(body.is_end());
             proptest::prop_assert_eq!(&rest[..], b"NEXT");
-            let (out, body, rest) = decode(Framing::Length(11), b"hello worldNEXT", &cuts).unwrap();
+            let (out, body, rest) = decode(State::Length(11), b"hello worldNEXT", &cuts).unwrap();
             proptest::prop_assert_eq!(&out[..], b"hello world");
             proptest::prop_assert!(body.is_end());
             proptest::prop_assert_eq!(&rest[..], b"NEXT");
             // A chunk longer than its size is an error wherever the reads fall.
-            proptest::prop_assert!(decode(Framing::Chunked, b"2\r\nabc\r\n0\r\n\r\n", &cuts).is_err());
+            proptest::prop_assert!(decode(State::ChunkSize, b"2\r\nabc\r\n0\r\n\r\n", &cuts).is_err());
         }
     }
 

@@ -120,15 +120,13 @@ pub async fn probe(
 /// Largest health or model-list answer read.
 const MAX_PROBE_BODY: usize = 1024 * 1024;
 
+/// `GET path` on the probe's connection (`health.path` was checked at config load).
 async fn get(
     conn: &mut crate::upstream::Conn,
     ep: &Endpoint,
     path: &str,
     key: Option<&http::HeaderValue>,
 ) -> Result<(http::StatusCode, Bytes), String> {
-    if !path.starts_with('/') || path.bytes().any(|b| b <= b' ' || b == 0x7f) {
-        return Err(format!("bad path {path}"));
-    }
     conn.get(&ep.host_header, path, key, MAX_PROBE_BODY)
         .await
         .map_err(|e| e.to_string())

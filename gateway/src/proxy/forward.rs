@@ -7,7 +7,8 @@
 
 use bytes::{Bytes, BytesMut};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
-use http::{Response, StatusCode, Uri};
+use http::uri::PathAndQuery;
+use http::{Response, StatusCode};
 
 use std::sync::Arc;
 
@@ -32,7 +33,7 @@ const MAX_ERROR_BODY: usize = 64 * 1024;
 
 /// The request as it goes upstream, prepared once for every attempt.
 pub struct Outbound {
-    pub uri: Uri,
+    pub path: PathAndQuery,
     pub headers: HeaderMap,
     pub body: Bytes,
     pub request_id: HeaderValue,
@@ -53,6 +54,8 @@ pub struct Failed {
     pub retries: u32,
 }
 
+// `Done` is the common path: boxing it to even the variants out would allocate per request.
+#[allow(clippy::large_enum_variant)]
 enum Attempt {
     /// Nothing reached the replica or it broke before answering: try another.
     Retry(String),
@@ -191,24 +194,16 @@ async fn attempt_once(
             return Ok(Attempt::Retry(e.to_string()));
         }
     };
-    let path = out.uri.path_and_query().map_or("/", |p| p.as_str());
     let exchange = async {
-        // The request id, and the replicas' own key when one is configured.
-        let (id_name, auth_name) = (REQUEST_ID, header::AUTHORIZATION);
-        let mut extra = [(&id_name, &out.request_id); 2];
-        let mut n = 1;
-        if let Some(key) = &cfg.authorization {
-            extra[1] = (&auth_name, key);
-            n = 2;
-        }
-        conn.send(
-            "POST",
-            path,
-            &endpoint.host_header,
-            &out.headers,
-            &extra[..n],
-            &out.body,
-        )
+        conn.send(&upstream::Request {
+            method: "POST",
+            path: out.path.as_str(),
+            host: &endpoint.host_header,
+            headers: &out.headers,
+            extra: &[(&REQUEST_ID, &out.request_id)],
+            authorization: cfg.authorization.as_ref(),
+            body: &out.body,
+        })
         .await?;
         conn.read_head().await
     };
@@ -232,10 +227,14 @@ async fn respond(
     version: &HeaderValue,
 ) -> Response<ResponseBody> {
     let replica = guard.endpoint().host_header.clone();
-    let body = upstream::Body::of(&head);
+    let ResponseHead {
+        status,
+        headers,
+        body,
+    } = head;
     let mut response = Response::new(());
-    *response.status_mut() = head.status;
-    *response.headers_mut() = head.headers;
+    *response.status_mut() = status;
+    *response.headers_mut() = headers;
     let (mut parts, ()) = response.into_parts();
     strip_hop_by_hop(&mut parts.headers);
     let body = if parts.status.as_u16() >= 400 {

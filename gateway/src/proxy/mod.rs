@@ -33,7 +33,8 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use http::header::{self, HeaderName, HeaderValue};
-use http::{Method, Request, Response, StatusCode, Uri};
+use http::uri::PathAndQuery;
+use http::{Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
 
 use self::body::ResponseBody;
@@ -281,13 +282,13 @@ async fn serve(
     trace.stats = pool.map(|p| p.stats.clone());
     trace.arm = Some(choice.arm);
     // Stage 7: forward.
-    let uri = parts
+    let path = parts
         .uri
         .path_and_query()
-        .map(|pq| Uri::from(pq.clone()))
-        .unwrap_or_else(|| Uri::from_static("/"));
+        .cloned()
+        .unwrap_or_else(|| PathAndQuery::from_static("/"));
     let out = Outbound {
-        uri,
+        path,
         headers: headers::upstream_request_headers(parts.headers, config.auth.enabled),
         body: forwarded_body,
         request_id: request_id.clone(),
