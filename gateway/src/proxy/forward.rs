@@ -158,15 +158,7 @@ pub async fn forward(
         meter,
         stats: pool.stats.clone(),
     };
-    let response = respond(
-        ctx,
-        resp,
-        conn,
-        guard,
-        &out.request_id,
-        &pool.version_header,
-    )
-    .await;
+    let response = respond(ctx, resp, conn, guard, &pool.version_header).await;
     Ok(Forwarded {
         response,
         replica,
@@ -223,7 +215,6 @@ async fn respond(
     head: ResponseHead,
     mut conn: Conn,
     guard: InflightGuard,
-    request_id: &HeaderValue,
     version: &HeaderValue,
 ) -> Response<ResponseBody> {
     let replica = guard.endpoint().host_header.clone();
@@ -264,7 +255,6 @@ async fn respond(
         ResponseBody::upstream(UpstreamBody::new(body, conn, guard, ctx))
     };
     let h = &mut parts.headers;
-    h.insert(REQUEST_ID, request_id.clone());
     h.insert(REPLICA_HEADER, replica);
     h.insert(VERSION_HEADER, version.clone());
     Response::from_parts(parts, body)
