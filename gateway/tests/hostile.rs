@@ -159,29 +159,24 @@ async fn two_different_content_lengths_are_rejected_and_the_connection_closed() 
 async fn oversized_header_sections_are_431() {
     let (_m, gw) = setup("[server]\nmax_header_bytes = 4096\nmax_headers = 20\n").await;
     // Over our cap (20) but within the parser's margin (+10): the OpenAI-shaped 431.
-    let many: Vec<String> = (0..25).map(|i| format!("x-h{i}: v")).collect();
-    let refs: Vec<(&str, &str)> = many.iter().map(|h| h.split_once(": ").unwrap()).collect();
-    let r = request(
-        gw.addr,
-        "POST",
-        "/v1/chat/completions",
-        &refs,
-        chat(false).to_string(),
-    )
-    .await;
+    // A chat request with `n` extra headers.
+    let with_headers = |n: usize| async move {
+        let names: Vec<String> = (0..n).map(|i| format!("x-h{i}")).collect();
+        let headers: Vec<(&str, &str)> = names.iter().map(|h| (h.as_str(), "v")).collect();
+        request(
+            gw.addr,
+            "POST",
+            "/v1/chat/completions",
+            &headers,
+            chat(false).to_string(),
+        )
+        .await
+    };
+    let r = with_headers(25).await;
     assert_eq!(r.status, 431);
     assert_eq!(r.error_code(), "headers_too_large");
     // A flood beyond the margin is refused by the parser itself: still 431, without a body.
-    let flood: Vec<String> = (0..60).map(|i| format!("x-h{i}: v")).collect();
-    let refs: Vec<(&str, &str)> = flood.iter().map(|h| h.split_once(": ").unwrap()).collect();
-    let r = request(
-        gw.addr,
-        "POST",
-        "/v1/chat/completions",
-        &refs,
-        chat(false).to_string(),
-    )
-    .await;
+    let r = with_headers(60).await;
     assert_eq!(r.status, 431);
     let long = "v".repeat(5000);
     let r = request(gw.addr, "GET", "/v1/models", &[("x-long", &long)], "").await;

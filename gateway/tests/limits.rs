@@ -34,6 +34,21 @@ fn keys_config(replicas: &[String], extra: &str, key_a: &str, key_b: &str) -> St
     c
 }
 
+/// `passing` chat requests answered 200, then one refused with 429 whose message names `why`.
+async fn passes_then_429(addr: std::net::SocketAddr, passing: usize, why: &str) {
+    for _ in 0..passing {
+        assert_eq!(
+            post_json(addr, "/v1/chat/completions", chat(false))
+                .await
+                .status,
+            200
+        );
+    }
+    let r = post_json(addr, "/v1/chat/completions", chat(false)).await;
+    assert_eq!(r.status, 429);
+    assert!(r.json()["error"]["message"].as_str().unwrap().contains(why));
+}
+
 async fn with_key(addr: std::net::SocketAddr, key: &str, body: serde_json::Value) -> Reply {
     let auth = format!("Bearer {key}");
     post_chat(addr, &[("authorization", &auth)], body.to_string()).await
@@ -316,20 +331,7 @@ async fn per_ip_limits_use_the_socket_address_or_trusted_forwarded_for() {
         "[limits]\nper_ip_requests_per_second = 1.0\nper_ip_burst = 2\n",
     ))
     .await;
-    for _ in 0..2 {
-        assert_eq!(
-            post_json(gw.addr, "/v1/chat/completions", chat(false))
-                .await
-                .status,
-            200
-        );
-    }
-    let r = post_json(gw.addr, "/v1/chat/completions", chat(false)).await;
-    assert_eq!(r.status, 429);
-    assert!(r.json()["error"]["message"]
-        .as_str()
-        .unwrap()
-        .contains("address"));
+    passes_then_429(gw.addr, 2, "address").await;
     // Forwarded-For from an untrusted peer changes nothing.
     let r = post_chat(
         gw.addr,
@@ -366,18 +368,5 @@ async fn a_model_wide_limit_applies_to_every_caller() {
         "requests_per_second = 1.0\nburst = 3",
     ))
     .await;
-    for _ in 0..3 {
-        assert_eq!(
-            post_json(gw.addr, "/v1/chat/completions", chat(false))
-                .await
-                .status,
-            200
-        );
-    }
-    let r = post_json(gw.addr, "/v1/chat/completions", chat(false)).await;
-    assert_eq!(r.status, 429);
-    assert!(r.json()["error"]["message"]
-        .as_str()
-        .unwrap()
-        .contains("model"));
+    passes_then_429(gw.addr, 3, "model").await;
 }
