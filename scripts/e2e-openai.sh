@@ -34,13 +34,10 @@ replicas = [{ url = "${URLS[0]}" }, { url = "${URLS[1]}" }]
 TOML
 
 "$BIN/gateway" check-config "$WORK/gateway.toml"
-"$BIN/gateway" serve --config "$WORK/gateway.toml" >"$WORK/gateway.log" 2>&1 &
-GW_PID=$!
-PIDS+=($GW_PID)
-ADDR="$(listener_addr "$WORK/gateway.log" data)"
-echo "gateway on $ADDR, replicas ${URLS[*]}"
+start_gateway
+echo "gateway on $DATA, replicas ${URLS[*]}"
 
-"$PYTHON" scripts/e2e_openai.py "http://$ADDR/v1" e2e-model e2e-alias
+"$PYTHON" scripts/e2e_openai.py "http://$DATA/v1" e2e-model e2e-alias
 
 # Graceful stop: SIGTERM, exit status 0.
 kill -TERM "$GW_PID"

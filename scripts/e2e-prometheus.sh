@@ -41,10 +41,7 @@ name = "prom-model"
 name = "1.0.0"
 replicas = [{ url = "$REPLICA" }]
 TOML
-"$BIN/gateway" serve --config "$WORK/gateway.toml" >"$WORK/gateway.log" 2>&1 &
-PIDS+=($!)
-DATA="$(listener_addr "$WORK/gateway.log" data)"
-ADMIN="$(listener_addr "$WORK/gateway.log" admin)"
+start_gateway
 
 PROM_PORT="$(free_port)"
 cat >"$WORK/prometheus.yml" <<YML

@@ -39,10 +39,7 @@ name = "1.1.0"
 replicas = [{ url = "${URLS[1]}" }]
 TOML
 TOKEN="ui-$RANDOM-$RANDOM"
-UI_TEST_ADMIN_TOKEN="operator:$TOKEN" "$BIN/gateway" serve --config "$WORK/gateway.toml" >"$WORK/gateway.log" 2>&1 &
-PIDS+=($!)
-DATA="$(listener_addr "$WORK/gateway.log" data)"
-ADMIN="$(listener_addr "$WORK/gateway.log" admin)"
+start_gateway UI_TEST_ADMIN_TOKEN="operator:$TOKEN"
 # Some traffic, so the figures and sparklines have something to show.
 for i in $(seq 1 40); do
   curl -s -o /dev/null "http://$DATA/v1/chat/completions" -d '{"model":"ui-model","messages":[{"role":"user","content":"hi"}]}'

@@ -26,6 +26,16 @@ listener_addr() {
     | grep -oE '127\.0\.0\.1:[0-9]+'
 }
 
+# Starts the gateway on $WORK/gateway.toml, with VAR=value arguments added to its environment
+# (stopped by PID on exit); sets GW_PID, DATA and ADMIN (the listeners' addresses).
+start_gateway() {
+  env "$@" "${BIN:-target/debug}/gateway" serve --config "$WORK/gateway.toml" >"$WORK/gateway.log" 2>&1 &
+  GW_PID=$!
+  PIDS+=($GW_PID)
+  DATA="$(listener_addr "$WORK/gateway.log" data)"
+  ADMIN="$(listener_addr "$WORK/gateway.log" admin)"
+}
+
 # Starts a mock replica with the given flags on a free port (stopped by PID on exit);
 # sets MOCK_URL. Not for $(...): the PID must be recorded in this shell.
 start_mock() {
