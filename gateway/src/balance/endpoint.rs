@@ -357,18 +357,16 @@ impl Endpoint {
     /// Gives back a connection whose response body ended cleanly at a message boundary.
     /// Connections idle past `pool_idle_timeout` at the cold end of the pool are closed here.
     pub fn checkin(&self, conn: Conn, pool_idle_timeout: Duration) {
+        let now = Instant::now();
         if let Ok(mut q) = self.idle.lock() {
             while q
                 .front()
-                .is_some_and(|c| c.since.elapsed() >= pool_idle_timeout)
+                .is_some_and(|c| now.saturating_duration_since(c.since) >= pool_idle_timeout)
             {
                 q.pop_front();
             }
             if q.len() < MAX_IDLE_PER_REPLICA {
-                q.push_back(IdleConn {
-                    conn,
-                    since: Instant::now(),
-                });
+                q.push_back(IdleConn { conn, since: now });
             }
         }
     }
