@@ -40,6 +40,8 @@ pub enum GatewayError {
     },
     /// Ambiguous framing (Content-Length with Transfer-Encoding, or conflicting lengths).
     AmbiguousFraming,
+    /// Not a well-formed HTTP/1.1 request (request line, header syntax, framing headers).
+    MalformedRequest(&'static str),
     // --- the replicas' fault ---
     /// No replica of the model could be reached (all refused, reset, or answered 502/503).
     UpstreamUnavailable { model: String },
@@ -58,9 +60,10 @@ impl GatewayError {
     /// The HTTP status this error answers with.
     pub fn status(&self) -> StatusCode {
         match self {
-            Self::InvalidBody(_) | Self::MissingModel | Self::AmbiguousFraming => {
-                StatusCode::BAD_REQUEST
-            }
+            Self::InvalidBody(_)
+            | Self::MissingModel
+            | Self::AmbiguousFraming
+            | Self::MalformedRequest(_) => StatusCode::BAD_REQUEST,
             Self::ModelNotFound(_) | Self::UnknownPath => StatusCode::NOT_FOUND,
             Self::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Self::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
@@ -113,6 +116,7 @@ impl GatewayError {
             Self::RateLimited { .. } => "rate_limit_exceeded",
             Self::LimiterUnavailable => "ratelimit_unavailable",
             Self::AmbiguousFraming => "ambiguous_framing",
+            Self::MalformedRequest(_) => "malformed_request",
             Self::UpstreamUnavailable { .. } => "upstream_unavailable",
             Self::UpstreamTimeout { .. } => "upstream_timeout",
             Self::QueueFull { .. } => "queue_full",
@@ -170,6 +174,7 @@ impl GatewayError {
             Self::AmbiguousFraming => "Request has ambiguous framing (Content-Length together \
                 with Transfer-Encoding, or conflicting Content-Length values)."
                 .into(),
+            Self::MalformedRequest(why) => format!("Malformed HTTP request: {why}."),
             Self::UpstreamUnavailable { model } => {
                 format!("No replica of model `{model}` is available; try again later.")
             }
@@ -189,7 +194,10 @@ impl GatewayError {
     pub fn closes_connection(&self) -> bool {
         matches!(
             self,
-            Self::AmbiguousFraming | Self::RequestTimeout | Self::HeadersTooLarge
+            Self::AmbiguousFraming
+                | Self::RequestTimeout
+                | Self::HeadersTooLarge
+                | Self::MalformedRequest(_)
         )
     }
 

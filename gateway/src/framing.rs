@@ -33,6 +33,10 @@ impl ConnFlags {
     pub fn ambiguous_framing(&self) -> bool {
         self.ambiguous.load(Ordering::Relaxed)
     }
+    /// Set by a server that parses framing itself (`crate::h1`).
+    pub fn set_ambiguous(&self) {
+        self.ambiguous.store(true, Ordering::Relaxed);
+    }
     pub fn partial_request_pending(&self) -> bool {
         self.read_since_write.load(Ordering::Relaxed)
     }

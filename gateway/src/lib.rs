@@ -17,6 +17,7 @@ pub mod control;
 pub mod demo;
 pub mod error;
 pub mod framing;
+pub mod h1;
 pub mod health;
 pub mod limits;
 pub mod metrics;

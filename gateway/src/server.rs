@@ -14,11 +14,12 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use crate::config::validate::MAX_HEADER_BYTES_CEILING;
 use crate::config::Config;
-use crate::error::{error_body, GatewayError};
-use crate::framing::{write_and_close, ConnFlags, ScanIo, SharedTcp};
+use crate::framing::{ConnFlags, ScanIo, SharedTcp};
+use crate::proxy::read::ClientBody;
 use crate::proxy::{self, ConnCtx};
 use crate::state::AppState;
 
@@ -109,12 +110,15 @@ impl Gateway {
         tracing::info!(addr = %addrs.data, workers, "data listener ready");
         tracing::info!(addr = %addrs.admin, "admin listener ready");
         let graceful = Arc::new(GracefulShutdown::new());
+        // Plain HTTP/1.1 connections (our own server): they drain on `shutdown` themselves.
+        let h1_conns = TaskTracker::new();
         let builders = data_builder(&app);
         let data_task = {
             let (app, shutdown) = (app.clone(), shutdown.clone());
             let watcher = graceful.clone();
+            let tracker = h1_conns.clone();
             tokio::spawn(async move {
-                accept_data(data, builders, app, watcher, shutdown).await;
+                accept_data(data, builders, app, watcher, tracker, shutdown).await;
             })
         };
         let admin_task = {
@@ -147,13 +151,17 @@ impl Gateway {
         let _ = data_task.await;
         let _ = admin_task.await;
         let drain_timeout = app.snapshot().config.server.drain_timeout;
-        let open = graceful.count();
+        let open = graceful.count() + h1_conns.len();
         tracing::info!(connections = open, timeout = ?drain_timeout, "draining");
         // Both accept loops have ended, so this is the last handle.
         let Ok(graceful) = Arc::try_unwrap(graceful) else {
             anyhow::bail!("graceful shutdown handle still shared");
         };
-        match tokio::time::timeout(drain_timeout, graceful.shutdown()).await {
+        h1_conns.close();
+        let all_done = async {
+            tokio::join!(graceful.shutdown(), h1_conns.wait());
+        };
+        match tokio::time::timeout(drain_timeout, all_done).await {
             Ok(()) => tracing::info!("drained; all requests finished"),
             Err(_) => tracing::warn!("drain timeout reached; closing remaining connections"),
         }
@@ -221,6 +229,7 @@ async fn accept_data(
     builders: DataBuilders,
     app: Arc<AppState>,
     graceful: Arc<GracefulShutdown>,
+    h1_conns: TaskTracker,
     shutdown: CancellationToken,
 ) {
     loop {
@@ -244,9 +253,10 @@ async fn accept_data(
         });
         let first_byte_timeout = app.snapshot().config.server.header_read_timeout;
         let svc = {
-            let app = app.clone();
+            let (app, ctx) = (app.clone(), ctx.clone());
             hyper::service::service_fn(move |req: Request<Incoming>| {
                 let (app, ctx) = (app.clone(), ctx.clone());
+                let req = req.map(ClientBody::Hyper);
                 async move { Ok::<_, Infallible>(proxy::handle(app, ctx, req).await) }
             })
         };
@@ -272,7 +282,8 @@ async fn accept_data(
             continue;
         }
         let stop = shutdown.clone();
-        tokio::spawn(async move {
+        let app = app.clone();
+        h1_conns.spawn(async move {
             // A connection that sends nothing before the header deadline is closed unanswered
             // (and one still silent when draining starts does not hold the drain up).
             let sniff = tokio::time::timeout(first_byte_timeout, is_h2_preface(&stream));
@@ -280,39 +291,16 @@ async fn accept_data(
                 r = sniff => r,
                 _ = stop.cancelled() => return,
             };
-            let Ok(Some(h2)) = sniffed else {
-                return;
-            };
-            let stream = Arc::new(stream);
-            let io = TokioIo::new(ScanIo::new(SharedTcp(stream.clone()), flags.clone()));
-            if h2 {
-                let _ = watcher.watch(builders.h2.serve_connection(io, svc)).await;
-                return;
-            }
-            let result = watcher.watch(builders.h1.serve_connection(io, svc)).await;
-            if let Err(e) = result {
-                // A request head (or body) still incomplete at the deadline: answer 408.
-                let timed_out = e.is_timeout();
-                if timed_out && flags.partial_request_pending() {
-                    write_and_close(&stream, &request_timeout_response()).await;
+            match sniffed {
+                Ok(Some(true)) => {
+                    let io = TokioIo::new(ScanIo::new(SharedTcp(Arc::new(stream)), flags));
+                    let _ = watcher.watch(builders.h2.serve_connection(io, svc)).await;
                 }
+                Ok(Some(false)) => crate::h1::serve(stream, app, ctx, stop).await,
+                _ => {}
             }
         });
     }
-}
-
-fn request_timeout_response() -> Vec<u8> {
-    let e = GatewayError::RequestTimeout;
-    let body = error_body(&e.message(), e.error_type(), Some(e.code()));
-    let mut out = format!(
-        "HTTP/1.1 408 Request Timeout\r\ncontent-type: application/json\r\n\
-         x-content-type-options: nosniff\r\nx-frame-options: DENY\r\nconnection: close\r\n\
-         content-length: {}\r\n\r\n",
-        body.len()
-    )
-    .into_bytes();
-    out.extend_from_slice(&body);
-    out
 }
 
 async fn accept_admin(

@@ -401,6 +401,34 @@ impl Body {
         Self { state, keep_alive }
     }
 
+    /// A body of `n` bytes (a request's `Content-Length`).
+    pub fn with_length(n: u64) -> Self {
+        Self::new(
+            if n == 0 {
+                State::Done
+            } else {
+                State::Length(n)
+            },
+            true,
+        )
+    }
+
+    /// A chunked body (a request's `Transfer-Encoding: chunked`).
+    pub fn chunked() -> Self {
+        Self::new(State::ChunkSize, true)
+    }
+
+    /// The next piece of body already in `buf` (consumed from it), or `None` when more bytes
+    /// are needed or the body is complete. The same decoder serves the server side
+    /// (`crate::h1`) for request bodies.
+    pub fn next_buffered(&mut self, buf: &mut BytesMut) -> Result<Option<Bytes>, UpstreamError> {
+        let data = self.step(buf)?;
+        if data.is_some() {
+            self.step_framing(buf)?;
+        }
+        Ok(data)
+    }
+
     pub fn is_end(&self) -> bool {
         self.state == State::Done
     }
@@ -428,10 +456,9 @@ impl Body {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Bytes, UpstreamError>>> {
         loop {
-            if let Some(data) = self.step(&mut conn.buf)? {
-                // Move past a chunk's end (and a final empty chunk) already in the buffer, so
-                // the last frame already reports the end of the body.
-                self.step_framing(&mut conn.buf)?;
+            // Past a chunk's end (and a final empty chunk) already in the buffer too, so the
+            // last frame already reports the end of the body.
+            if let Some(data) = self.next_buffered(&mut conn.buf)? {
                 return Poll::Ready(Some(Ok(data)));
             }
             if self.state == State::Done {

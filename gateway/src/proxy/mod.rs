@@ -35,10 +35,10 @@ use bytes::Bytes;
 use http::header::{self, HeaderName, HeaderValue};
 use http::uri::PathAndQuery;
 use http::{Method, Request, Response, StatusCode};
-use hyper::body::Incoming;
 
 use self::body::ResponseBody;
 use self::forward::{Failed, Forwarded, Outbound};
+use self::read::ClientBody;
 use self::record::Record;
 use crate::auth::Principal;
 use crate::error::GatewayError;
@@ -107,7 +107,7 @@ fn header_bytes(h: &http::HeaderMap) -> usize {
 pub async fn handle(
     app: Arc<AppState>,
     conn: Arc<ConnCtx>,
-    req: Request<Incoming>,
+    req: Request<ClientBody<'_>>,
 ) -> Response<ResponseBody> {
     Box::pin(handle_boxed(app, conn, req)).await
 }
@@ -115,7 +115,7 @@ pub async fn handle(
 async fn handle_boxed(
     app: Arc<AppState>,
     conn: Arc<ConnCtx>,
-    req: Request<Incoming>,
+    req: Request<ClientBody<'_>>,
 ) -> Response<ResponseBody> {
     let started = tokio::time::Instant::now();
     let request_id = request_id::assign(req.headers());
@@ -147,7 +147,7 @@ async fn handle_boxed(
 async fn serve(
     app: &AppState,
     conn: &ConnCtx,
-    req: Request<Incoming>,
+    req: Request<ClientBody<'_>>,
     request_id: &HeaderValue,
     trace: &mut Record,
 ) -> Result<Response<ResponseBody>, GatewayError> {

@@ -10,9 +10,16 @@ use serde::Deserialize;
 
 use crate::error::GatewayError;
 
+/// A request's body: from hyper (TLS, HTTP/2), or from the gateway's own HTTP/1.1 server
+/// (`crate::h1`), which reads it from the connection when asked.
+pub enum ClientBody<'a> {
+    Hyper(Incoming),
+    H1(crate::h1::RequestBody<'a>),
+}
+
 /// Collects the request body. `content_length` lets an oversized body fail before any read.
 pub async fn read_body(
-    mut body: Incoming,
+    body: ClientBody<'_>,
     content_length: Option<u64>,
     max: usize,
     deadline: tokio::time::Instant,
@@ -20,6 +27,10 @@ pub async fn read_body(
     if content_length.is_some_and(|n| n > max as u64) {
         return Err(GatewayError::BodyTooLarge { limit: max });
     }
+    let mut body = match body {
+        ClientBody::H1(body) => return body.read_all(max, deadline).await,
+        ClientBody::Hyper(body) => body,
+    };
     let mut first: Option<Bytes> = None;
     let mut rest: Option<BytesMut> = None;
     let mut total = 0usize;

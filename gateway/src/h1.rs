@@ -1,0 +1,980 @@
+//! The data port's HTTP/1.1 server for plain connections (TLS connections and HTTP/2 stay on
+//! hyper).
+//!
+//! Why not hyper's here: hyper's HTTP/1 server keeps an 8 KiB read buffer and an 8 KiB write
+//! buffer for the whole life of every connection, and its builder cannot size them. With
+//! thousands of open streams that was most of the gateway's memory per stream. It also reads
+//! ahead into a fresh 8 KiB buffer as soon as a request body is complete, runs a body channel
+//! per request and zeroes a header index array per request. This server holds no buffer while
+//! a connection idles or streams: a request's bytes live in one buffer that the request's own
+//! header values and body share (no copy), and is freed with them; the response head is
+//! written together with the first piece of body in one `writev`, and each later piece goes
+//! out as it comes, straight from the replica's bytes.
+//!
+//! What it does, and the tests that hold it to it (here and in `tests/hostile.rs`):
+//! * Requests are parsed by `httparse` (hyper's parser). A head larger than
+//!   `server.max_header_bytes` + 16 KiB, or with more than `server.max_headers` + 10 fields, is
+//!   answered 431 and the connection closed; the request path applies the exact caps.
+//! * Framing (RFC 9112 §6): `Content-Length` (repeats must agree), or `Transfer-Encoding` whose
+//!   last coding is `chunked`. Both at once, or two different lengths, is request smuggling:
+//!   the request path answers 400 `ambiguous_framing` and the connection is closed. Anything
+//!   else unreadable is a 400 `malformed_request` and a closed connection.
+//! * `Expect: 100-continue` is answered when the request path first reads the body.
+//! * Keep-alive (HTTP/1.1 unless `Connection: close`; HTTP/1.0 with `keep-alive`), pipelining
+//!   (bytes after a request are the next request), `HEAD`.
+//! * `server.header_read_timeout` runs from the moment the connection waits for a request: a
+//!   silent connection is closed quietly, a partial head is answered 408.
+//! * A client that goes away while its request is served or its answer streams is noticed at
+//!   once (the socket's end of stream): the request is dropped, which cancels the upstream.
+//! * Draining: an idle connection closes at once; a busy one finishes its answer, with
+//!   `Connection: close`.
+
+use std::io::{self, IoSlice};
+use std::mem::MaybeUninit;
+use std::pin::{pin, Pin};
+use std::sync::Arc;
+use std::task::Poll;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Method, Request, Response, StatusCode, Uri, Version};
+use http_body::Body as _;
+use tokio::net::TcpStream;
+use tokio::time::{Instant, Sleep};
+use tokio_util::sync::CancellationToken;
+
+use crate::config::validate::MAX_HEADERS_CEILING;
+use crate::error::GatewayError;
+use crate::proxy::body::ResponseBody;
+use crate::proxy::read::ClientBody;
+use crate::proxy::ConnCtx;
+use crate::state::AppState;
+use crate::upstream;
+
+/// Read size for a request head (and more of a body).
+const READ_SIZE: usize = 4096;
+/// Head bytes allowed beyond `server.max_header_bytes` (request line, field syntax).
+const HEAD_MARGIN: usize = 16 * 1024;
+/// Fields parsed beyond `server.max_headers`, so that the request path answers its own 431.
+const HEADER_MARGIN: usize = 10;
+const PARSE_SLOTS: usize = MAX_HEADERS_CEILING as usize + HEADER_MARGIN;
+
+/// What the connection knows about the current request's body, between its head and its
+/// answer.
+#[derive(Default)]
+pub struct Rx {
+    /// Bytes read and not yet given to anyone.
+    buf: BytesMut,
+    /// The whole body, when it came with the head (the common case): shares the head's bytes.
+    body: Option<Bytes>,
+    /// What is left to read of a body that did not arrive with its head.
+    decoder: Option<upstream::Body>,
+    /// `Expect: 100-continue`, not yet answered.
+    expect_continue: bool,
+    /// The framing cannot be trusted (or a read failed): close after the answer.
+    poisoned: bool,
+}
+
+impl Rx {
+    /// Whether the connection can take another request: the body was read, or what is left
+    /// of it is already here and is skipped. Anything else closes the connection.
+    fn settle(&mut self) -> bool {
+        self.expect_continue = false;
+        self.body = None;
+        if self.poisoned {
+            return false;
+        }
+        if let Some(dec) = self.decoder.as_mut() {
+            loop {
+                match dec.next_buffered(&mut self.buf) {
+                    Ok(Some(_)) => {}
+                    Ok(None) => break,
+                    Err(_) => return false,
+                }
+            }
+            if !dec.is_end() {
+                return false;
+            }
+            self.decoder = None;
+        }
+        true
+    }
+}
+
+/// The request body as the request path sees it: read on demand from the connection.
+pub struct RequestBody<'a> {
+    io: &'a TcpStream,
+    rx: &'a mut Rx,
+}
+
+impl RequestBody<'_> {
+    /// The whole body, at most `max` bytes, by `deadline`.
+    pub async fn read_all(self, max: usize, deadline: Instant) -> Result<Bytes, GatewayError> {
+        let Self { io, rx } = self;
+        if let Some(body) = rx.body.take() {
+            if body.len() > max {
+                return Err(GatewayError::BodyTooLarge { limit: max });
+            }
+            return Ok(body);
+        }
+        let Rx {
+            buf,
+            decoder,
+            expect_continue,
+            poisoned,
+            ..
+        } = rx;
+        let Some(dec) = decoder.as_mut() else {
+            return Ok(Bytes::new());
+        };
+        let mut out = BytesMut::with_capacity(dec.remaining().map_or(READ_SIZE, |n| {
+            usize::try_from(n).unwrap_or(usize::MAX).min(max)
+        }));
+        loop {
+            loop {
+                match dec.next_buffered(buf) {
+                    Ok(Some(data)) => {
+                        if out.len() + data.len() > max {
+                            return Err(GatewayError::BodyTooLarge { limit: max });
+                        }
+                        out.extend_from_slice(&data);
+                    }
+                    Ok(None) => break,
+                    Err(e) => {
+                        *poisoned = true;
+                        return Err(GatewayError::InvalidBody(format!(
+                            "could not read body: {}",
+                            e.to_string().replace("from replica", "in request body")
+                        )));
+                    }
+                }
+            }
+            if dec.is_end() {
+                *decoder = None;
+                return Ok(out.freeze());
+            }
+            if std::mem::take(expect_continue) {
+                let mut msg = [IoSlice::new(b"HTTP/1.1 100 Continue\r\n\r\n")];
+                if write_all(io, &mut msg).await.is_err() {
+                    *poisoned = true;
+                    return Err(GatewayError::InvalidBody("could not read body".into()));
+                }
+            }
+            buf.reserve(READ_SIZE);
+            match tokio::time::timeout_at(deadline, read_some(io, buf)).await {
+                Err(_) => {
+                    *poisoned = true;
+                    return Err(GatewayError::RequestTimeout);
+                }
+                Ok(Ok(0)) | Ok(Err(_)) => {
+                    *poisoned = true;
+                    return Err(GatewayError::InvalidBody(
+                        "could not read body: connection closed".into(),
+                    ));
+                }
+                Ok(Ok(_)) => {}
+            }
+        }
+    }
+}
+
+/// One read into `buf`'s spare room (see `framing::read_noting_drain`); `Ok(0)` at end of
+/// stream.
+async fn read_some(io: &TcpStream, buf: &mut BytesMut) -> io::Result<usize> {
+    loop {
+        io.readable().await?;
+        if let Some(r) = try_read(io, buf) {
+            return r;
+        }
+    }
+}
+
+/// A read if the socket is known to be readable; `None` if it has to be waited for (no
+/// system call is made then).
+fn try_read(io: &TcpStream, buf: &mut BytesMut) -> Option<io::Result<usize>> {
+    let spare = buf.capacity() - buf.len();
+    match crate::framing::read_noting_drain(io, || Ok((io.try_read_buf(buf)?, spare))) {
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock => None,
+        r => Some(r),
+    }
+}
+
+/// Resolves when the client has closed its side (or reset), while nothing else is expected
+/// from it. Bytes from it (a pipelined request) end the watch: they wait for their turn.
+async fn client_gone(io: &TcpStream) {
+    let mut probe = [0u8; 1];
+    match io.peek(&mut probe).await {
+        Ok(0) | Err(_) => {}
+        Ok(_) => std::future::pending().await,
+    }
+}
+
+/// Writes all of `bufs`.
+async fn write_all(io: &TcpStream, mut bufs: &mut [IoSlice<'_>]) -> io::Result<()> {
+    IoSlice::advance_slices(&mut bufs, 0);
+    while !bufs.is_empty() {
+        match io.try_write_vectored(bufs) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => IoSlice::advance_slices(&mut bufs, n),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => io.writable().await?,
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+/// A parsed request head.
+struct Head {
+    method: Method,
+    uri: Uri,
+    version: Version,
+    headers: HeaderMap,
+    keep_alive: bool,
+}
+
+impl Head {
+    fn into_request<B>(self, body: B) -> Request<B> {
+        let mut req = Request::new(body);
+        *req.method_mut() = self.method;
+        *req.uri_mut() = self.uri;
+        *req.version_mut() = self.version;
+        *req.headers_mut() = self.headers;
+        req
+    }
+}
+
+enum Framing {
+    None,
+    Length(u64),
+    Chunked,
+    /// Request smuggling: both framings, or two lengths. The request path answers it.
+    Ambiguous,
+}
+
+/// The per-connection caps, read from the running config for each request.
+#[derive(Clone, Copy)]
+struct Caps {
+    header_read_timeout: Duration,
+    max_head_bytes: usize,
+    max_fields: usize,
+}
+
+impl Caps {
+    fn now(app: &AppState) -> Self {
+        let snapshot = app.snapshot();
+        let s = &snapshot.config.server;
+        Self {
+            header_read_timeout: s.header_read_timeout,
+            max_head_bytes: s.max_header_bytes + HEAD_MARGIN,
+            max_fields: (s.max_headers + HEADER_MARGIN).min(PARSE_SLOTS),
+        }
+    }
+}
+
+/// Parses a request head from the front of `rx.buf`. `Ok(None)`: not all there yet.
+fn parse_head(rx: &mut Rx, max_fields: usize, ctx: &ConnCtx) -> Result<Option<Head>, GatewayError> {
+    // The buffer is frozen first so that header values and body can share its bytes; while
+    // the head is incomplete it is turned back (no copy: nothing else holds it).
+    let data = std::mem::take(&mut rx.buf).freeze();
+    let parsed = {
+        let mut slots = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; PARSE_SLOTS];
+        let mut req = httparse::Request::new(&mut []);
+        match req.parse_with_uninit_headers(&data, &mut slots[..max_fields]) {
+            Ok(httparse::Status::Partial) => None,
+            Ok(httparse::Status::Complete(len)) => Some((build_head(&req, &data)?, len)),
+            Err(httparse::Error::TooManyHeaders) => return Err(GatewayError::HeadersTooLarge),
+            Err(httparse::Error::Version) => {
+                return Err(GatewayError::MalformedRequest("unsupported HTTP version"))
+            }
+            Err(_) => return Err(GatewayError::MalformedRequest("bad request line or header")),
+        }
+    };
+    let Some(((head, framing, expect_continue), len)) = parsed else {
+        rx.buf = data
+            .try_into_mut()
+            .unwrap_or_else(|shared| BytesMut::from(&shared[..]));
+        return Ok(None);
+    };
+    let rest = data.slice(len..);
+    rx.expect_continue = expect_continue && head.version == Version::HTTP_11;
+    let leftover = match framing {
+        Framing::None | Framing::Length(0) => rest,
+        Framing::Length(n) if rest.len() as u64 >= n => {
+            let n = n as usize;
+            rx.body = Some(rest.slice(..n));
+            rx.expect_continue = false;
+            rest.slice(n..)
+        }
+        Framing::Length(n) => {
+            rx.decoder = Some(upstream::Body::with_length(n));
+            rest
+        }
+        Framing::Chunked => {
+            rx.decoder = Some(upstream::Body::chunked());
+            rest
+        }
+        Framing::Ambiguous => {
+            ctx.flags.set_ambiguous();
+            rx.poisoned = true;
+            rest
+        }
+    };
+    // Bytes past this head (body still coming, or pipelining: rare) get a buffer of their own.
+    rx.buf = if leftover.is_empty() {
+        BytesMut::new()
+    } else {
+        BytesMut::from(&leftover[..])
+    };
+    Ok(Some(head))
+}
+
+fn build_head(
+    req: &httparse::Request<'_, '_>,
+    data: &Bytes,
+) -> Result<(Head, Framing, bool), GatewayError> {
+    let bad = GatewayError::MalformedRequest;
+    let method = Method::from_bytes(req.method.unwrap_or_default().as_bytes())
+        .map_err(|_| bad("bad method"))?;
+    let uri = Uri::from_maybe_shared(data.slice_ref(req.path.unwrap_or_default().as_bytes()))
+        .map_err(|_| bad("bad request target"))?;
+    let version = if req.version == Some(0) {
+        Version::HTTP_10
+    } else {
+        Version::HTTP_11
+    };
+    // Room for what the request path adds, so the map is never grown.
+    let mut headers = HeaderMap::with_capacity(req.headers.len() + 4);
+    let mut length: Option<u64> = None;
+    let mut lengths_differ = false;
+    let mut te: Option<bool> = None;
+    let mut close = version == Version::HTTP_10;
+    let mut expect_continue = false;
+    for h in req.headers.iter() {
+        let name = HeaderName::from_bytes(h.name.as_bytes()).map_err(|_| bad("bad header name"))?;
+        let value = HeaderValue::from_maybe_shared(data.slice_ref(h.value))
+            .map_err(|_| bad("bad header value"))?;
+        if name == header::CONTENT_LENGTH {
+            // A list of equal values is one length (RFC 9110 §8.6); anything else is not.
+            for part in h.value.split(|&b| b == b',') {
+                let n = parse_length(part.trim_ascii()).ok_or(bad("bad content-length"))?;
+                if length.is_some_and(|l| l != n) {
+                    lengths_differ = true;
+                }
+                length = Some(n);
+            }
+        } else if name == header::TRANSFER_ENCODING {
+            // Only the final coding decides: chunked last means chunked framing.
+            let last = h.value.rsplit(|&b| b == b',').next().unwrap_or_default();
+            te = Some(last.trim_ascii().eq_ignore_ascii_case(b"chunked"));
+        } else if name == header::CONNECTION {
+            if has_token(h.value, b"close") {
+                close = true;
+            } else if version == Version::HTTP_10 && has_token(h.value, b"keep-alive") {
+                close = false;
+            }
+        } else if name == header::EXPECT {
+            expect_continue = h.value.trim_ascii().eq_ignore_ascii_case(b"100-continue");
+        }
+        headers.append(name, value);
+    }
+    let framing = match (te, length) {
+        (Some(_), Some(_)) => Framing::Ambiguous,
+        (None, _) if lengths_differ => Framing::Ambiguous,
+        (Some(_), None) if version == Version::HTTP_10 => {
+            return Err(bad("transfer-encoding in an HTTP/1.0 request"))
+        }
+        (Some(true), None) => Framing::Chunked,
+        (Some(false), None) => return Err(bad("unsupported transfer-encoding")),
+        (None, Some(n)) => Framing::Length(n),
+        (None, None) => Framing::None,
+    };
+    let head = Head {
+        method,
+        uri,
+        version,
+        headers,
+        keep_alive: !close,
+    };
+    Ok((head, framing, expect_continue))
+}
+
+/// Decimal digits only: no sign, no spaces inside, at most 15 digits.
+fn parse_length(v: &[u8]) -> Option<u64> {
+    if v.is_empty() || v.len() > 15 || !v.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    Some(v.iter().fold(0, |n, &d| n * 10 + u64::from(d - b'0')))
+}
+
+fn has_token(v: &[u8], token: &[u8]) -> bool {
+    v.split(|&b| b == b',')
+        .any(|t| t.trim_ascii().eq_ignore_ascii_case(token))
+}
+
+/// Serves one plain HTTP/1.1 connection until it closes, fails, idles out or drains.
+pub async fn serve(
+    io: TcpStream,
+    app: Arc<AppState>,
+    ctx: Arc<ConnCtx>,
+    shutdown: CancellationToken,
+) {
+    let mut rx = Rx::default();
+    let mut out = Vec::new();
+    // One timer and one drain registration for the connection's life, re-armed per request.
+    let mut timer = pin!(tokio::time::sleep(Duration::ZERO));
+    let mut draining = pin!(shutdown.cancelled());
+    loop {
+        let caps = Caps::now(&app);
+        let head =
+            match read_head(&io, &mut rx, caps, &ctx, timer.as_mut(), draining.as_mut()).await {
+                Ok(Some(head)) => head,
+                Ok(None) => return,
+                Err(e) => {
+                    let _ = write_response(
+                        &io,
+                        &mut out,
+                        e.into_response(),
+                        Version::HTTP_11,
+                        false,
+                        false,
+                    )
+                    .await;
+                    return;
+                }
+            };
+        let (version, head_only, keep_alive) =
+            (head.version, head.method == Method::HEAD, head.keep_alive);
+        let response = {
+            let req = head.into_request(ClientBody::H1(RequestBody {
+                io: &io,
+                rx: &mut rx,
+            }));
+            let handler = crate::proxy::handle(app.clone(), ctx.clone(), req);
+            tokio::select! {
+                biased;
+                r = handler => r,
+                // The client left: dropping the request cancels whatever it started.
+                () = client_gone(&io) => return,
+            }
+        };
+        let keep = keep_alive && rx.settle() && !shutdown.is_cancelled();
+        match write_response(&io, &mut out, response, version, head_only, keep).await {
+            Ok(true) if !shutdown.is_cancelled() => {}
+            _ => return,
+        }
+    }
+}
+
+/// Waits for a whole request head, under `server.header_read_timeout`. `Ok(None)`: the
+/// connection is to be closed quietly (the client closed it, sent nothing in time, or the
+/// gateway drains while it idles).
+async fn read_head(
+    io: &TcpStream,
+    rx: &mut Rx,
+    caps: Caps,
+    ctx: &ConnCtx,
+    mut timer: Pin<&mut Sleep>,
+    mut draining: Pin<&mut tokio_util::sync::WaitForCancellationFuture<'_>>,
+) -> Result<Option<Head>, GatewayError> {
+    let mut armed = false;
+    loop {
+        if !rx.buf.is_empty() {
+            if let Some(head) = parse_head(rx, caps.max_fields, ctx)? {
+                return Ok(Some(head));
+            }
+            if rx.buf.len() > caps.max_head_bytes {
+                return Err(GatewayError::HeadersTooLarge);
+            }
+        }
+        if rx.buf.capacity() - rx.buf.len() < READ_SIZE / 4 {
+            rx.buf.reserve(READ_SIZE);
+        }
+        let idle = rx.buf.is_empty();
+        // Bytes already waiting are taken without touching the timer.
+        let got = match try_read(io, &mut rx.buf) {
+            Some(r) => r,
+            None => {
+                if !armed {
+                    armed = true;
+                    timer
+                        .as_mut()
+                        .reset(Instant::now() + caps.header_read_timeout);
+                }
+                tokio::select! {
+                    biased;
+                    r = read_some(io, &mut rx.buf) => r,
+                    () = &mut timer => {
+                        return if idle { Ok(None) } else { Err(GatewayError::RequestTimeout) };
+                    }
+                    () = &mut draining, if idle => return Ok(None),
+                }
+            }
+        };
+        match got {
+            Ok(0) | Err(_) => return Ok(None),
+            Ok(_) => {}
+        }
+    }
+}
+
+/// How the body goes on the wire.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Out {
+    /// No body (HEAD, 204, 304).
+    Nothing,
+    Length(u64),
+    Chunked,
+    /// HTTP/1.0 without a length: the end of the connection ends the body.
+    UntilClose,
+}
+
+/// Writes an answer; `Ok(true)` if the connection stays open for the next request.
+async fn write_response(
+    io: &TcpStream,
+    out: &mut Vec<u8>,
+    response: Response<ResponseBody>,
+    version: Version,
+    head_only: bool,
+    keep_alive: bool,
+) -> io::Result<bool> {
+    let (parts, body) = response.into_parts();
+    let status = parts.status;
+    let mut keep = keep_alive
+        && !parts
+            .headers
+            .get(header::CONNECTION)
+            .is_some_and(|v| has_token(v.as_bytes(), b"close"));
+    let no_body_allowed = status.is_informational()
+        || status == StatusCode::NO_CONTENT
+        || status == StatusCode::NOT_MODIFIED;
+    let length = parts
+        .headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| parse_length(v.as_bytes()))
+        .or_else(|| body.size_hint().exact());
+    let framing = match length {
+        _ if no_body_allowed => Out::Nothing,
+        Some(n) => Out::Length(n),
+        None if head_only => Out::Nothing,
+        None if version == Version::HTTP_11 => Out::Chunked,
+        None => {
+            keep = false;
+            Out::UntilClose
+        }
+    };
+    out.clear();
+    write_head(out, status, &parts.headers, framing, version, keep);
+    let mut body = pin!(body);
+    if head_only || framing == Out::Nothing {
+        write_all(io, &mut [IoSlice::new(out)]).await?;
+        return Ok(keep);
+    }
+    let mut left = match framing {
+        Out::Length(n) => n,
+        _ => u64::MAX,
+    };
+    // The first piece of body goes out with the head when it is already there (always for the
+    // gateway's own answers, and for most JSON answers).
+    let mut head_pending = true;
+    let mut ready = match std::future::poll_fn(|cx| Poll::Ready(body.as_mut().poll_frame(cx))).await
+    {
+        Poll::Ready(frame) => Some(frame),
+        Poll::Pending => None,
+    };
+    loop {
+        let frame = match ready.take() {
+            Some(frame) => frame,
+            None => {
+                if std::mem::take(&mut head_pending) {
+                    write_all(io, &mut [IoSlice::new(out)]).await?;
+                }
+                tokio::select! {
+                    biased;
+                    f = std::future::poll_fn(|cx| body.as_mut().poll_frame(cx)) => f,
+                    // Dropping the body cancels the upstream and records the client's leaving.
+                    () = client_gone(io) => return Ok(false),
+                }
+            }
+        };
+        let head: &[u8] = if std::mem::take(&mut head_pending) {
+            out
+        } else {
+            &[]
+        };
+        let (data, end) = match frame {
+            None => (Bytes::new(), true),
+            // The replica broke the body: the client must see a broken message, not a short
+            // one that looks complete. What was sent stays sent.
+            Some(Err(_)) => {
+                write_all(io, &mut [IoSlice::new(head)]).await?;
+                return Ok(false);
+            }
+            // Trailers are not passed on.
+            Some(Ok(frame)) => (frame.into_data().unwrap_or_default(), body.is_end_stream()),
+        };
+        let data = if let Out::Length(_) = framing {
+            // Never more than promised.
+            let take = data.len().min(usize::try_from(left).unwrap_or(usize::MAX));
+            left -= take as u64;
+            data.slice(..take)
+        } else {
+            data
+        };
+        let mut line = [0u8; 18];
+        let chunked = framing == Out::Chunked;
+        let (size_line, chunk_end): (&[u8], &[u8]) = if chunked && !data.is_empty() {
+            (chunk_size_line(data.len(), &mut line), b"\r\n")
+        } else {
+            (b"", b"")
+        };
+        let last: &[u8] = if chunked && end { b"0\r\n\r\n" } else { b"" };
+        write_all(
+            io,
+            &mut [
+                IoSlice::new(head),
+                IoSlice::new(size_line),
+                IoSlice::new(&data),
+                IoSlice::new(chunk_end),
+                IoSlice::new(last),
+            ],
+        )
+        .await?;
+        if end {
+            return Ok(keep && left_ok(framing, left));
+        }
+    }
+}
+
+/// A length-framed body must have sent exactly its length for the connection to stay usable.
+fn left_ok(framing: Out, left: u64) -> bool {
+    match framing {
+        Out::Length(_) => left == 0,
+        Out::UntilClose => false,
+        _ => true,
+    }
+}
+
+/// `1a3f\r\n`.
+fn chunk_size_line(n: usize, buf: &mut [u8; 18]) -> &[u8] {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut i = 16;
+    let mut n = n;
+    loop {
+        i -= 1;
+        buf[i] = HEX[n & 15];
+        n >>= 4;
+        if n == 0 {
+            break;
+        }
+    }
+    buf[16] = b'\r';
+    buf[17] = b'\n';
+    &buf[i..]
+}
+
+/// The status line and header section, with the framing headers this connection uses.
+fn write_head(
+    out: &mut Vec<u8>,
+    status: StatusCode,
+    headers: &HeaderMap,
+    framing: Out,
+    version: Version,
+    keep: bool,
+) {
+    out.extend_from_slice(b"HTTP/1.1 ");
+    out.extend_from_slice(status.as_str().as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(status.canonical_reason().unwrap_or("Unknown").as_bytes());
+    out.extend_from_slice(b"\r\n");
+    let mut has_date = false;
+    for (name, value) in headers {
+        if name == header::CONNECTION
+            || name == header::CONTENT_LENGTH
+            || name == header::TRANSFER_ENCODING
+        {
+            continue;
+        }
+        has_date |= name == header::DATE;
+        out.extend_from_slice(name.as_str().as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    match framing {
+        Out::Length(n) => {
+            out.extend_from_slice(b"content-length: ");
+            let mut digits = [0u8; 20];
+            out.extend_from_slice(decimal(n, &mut digits));
+            out.extend_from_slice(b"\r\n");
+        }
+        Out::Chunked => out.extend_from_slice(b"transfer-encoding: chunked\r\n"),
+        Out::Nothing | Out::UntilClose => {}
+    }
+    if !keep {
+        out.extend_from_slice(b"connection: close\r\n");
+    } else if version == Version::HTTP_10 {
+        out.extend_from_slice(b"connection: keep-alive\r\n");
+    }
+    if !has_date {
+        out.extend_from_slice(b"date: ");
+        date::write(out);
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+}
+
+fn decimal(mut n: u64, buf: &mut [u8; 20]) -> &[u8] {
+    let mut i = buf.len();
+    loop {
+        i -= 1;
+        buf[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            return &buf[i..];
+        }
+    }
+}
+
+/// The `Date` header value, formatted once a second per thread.
+mod date {
+    use std::cell::RefCell;
+    use std::time::{SystemTime, UNIX_EPOCH};
+
+    thread_local! {
+        static CACHED: RefCell<(u64, String)> = const { RefCell::new((u64::MAX, String::new())) };
+    }
+
+    pub fn write(out: &mut Vec<u8>) {
+        let now = SystemTime::now();
+        let secs = now.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+        CACHED.with(|c| {
+            let mut c = c.borrow_mut();
+            if c.0 != secs {
+                *c = (secs, httpdate::fmt_http_date(now));
+            }
+            out.extend_from_slice(c.1.as_bytes());
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Parses one head from `bytes`, as a connection would.
+    fn head_of(bytes: &[u8]) -> Result<Option<(Head, Rx)>, GatewayError> {
+        let mut rx = Rx {
+            buf: BytesMut::from(bytes),
+            ..Rx::default()
+        };
+        let ctx = ConnCtx {
+            peer: ([127, 0, 0, 1], 1).into(),
+            flags: Arc::default(),
+        };
+        Ok(parse_head(&mut rx, 100, &ctx)?.map(|h| (h, rx)))
+    }
+
+    #[test]
+    fn a_head_with_its_body_shares_one_buffer() {
+        let (head, rx) = head_of(
+            b"POST /v1/chat/completions?x=1 HTTP/1.1\r\nHost: g\r\nContent-Length: 5\r\nX-A: b\r\n\r\nhello",
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!(head.method, Method::POST);
+        assert_eq!(head.uri.path(), "/v1/chat/completions");
+        assert_eq!(head.uri.query(), Some("x=1"));
+        assert_eq!(head.headers["x-a"], "b");
+        assert!(head.keep_alive);
+        assert_eq!(rx.body.as_deref(), Some(&b"hello"[..]));
+        assert!(rx.buf.is_empty() && rx.decoder.is_none());
+    }
+
+    #[test]
+    fn partial_heads_wait_for_more() {
+        let r = head_of(b"POST /v1/chat/completions HTTP/1.1\r\nHost: g\r\n").unwrap();
+        assert!(r.is_none());
+    }
+
+    #[test]
+    fn framing_rules() {
+        let ok = |s: &str| head_of(s.as_bytes()).unwrap().unwrap();
+        let err = |s: &str| head_of(s.as_bytes()).err().unwrap();
+        // Equal repeats are one length; the body is still to come.
+        let (_, rx) = ok("POST / HTTP/1.1\r\nContent-Length: 7\r\ncontent-length: 7, 7\r\n\r\nab");
+        assert!(rx.body.is_none() && rx.decoder.is_some() && !rx.poisoned);
+        assert_eq!(&rx.buf[..], b"ab");
+        // Smuggling shapes are left to the request path to answer, and poison the connection.
+        for s in [
+            "POST / HTTP/1.1\r\nContent-Length: 7\r\nContent-Length: 8\r\n\r\n",
+            "POST / HTTP/1.1\r\nContent-Length: 7, 8\r\n\r\n",
+            "POST / HTTP/1.1\r\nContent-Length: 7\r\nTransfer-Encoding: chunked\r\n\r\n",
+        ] {
+            let (_, rx) = ok(s);
+            assert!(rx.poisoned, "{s}");
+        }
+        for (s, code) in [
+            (
+                "POST / HTTP/1.1\r\nContent-Length: -1\r\n\r\n",
+                "malformed_request",
+            ),
+            (
+                "POST / HTTP/1.1\r\nContent-Length: 1 2\r\n\r\n",
+                "malformed_request",
+            ),
+            (
+                "POST / HTTP/1.1\r\nContent-Length: +1\r\n\r\n",
+                "malformed_request",
+            ),
+            (
+                "POST / HTTP/1.1\r\nTransfer-Encoding: gzip\r\n\r\n",
+                "malformed_request",
+            ),
+            (
+                "POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n",
+                "malformed_request",
+            ),
+            ("GET / HTTP/9.9\r\n\r\n", "malformed_request"),
+            ("\x00\x01 / HTTP/1.1\r\n\r\n", "malformed_request"),
+            ("GET / HTTP/1.1\r\nBad Name: x\r\n\r\n", "malformed_request"),
+        ] {
+            assert_eq!(err(s).code(), code, "{s:?}");
+        }
+        let many: String = (0..120).map(|i| format!("x-{i}: v\r\n")).collect();
+        assert_eq!(
+            err(&format!("GET / HTTP/1.1\r\n{many}\r\n")).code(),
+            "headers_too_large"
+        );
+        // Chunked: decoded on read; keep-alive rules by version.
+        let (_, rx) = ok("POST / HTTP/1.1\r\nTransfer-Encoding: gzip, chunked\r\n\r\n");
+        assert!(rx.decoder.is_some());
+        let (h, _) = ok("GET / HTTP/1.0\r\n\r\n");
+        assert!(!h.keep_alive);
+        let (h, _) = ok("GET / HTTP/1.0\r\nConnection: Keep-Alive\r\n\r\n");
+        assert!(h.keep_alive);
+        let (h, _) = ok("GET / HTTP/1.1\r\nConnection: foo, close\r\n\r\n");
+        assert!(!h.keep_alive);
+    }
+
+    #[test]
+    fn pipelined_bytes_stay_for_the_next_request() {
+        let (_, mut rx) = ok_pair(
+            b"POST / HTTP/1.1\r\nContent-Length: 2\r\n\r\nhiGET /v1/models HTTP/1.1\r\n\r\n",
+        );
+        assert_eq!(rx.body.as_deref(), Some(&b"hi"[..]));
+        assert!(rx.settle());
+        assert_eq!(&rx.buf[..], b"GET /v1/models HTTP/1.1\r\n\r\n");
+        // An unread chunked body that is all here is skipped; one still coming closes.
+        let (_, mut rx) = ok_pair(
+            b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nhi\r\n0\r\n\r\nGET",
+        );
+        assert!(rx.settle());
+        assert_eq!(&rx.buf[..], b"GET");
+        let (_, mut rx) = ok_pair(b"POST / HTTP/1.1\r\nContent-Length: 9\r\n\r\nhi");
+        assert!(!rx.settle());
+    }
+
+    fn ok_pair(b: &[u8]) -> (Head, Rx) {
+        head_of(b).unwrap().unwrap()
+    }
+
+    #[test]
+    fn chunk_size_lines_and_lengths() {
+        let mut b = [0u8; 18];
+        assert_eq!(chunk_size_line(0x1a3f, &mut b), b"1a3f\r\n");
+        assert_eq!(chunk_size_line(0, &mut b), b"0\r\n");
+        assert_eq!(chunk_size_line(usize::MAX, &mut b).len(), 18);
+        assert_eq!(parse_length(b"0"), Some(0));
+        assert_eq!(parse_length(b"123"), Some(123));
+        assert_eq!(parse_length(b""), None);
+        assert_eq!(parse_length(b"1234567890123456"), None);
+    }
+
+    #[test]
+    fn response_heads_carry_their_framing() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/event-stream"),
+        );
+        h.insert(header::CONTENT_LENGTH, HeaderValue::from_static("99"));
+        h.insert(header::CONNECTION, HeaderValue::from_static("keep-alive"));
+        let mut out = Vec::new();
+        write_head(
+            &mut out,
+            StatusCode::OK,
+            &h,
+            Out::Chunked,
+            Version::HTTP_11,
+            true,
+        );
+        let s = String::from_utf8(out).unwrap();
+        assert!(
+            s.starts_with("HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n"),
+            "{s}"
+        );
+        assert!(s.contains("transfer-encoding: chunked\r\n"), "{s}");
+        assert!(
+            !s.contains("content-length") && !s.contains("connection"),
+            "{s}"
+        );
+        assert!(s.contains("\r\ndate: ") && s.ends_with("\r\n\r\n"), "{s}");
+        let mut out = Vec::new();
+        write_head(
+            &mut out,
+            StatusCode::NOT_FOUND,
+            &HeaderMap::new(),
+            Out::Length(12),
+            Version::HTTP_10,
+            false,
+        );
+        let s = String::from_utf8(out).unwrap();
+        assert!(s.starts_with("HTTP/1.1 404 Not Found\r\n"), "{s}");
+        assert!(
+            s.contains("content-length: 12\r\nconnection: close\r\n"),
+            "{s}"
+        );
+    }
+
+    proptest::proptest! {
+        /// Any bytes, in any pieces: the parser answers or waits, and never panics.
+        #[test]
+        fn arbitrary_bytes_never_panic(data in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..600), cut in 0usize..600) {
+            let cut = cut.min(data.len());
+            let mut rx = Rx { buf: BytesMut::from(&data[..cut]), ..Rx::default() };
+            let ctx = ConnCtx { peer: ([127, 0, 0, 1], 1).into(), flags: Arc::default() };
+            if let Ok(None) = parse_head(&mut rx, 20, &ctx) {
+                rx.buf.extend_from_slice(&data[cut..]);
+                let _ = parse_head(&mut rx, 20, &ctx);
+            }
+            let _ = rx.settle();
+        }
+
+        /// A valid request split anywhere parses to the same head and body.
+        #[test]
+        fn a_request_split_anywhere_parses_the_same(cut in 0usize..120) {
+            let req = b"POST /v1/chat/completions HTTP/1.1\r\nHost: g\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n2;x=y\r\nde\r\n0\r\nT: 1\r\n\r\nNEXT";
+            let cut = cut.min(req.len());
+            let ctx = ConnCtx { peer: ([127, 0, 0, 1], 1).into(), flags: Arc::default() };
+            let mut rx = Rx { buf: BytesMut::from(&req[..cut]), ..Rx::default() };
+            let mut head = parse_head(&mut rx, 20, &ctx).unwrap();
+            if head.is_none() {
+                rx.buf.extend_from_slice(&req[cut..]);
+                head = parse_head(&mut rx, 20, &ctx).unwrap();
+            } else {
+                rx.buf.extend_from_slice(&req[cut..]);
+            }
+            let head = head.unwrap();
+            proptest::prop_assert_eq!(head.uri.path(), "/v1/chat/completions");
+            let dec = rx.decoder.as_mut().unwrap();
+            let mut body = Vec::new();
+            while let Some(d) = dec.next_buffered(&mut rx.buf).unwrap() {
+                body.extend_from_slice(&d);
+            }
+            proptest::prop_assert!(dec.is_end());
+            proptest::prop_assert_eq!(&body[..], b"abcde");
+            proptest::prop_assert_eq!(&rx.buf[..], b"NEXT");
+        }
+    }
+}
