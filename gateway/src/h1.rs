@@ -29,17 +29,19 @@
 //! * Draining: an idle connection closes at once; a busy one finishes its answer, with
 //!   `Connection: close`.
 
+use std::future::Future;
 use std::io::{self, IoSlice};
 use std::mem::MaybeUninit;
 use std::pin::{pin, Pin};
 use std::sync::Arc;
-use std::task::Poll;
+use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
-use http::{Method, Request, Response, StatusCode, Uri, Version};
+use http::{Method, Request, StatusCode, Uri, Version};
 use http_body::Body as _;
+use tokio::io::ReadBuf;
 use tokio::net::TcpStream;
 use tokio::time::{Instant, Sleep};
 use tokio_util::sync::CancellationToken;
@@ -181,13 +183,18 @@ impl RequestBody<'_> {
 
 /// One read into `buf`'s spare room (see `framing::read_noting_drain`); `Ok(0)` at end of
 /// stream.
+///
+/// The socket helpers here are `poll_fn`s over references, not `async fn`s: tokio's readiness
+/// futures are a couple of hundred bytes each, and the connection future, which lives as long
+/// as the connection, would carry one per await point.
 async fn read_some(io: &TcpStream, buf: &mut BytesMut) -> io::Result<usize> {
-    loop {
-        io.readable().await?;
+    std::future::poll_fn(|cx| loop {
+        ready!(io.poll_read_ready(cx))?;
         if let Some(r) = try_read(io, buf) {
-            return r;
+            return Poll::Ready(r);
         }
-    }
+    })
+    .await
 }
 
 /// A read if the socket is known to be readable; `None` if it has to be waited for (no
@@ -200,28 +207,41 @@ fn try_read(io: &TcpStream, buf: &mut BytesMut) -> Option<io::Result<usize>> {
     }
 }
 
-/// Resolves when the client has closed its side (or reset), while nothing else is expected
-/// from it. Bytes from it (a pipelined request) end the watch: they wait for their turn.
-async fn client_gone(io: &TcpStream) {
-    let mut probe = [0u8; 1];
-    match io.peek(&mut probe).await {
-        Ok(0) | Err(_) => {}
-        Ok(_) => std::future::pending().await,
+/// Ready when the client has closed its side (or reset), while nothing else is expected from
+/// it. Bytes from it (a pipelined request) end the watch: they wait for their turn.
+fn poll_client_gone(io: &TcpStream, watching: &mut bool, cx: &mut Context<'_>) -> Poll<()> {
+    if !*watching {
+        return Poll::Pending;
+    }
+    let mut probe = [MaybeUninit::uninit(); 1];
+    let mut probe = ReadBuf::uninit(&mut probe);
+    match io.poll_peek(cx, &mut probe) {
+        Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => Poll::Ready(()),
+        Poll::Ready(Ok(_)) => {
+            *watching = false;
+            Poll::Pending
+        }
+        Poll::Pending => Poll::Pending,
     }
 }
 
 /// Writes all of `bufs`.
 async fn write_all(io: &TcpStream, mut bufs: &mut [IoSlice<'_>]) -> io::Result<()> {
     IoSlice::advance_slices(&mut bufs, 0);
-    while !bufs.is_empty() {
-        match io.try_write_vectored(bufs) {
-            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-            Ok(n) => IoSlice::advance_slices(&mut bufs, n),
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => io.writable().await?,
-            Err(e) => return Err(e),
+    std::future::poll_fn(|cx| {
+        while !bufs.is_empty() {
+            match io.try_write_vectored(bufs) {
+                Ok(0) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
+                Ok(n) => IoSlice::advance_slices(&mut bufs, n),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    ready!(io.poll_write_ready(cx))?;
+                }
+                Err(e) => return Poll::Ready(Err(e)),
+            }
         }
-    }
-    Ok(())
+        Poll::Ready(Ok(()))
+    })
+    .await
 }
 
 /// A parsed request head.
@@ -424,43 +444,58 @@ pub async fn serve(
     // One timer and one drain registration for the connection's life, re-armed per request.
     let mut timer = pin!(tokio::time::sleep(Duration::ZERO));
     let mut draining = pin!(shutdown.cancelled());
+    // Where each answer's body lives while it is sent. The request path's answer is split as
+    // soon as it is ready and its body moved here: this future, which lives as long as the
+    // connection, then holds a body once, not once per await point that could see it.
+    let mut body_slot = pin!(None::<ResponseBody>);
     loop {
         let caps = Caps::now(&app);
-        let head =
-            match read_head(&io, &mut rx, caps, &ctx, timer.as_mut(), draining.as_mut()).await {
-                Ok(Some(head)) => head,
-                Ok(None) => return,
-                Err(e) => {
-                    let _ = write_response(
-                        &io,
-                        &mut out,
-                        e.into_response(),
-                        Version::HTTP_11,
-                        false,
-                        false,
-                    )
-                    .await;
-                    return;
-                }
-            };
-        let (version, head_only, keep_alive) =
-            (head.version, head.method == Method::HEAD, head.keep_alive);
-        let response = {
-            let req = head.into_request(ClientBody::H1(RequestBody {
-                io: &io,
-                rx: &mut rx,
-            }));
-            let handler = crate::proxy::handle(app.clone(), ctx.clone(), req);
-            tokio::select! {
-                biased;
-                r = handler => r,
+        let head = read_head(&io, &mut rx, caps, &ctx, timer.as_mut(), draining.as_mut()).await;
+        let (parts, version, head_only, keep) = match head {
+            Ok(Some(head)) => {
+                let (version, head_only, keep_alive) =
+                    (head.version, head.method == Method::HEAD, head.keep_alive);
+                let req = head.into_request(ClientBody::H1(RequestBody {
+                    io: &io,
+                    rx: &mut rx,
+                }));
+                let parts = {
+                    let mut handler = pin!(crate::proxy::handle(app.clone(), ctx.clone(), req));
+                    let mut watching = true;
+                    let mut slot = body_slot.as_mut();
+                    std::future::poll_fn(|cx| match handler.as_mut().poll(cx) {
+                        Poll::Ready(response) => {
+                            let (parts, body) = response.into_parts();
+                            slot.set(Some(body));
+                            Poll::Ready(Some(parts))
+                        }
+                        Poll::Pending => poll_client_gone(&io, &mut watching, cx).map(|()| None),
+                    })
+                    .await
+                };
                 // The client left: dropping the request cancels whatever it started.
-                () = client_gone(&io) => return,
+                let Some(parts) = parts else { return };
+                let keep = keep_alive && rx.settle() && !shutdown.is_cancelled();
+                (parts, version, head_only, keep)
+            }
+            Ok(None) => return,
+            Err(e) => {
+                let (parts, body) = e.into_response().into_parts();
+                body_slot.set(Some(body));
+                (parts, Version::HTTP_11, false, false)
             }
         };
-        let keep = keep_alive && rx.settle() && !shutdown.is_cancelled();
-        match write_response(&io, &mut out, response, version, head_only, keep).await {
-            Ok(true) if !shutdown.is_cancelled() => {}
+        let Some(body) = body_slot.as_mut().as_pin_mut() else {
+            return;
+        };
+        out.clear();
+        let (framing, keep) = frame_response(&mut out, &parts, &body, version, head_only, keep);
+        drop(parts);
+        let sent = send(&io, &out, body, framing).await;
+        // The body goes now: a pass-through body finishes its request's record when dropped.
+        body_slot.set(None);
+        match sent {
+            Ok(true) if keep && !shutdown.is_cancelled() => {}
             _ => return,
         }
     }
@@ -529,16 +564,16 @@ enum Out {
     UntilClose,
 }
 
-/// Writes an answer; `Ok(true)` if the connection stays open for the next request.
-async fn write_response(
-    io: &TcpStream,
+/// Chooses the body's framing and writes the head into `out`. Returns the framing and
+/// whether the connection stays open after this answer.
+fn frame_response(
     out: &mut Vec<u8>,
-    response: Response<ResponseBody>,
+    parts: &http::response::Parts,
+    body: &ResponseBody,
     version: Version,
     head_only: bool,
     keep_alive: bool,
-) -> io::Result<bool> {
-    let (parts, body) = response.into_parts();
+) -> (Out, bool) {
     let status = parts.status;
     let mut keep = keep_alive
         && !parts
@@ -563,12 +598,22 @@ async fn write_response(
             Out::UntilClose
         }
     };
-    out.clear();
     write_head(out, status, &parts.headers, framing, version, keep);
-    let mut body = pin!(body);
-    if head_only || framing == Out::Nothing {
-        write_all(io, &mut [IoSlice::new(out)]).await?;
-        return Ok(keep);
+    let framing = if head_only { Out::Nothing } else { framing };
+    (framing, keep)
+}
+
+/// Writes the head and the body; `Ok(true)` if the body was sent whole and framed (the
+/// connection can carry another request).
+async fn send(
+    io: &TcpStream,
+    head: &[u8],
+    mut body: Pin<&mut ResponseBody>,
+    framing: Out,
+) -> io::Result<bool> {
+    if framing == Out::Nothing {
+        write_all(io, &mut [IoSlice::new(head)]).await?;
+        return Ok(true);
     }
     let mut left = match framing {
         Out::Length(n) => n,
@@ -576,32 +621,29 @@ async fn write_response(
     };
     // The first piece of body goes out with the head when it is already there (always for the
     // gateway's own answers, and for most JSON answers).
-    let mut head_pending = true;
-    let mut ready = match std::future::poll_fn(|cx| Poll::Ready(body.as_mut().poll_frame(cx))).await
-    {
-        Poll::Ready(frame) => Some(frame),
-        Poll::Pending => None,
-    };
+    let mut head = Some(head);
+    let mut watching = true;
     loop {
-        let frame = match ready.take() {
-            Some(frame) => frame,
-            None => {
-                if std::mem::take(&mut head_pending) {
-                    write_all(io, &mut [IoSlice::new(out)]).await?;
+        let frame = match std::future::poll_fn(|cx| Poll::Ready(body.as_mut().poll_frame(cx))).await
+        {
+            Poll::Ready(frame) => frame,
+            Poll::Pending => {
+                if let Some(head) = head.take() {
+                    write_all(io, &mut [IoSlice::new(head)]).await?;
                 }
-                tokio::select! {
-                    biased;
-                    f = std::future::poll_fn(|cx| body.as_mut().poll_frame(cx)) => f,
-                    // Dropping the body cancels the upstream and records the client's leaving.
-                    () = client_gone(io) => return Ok(false),
-                }
+                let next = std::future::poll_fn(|cx| match body.as_mut().poll_frame(cx) {
+                    Poll::Ready(f) => Poll::Ready(Some(f)),
+                    Poll::Pending => poll_client_gone(io, &mut watching, cx).map(|()| None),
+                })
+                .await;
+                // Gone: dropping the body cancels the upstream and records the client's leaving.
+                let Some(frame) = next else {
+                    return Ok(false);
+                };
+                frame
             }
         };
-        let head: &[u8] = if std::mem::take(&mut head_pending) {
-            out
-        } else {
-            &[]
-        };
+        let head = head.take().unwrap_or_default();
         let (data, end) = match frame {
             None => (Bytes::new(), true),
             // The replica broke the body: the client must see a broken message, not a short
@@ -641,7 +683,7 @@ async fn write_response(
         )
         .await?;
         if end {
-            return Ok(keep && left_ok(framing, left));
+            return Ok(left_ok(framing, left));
         }
     }
 }
@@ -976,5 +1018,47 @@ mod tests {
             proptest::prop_assert_eq!(&body[..], b"abcde");
             proptest::prop_assert_eq!(&rx.buf[..], b"NEXT");
         }
+    }
+}
+
+#[cfg(test)]
+mod size_tests {
+    #[test]
+    fn print_sizes() {
+        fn future_size<A, B, C, D, F: std::future::Future>(_: fn(A, B, C, D) -> F) -> usize {
+            std::mem::size_of::<F>()
+        }
+        println!("serve future {}", future_size(super::serve));
+        println!(
+            "response body {}",
+            std::mem::size_of::<crate::proxy::body::ResponseBody>()
+        );
+        println!("meter {}", std::mem::size_of::<crate::proxy::body::Meter>());
+        println!("rx {}", std::mem::size_of::<super::Rx>());
+        println!("sleep {}", std::mem::size_of::<tokio::time::Sleep>());
+        fn size_of_fut<F: std::future::Future>(_: &F) -> usize {
+            std::mem::size_of::<F>()
+        }
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let s = tokio::net::TcpStream::connect(l.local_addr().unwrap())
+                .await
+                .unwrap();
+            let body = std::pin::pin!(crate::proxy::body::ResponseBody::empty());
+            let f = super::send(&s, b"", body, super::Out::Chunked);
+            println!("send {}", size_of_fut(&f));
+            drop(f);
+            let mut b = [std::io::IoSlice::new(b"")];
+            let f = super::write_all(&s, &mut b);
+            println!("write_all {}", size_of_fut(&f));
+            drop(f);
+            let mut buf = bytes::BytesMut::new();
+            let f = super::read_some(&s, &mut buf);
+            println!("read_some {}", size_of_fut(&f));
+        });
     }
 }
