@@ -1,4 +1,6 @@
-//! The client socket as hyper sees it, with two additions hyper does not offer:
+//! The client socket as hyper sees it (TLS connections, and HTTP/2 without TLS; plain HTTP/1.1
+//! is served by `crate::h1`, which parses framing itself), with an addition hyper does not
+//! offer:
 //!
 //! * Request-smuggling guard. hyper accepts `Content-Length` together with
 //!   `Transfer-Encoding` (it drops the length), and rejects conflicting lengths with a bare 400.
@@ -7,8 +9,8 @@
 //!   `Content-Length` line is renamed in place (same length) so hyper parses the request and the
 //!   request path answers it. JSON bodies cannot contain a raw line break inside a string, so a
 //!   body line never looks like a header line.
-//! * A 408 for slow headers. hyper's header timeout just closes the socket; we keep a second
-//!   handle on the socket and, when the timeout hit a partly received head, answer 408 there.
+//!
+//! It also holds `read_noting_drain`, the read both HTTP/1.1 legs use.
 
 use std::io;
 use std::pin::Pin;
@@ -19,14 +21,10 @@ use std::task::{ready, Context, Poll};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
-/// Per-connection facts shared by the socket wrapper, the request path and the accept loop.
+/// Per-connection facts shared by the connection's reader and the request path.
 #[derive(Default, Debug)]
 pub struct ConnFlags {
     ambiguous: AtomicBool,
-    /// Bytes arrived since the gateway last wrote: a request head is (partly) pending.
-    read_since_write: AtomicBool,
-    /// Any byte arrived at all.
-    any_read: AtomicBool,
 }
 
 impl ConnFlags {
@@ -36,12 +34,6 @@ impl ConnFlags {
     /// Set by a server that parses framing itself (`crate::h1`).
     pub fn set_ambiguous(&self) {
         self.ambiguous.store(true, Ordering::Relaxed);
-    }
-    pub fn partial_request_pending(&self) -> bool {
-        self.read_since_write.load(Ordering::Relaxed)
-    }
-    pub fn any_read(&self) -> bool {
-        self.any_read.load(Ordering::Relaxed)
     }
 }
 
@@ -149,8 +141,7 @@ fn header_value<'a>(line: &'a [u8], name: &[u8]) -> Option<&'a [u8]> {
         .then(|| &line[name.len()..])
 }
 
-/// A client socket shared between hyper and the accept loop (which writes the 408 after hyper
-/// gave up on a slow head), through `&TcpStream` readiness calls.
+/// A plain client socket for hyper (HTTP/2 without TLS), read through `read_noting_drain`.
 pub struct SharedTcp(pub Arc<TcpStream>);
 
 /// One read from a socket, through `read` (which returns what it read and what it asked
@@ -249,7 +240,7 @@ impl AsyncWrite for SharedTcp {
 }
 
 /// The client stream as hyper sees it (plain `SharedTcp`, or decrypted TLS): every byte read
-/// goes through the smuggling scanner, and reads and writes update the connection's flags.
+/// goes through the smuggling scanner.
 pub struct ScanIo<T> {
     inner: T,
     flags: Arc<ConnFlags>,
@@ -276,12 +267,8 @@ impl<T: AsyncRead + Unpin> AsyncRead for ScanIo<T> {
         let before = buf.filled().len();
         ready!(Pin::new(&mut this.inner).poll_read(cx, buf))?;
         let fresh = &mut buf.filled_mut()[before..];
-        if !fresh.is_empty() {
-            this.flags.read_since_write.store(true, Ordering::Relaxed);
-            this.flags.any_read.store(true, Ordering::Relaxed);
-            if this.scanner.scan(fresh) {
-                this.flags.ambiguous.store(true, Ordering::Relaxed);
-            }
+        if !fresh.is_empty() && this.scanner.scan(fresh) {
+            this.flags.set_ambiguous();
         }
         Poll::Ready(Ok(()))
     }
@@ -293,9 +280,7 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for ScanIo<T> {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        let this = self.get_mut();
-        this.flags.read_since_write.store(false, Ordering::Relaxed);
-        Pin::new(&mut this.inner).poll_write(cx, buf)
+        Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
     }
 
     fn poll_write_vectored(
@@ -303,9 +288,7 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for ScanIo<T> {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        let this = self.get_mut();
-        this.flags.read_since_write.store(false, Ordering::Relaxed);
-        Pin::new(&mut this.inner).poll_write_vectored(cx, bufs)
+        Pin::new(&mut self.get_mut().inner).poll_write_vectored(cx, bufs)
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -319,22 +302,6 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for ScanIo<T> {
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
     }
-}
-
-/// Writes a whole buffer to a socket hyper no longer drives, then closes our side.
-pub async fn write_and_close(stream: &TcpStream, mut data: &[u8]) {
-    while !data.is_empty() {
-        if stream.writable().await.is_err() {
-            return;
-        }
-        match stream.try_write(data) {
-            Ok(0) => return,
-            Ok(n) => data = &data[n..],
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-            Err(_) => return,
-        }
-    }
-    let _ = socket2::SockRef::from(stream).shutdown(std::net::Shutdown::Both);
 }
 
 #[cfg(test)]

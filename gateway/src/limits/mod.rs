@@ -226,7 +226,9 @@ async fn shared_check(
 ) -> Decision {
     if shared.usable() {
         let interval_us = (1e6 / rate.per_second.max(1e-6)).round().max(1.0) as u64;
-        match shared.client.gcra(key, interval_us, rate.burst).await {
+        // Boxed: the Redis round trip's state is large and every request's future would
+        // otherwise carry room for it, Redis or not.
+        match Box::pin(shared.client.gcra(key, interval_us, rate.burst)).await {
             Ok((allowed, n, us)) => {
                 shared.recovered();
                 let us = Duration::from_micros(us.max(0) as u64);
@@ -445,10 +447,12 @@ impl TokenBudget {
         };
         if sh.usable() {
             let per_us = self.tpm as f64 / 60e6;
-            match sh
-                .client
-                .bucket(&self.redis_key, self.tpm, per_us, cost as i64)
-                .await
+            // Boxed, as in `shared_check`.
+            match Box::pin(
+                sh.client
+                    .bucket(&self.redis_key, self.tpm, per_us, cost as i64),
+            )
+            .await
             {
                 Ok((true, left, _)) => {
                     sh.recovered();

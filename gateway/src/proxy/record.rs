@@ -37,6 +37,8 @@ pub struct Record {
     /// Time spent waiting for replicas before the response head (for the overhead metric).
     pub upstream_wait: Duration,
     metrics: Arc<Metrics>,
+    /// Written already (by `finish`, or when dropped unanswered).
+    written: bool,
 }
 
 /// What the body saw, for the record.
@@ -73,6 +75,7 @@ impl Record {
             stats: None,
             upstream_wait: Duration::ZERO,
             metrics,
+            written: false,
         }
     }
 
@@ -88,7 +91,12 @@ impl Record {
 
     /// Writes the metrics and the access-log line. `status` is the HTTP code, or
     /// `client_closed` / `stream_error`.
-    pub fn finish(self, status: &str, facts: BodyFacts) {
+    pub fn finish(mut self, status: &str, facts: BodyFacts) {
+        self.write(status, facts);
+    }
+
+    fn write(&mut self, status: &str, facts: BodyFacts) {
+        self.written = true;
         let model = self.model.as_deref().unwrap_or("unknown");
         let version = self.version.as_deref().unwrap_or("none");
         let m = &self.metrics;
@@ -140,5 +148,15 @@ impl Record {
             bytes_in = self.bytes_in,
             bytes_out = facts.bytes_out,
         );
+    }
+}
+
+impl Drop for Record {
+    /// A request dropped before its answer was ready: the client left while it was served
+    /// (its connection closed), which cancelled the upstream too.
+    fn drop(&mut self) {
+        if !self.written {
+            self.write("client_closed", BodyFacts::default());
+        }
     }
 }
