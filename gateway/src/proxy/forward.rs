@@ -66,9 +66,9 @@ pub async fn forward(
     config: &Arc<Config>,
     route: &Arc<Route>,
     choice: VersionChoice,
-    out: Outbound,
+    out: &Outbound,
     stream: bool,
-    meter: Meter,
+    meter: &mut Option<Meter>,
 ) -> Result<Forwarded, Failed> {
     let unavailable = |retries| Failed {
         error: GatewayError::UpstreamUnavailable {
@@ -113,7 +113,7 @@ pub async fn forward(
         tried.push(i);
         let endpoint = guard.endpoint().clone();
         let sent_at = Instant::now();
-        let (resp, conn) = match attempt_once(cfg, &endpoint, &out, sent_at).await {
+        let (resp, conn) = match attempt_once(cfg, &endpoint, out, sent_at).await {
             Err(Timeout) => {
                 fail(&endpoint, "no response head within response_head_timeout");
                 return Err(Failed {
@@ -145,7 +145,7 @@ pub async fn forward(
     }
     let retries = (tried.len() as u32).saturating_sub(1);
     let upstream_wait = waiting_since.elapsed();
-    let Some((resp, conn, guard, sent_at)) = held else {
+    let (Some((resp, conn, guard, sent_at)), Some(meter)) = (held, meter.take()) else {
         return Err(unavailable(retries));
     };
     let replica = guard.endpoint().host_header.clone();
@@ -158,7 +158,11 @@ pub async fn forward(
         meter,
         stats: pool.stats.clone(),
     };
-    let response = respond(ctx, resp, conn, guard, &pool.version_header).await;
+    let response = if resp.status.as_u16() >= 400 {
+        Box::pin(respond_error(ctx, resp, conn, guard, &pool.version_header)).await
+    } else {
+        respond(ctx, resp, conn, guard, &pool.version_header)
+    };
     Ok(Forwarded {
         response,
         replica,
@@ -210,7 +214,23 @@ async fn attempt_once(
     }
 }
 
-async fn respond(
+/// The replica's answer as the client gets it: a success passes through as it arrives.
+fn respond(
+    ctx: BodyCtx,
+    head: ResponseHead,
+    conn: Conn,
+    guard: InflightGuard,
+    version: &HeaderValue,
+) -> Response<ResponseBody> {
+    let replica = guard.endpoint().host_header.clone();
+    let (parts, body) = answer_parts(head);
+    let body = ResponseBody::upstream(UpstreamBody::new(body, conn, guard, ctx));
+    with_gateway_headers(parts, body, replica, version)
+}
+
+/// An error answer (4xx, 5xx): its body is read first and put in OpenAI's shape. Called
+/// boxed: it is rare, and its state would otherwise widen every request's future.
+async fn respond_error(
     mut ctx: BodyCtx,
     head: ResponseHead,
     mut conn: Conn,
@@ -218,6 +238,27 @@ async fn respond(
     version: &HeaderValue,
 ) -> Response<ResponseBody> {
     let replica = guard.endpoint().host_header.clone();
+    let (mut parts, body) = answer_parts(head);
+    ctx.meter.refund();
+    let pool_idle = ctx.config.upstream.pool_idle_timeout;
+    let (bytes, read) = openai_error_body(ctx.idle_timeout, parts.status, body, &mut conn).await;
+    if read.reusable {
+        guard.endpoint().checkin(conn, pool_idle);
+    }
+    drop(guard);
+    if read.replaced {
+        parts.headers.remove(header::CONTENT_ENCODING);
+        parts.headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+    }
+    parts.headers.remove(header::CONTENT_LENGTH);
+    with_gateway_headers(parts, ResponseBody::full(bytes), replica, version)
+}
+
+/// The replica's status and headers (hop-by-hop ones removed), and where its body stands.
+fn answer_parts(head: ResponseHead) -> (http::response::Parts, upstream::Body) {
     let ResponseHead {
         status,
         headers,
@@ -228,32 +269,15 @@ async fn respond(
     *response.headers_mut() = headers;
     let (mut parts, ()) = response.into_parts();
     strip_hop_by_hop(&mut parts.headers);
-    let body = if parts.status.as_u16() >= 400 {
-        ctx.meter.refund();
-        let pool_idle = ctx.config.upstream.pool_idle_timeout;
-        let (bytes, read) = Box::pin(openai_error_body(
-            ctx.idle_timeout,
-            parts.status,
-            body,
-            &mut conn,
-        ))
-        .await;
-        if read.reusable {
-            guard.endpoint().checkin(conn, pool_idle);
-        }
-        drop(guard);
-        if read.replaced {
-            parts.headers.remove(header::CONTENT_ENCODING);
-            parts.headers.insert(
-                header::CONTENT_TYPE,
-                HeaderValue::from_static("application/json"),
-            );
-        }
-        parts.headers.remove(header::CONTENT_LENGTH);
-        ResponseBody::full(bytes)
-    } else {
-        ResponseBody::upstream(UpstreamBody::new(body, conn, guard, ctx))
-    };
+    (parts, body)
+}
+
+fn with_gateway_headers(
+    mut parts: http::response::Parts,
+    body: ResponseBody,
+    replica: HeaderValue,
+    version: &HeaderValue,
+) -> Response<ResponseBody> {
     let h = &mut parts.headers;
     h.insert(REPLICA_HEADER, replica);
     h.insert(VERSION_HEADER, version.clone());

@@ -274,7 +274,14 @@ async fn serve(
             }
         }
     }
-    let meter = forward::Meter::new(reservation, peek.stream, strip, trace.started);
+    // Held here and lent to `forward` (as is `out`): a value moved into an async call is
+    // stored twice in the request's future.
+    let mut meter = Some(forward::Meter::new(
+        reservation,
+        peek.stream,
+        strip,
+        trace.started,
+    ));
     // Stage 6: version.
     let choice = canary::choose(&route, pinned, &principal, &parts.headers);
     let pool = route.versions.get(choice.index);
@@ -293,7 +300,15 @@ async fn serve(
         body: forwarded_body,
         request_id: request_id.clone(),
     };
-    match forward::forward(&snapshot.config, &route, choice, out, peek.stream, meter).await {
+    let forwarded = forward::forward(
+        &snapshot.config,
+        &route,
+        choice,
+        &out,
+        peek.stream,
+        &mut meter,
+    );
+    match forwarded.await {
         Ok(Forwarded {
             response,
             replica,
