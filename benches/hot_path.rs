@@ -23,6 +23,36 @@ fn chat_body(size: usize) -> Vec<u8> {
     body.into_bytes()
 }
 
+/// The HTTP/1.1 server's head parse (httparse, then the request's method, URI, header map and
+/// framing, sharing the buffer) against httparse alone on the same bytes: the price of turning
+/// a parse into a request.
+fn request_head(c: &mut Criterion) {
+    let body = chat_body(1024);
+    let head = format!(
+        "POST /v1/chat/completions HTTP/1.1\r\nHost: gateway.internal:8080\r\nAccept-Encoding: gzip, deflate\r\n\
+         Connection: keep-alive\r\nAccept: application/json\r\nContent-Type: application/json\r\n\
+         User-Agent: OpenAI/Python 1.54.0\r\nX-Stainless-Lang: python\r\nX-Stainless-Retry-Count: 0\r\n\
+         Authorization: Bearer sk-0123456789abcdef0123456789abcdef\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
+    let mut request = head.into_bytes();
+    request.extend_from_slice(&body);
+    let mut g = c.benchmark_group("request_head");
+    g.bench_function("h1_parse_head_11_headers_1k_body", |b| {
+        b.iter(|| assert!(gateway::h1::parse_for_bench(black_box(&request))))
+    });
+    g.bench_function("baseline_httparse_alone", |b| {
+        b.iter(|| {
+            let buf = bytes::BytesMut::from(black_box(&request[..]));
+            let mut headers = [httparse::EMPTY_HEADER; 32];
+            let mut req = httparse::Request::new(&mut headers);
+            assert!(req.parse(&buf).unwrap().is_complete());
+            black_box(req.headers.len())
+        })
+    });
+    g.finish();
+}
+
 /// Peek of `model`/`stream` against a full parse into `serde_json::Value` (what a naive proxy
 /// does) and a plain UTF-8 validation pass (the floor: every byte must be looked at once).
 fn body_peek(c: &mut Criterion) {
@@ -249,6 +279,7 @@ fn canary_split(c: &mut Criterion) {
 
 criterion_group!(
     benches,
+    request_head,
     body_peek,
     framing_scan,
     balancer_pick,

@@ -432,6 +432,21 @@ fn has_token(v: &[u8], token: &[u8]) -> bool {
         .any(|t| t.trim_ascii().eq_ignore_ascii_case(token))
 }
 
+/// Parses one request head (and takes its body) from `bytes` as a connection would; `true` if
+/// it was complete and valid. For the micro-benchmarks (`benches/hot_path.rs`).
+#[doc(hidden)]
+pub fn parse_for_bench(bytes: &[u8]) -> bool {
+    let mut rx = Rx {
+        buf: BytesMut::from(bytes),
+        ..Rx::default()
+    };
+    let ctx = ConnCtx {
+        peer: ([127, 0, 0, 1], 1).into(),
+        flags: Arc::default(),
+    };
+    matches!(parse_head(&mut rx, 100, &ctx), Ok(Some(_)))
+}
+
 /// Serves one plain HTTP/1.1 connection until it closes, fails, idles out or drains.
 pub async fn serve(
     io: TcpStream,
