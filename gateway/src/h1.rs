@@ -559,7 +559,7 @@ async fn read_head(
     mut timer: Pin<&mut Sleep>,
     mut draining: Pin<&mut tokio_util::sync::WaitForCancellationFuture<'_>>,
 ) -> Result<Option<Head>, GatewayError> {
-    let mut armed = false;
+    let mut deadline = None;
     loop {
         if !rx.buf.is_empty() {
             if let Some(head) = parse_head(rx, caps.max_fields, ctx)? {
@@ -577,19 +577,28 @@ async fn read_head(
         let got = match try_read(io, &mut rx.buf) {
             Some(r) => r,
             None => {
-                if !armed {
-                    armed = true;
-                    timer
-                        .as_mut()
-                        .reset(Instant::now() + caps.header_read_timeout);
+                let deadline =
+                    *deadline.get_or_insert_with(|| Instant::now() + caps.header_read_timeout);
+                // The timer moves on lazily: left at an earlier request's deadline, it is
+                // re-armed only when it fires before this one's (or when this one is earlier,
+                // after a reload shortened the timeout). A busy keep-alive connection then
+                // touches the timer wheel about once per timeout, not once per request.
+                if timer.deadline() > deadline {
+                    timer.as_mut().reset(deadline);
                 }
-                tokio::select! {
-                    biased;
-                    r = read_some(io, &mut rx.buf) => r,
-                    () = &mut timer => {
-                        return if idle { Ok(None) } else { Err(GatewayError::RequestTimeout) };
+                loop {
+                    tokio::select! {
+                        biased;
+                        r = read_some(io, &mut rx.buf) => break r,
+                        () = &mut timer => {
+                            if Instant::now() < deadline {
+                                timer.as_mut().reset(deadline);
+                                continue;
+                            }
+                            return if idle { Ok(None) } else { Err(GatewayError::RequestTimeout) };
+                        }
+                        () = &mut draining, if idle => return Ok(None),
                     }
-                    () = &mut draining, if idle => return Ok(None),
                 }
             }
         };

@@ -266,11 +266,22 @@ async fn an_idle_keep_alive_connection_is_closed_quietly_after_the_header_timeou
     let mut buf = Vec::new();
     let (head, _) = read_response(&mut s, &mut buf).await;
     assert!(head.starts_with("http/1.1 200"));
+    // A second request 200 ms later: the timeout counts from this wait, not the first one.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    s.write_all(b"GET /v1/models HTTP/1.1\r\nHost: g\r\n\r\n")
+        .await
+        .unwrap();
+    let (head, _) = read_response(&mut s, &mut buf).await;
+    assert!(head.starts_with("http/1.1 200"));
     let started = std::time::Instant::now();
     let (rest, closed) = read_until_close(&mut s, WAIT).await;
     assert!(closed);
     assert_eq!(rest, "", "no unsolicited answer");
-    assert!(started.elapsed() < Duration::from_secs(3));
+    let idle_for = started.elapsed();
+    assert!(
+        idle_for >= Duration::from_millis(250) && idle_for < Duration::from_secs(3),
+        "closed after {idle_for:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -14,7 +14,22 @@ const HOP_BY_HOP: [HeaderName; 8] = [
     header::TRANSFER_ENCODING,
 ];
 
-/// Removes hop-by-hop headers in place.
+fn is_hop_by_hop(n: &HeaderName) -> bool {
+    HOP_BY_HOP.contains(n) || n == header::UPGRADE
+}
+
+/// Removes the headers `drop` picks, in place. The map is walked once and only names that are
+/// there are removed: each `remove` hashes its name, and most headers a proxy strips are
+/// usually absent (a replica's answer typically has none of them).
+fn remove_where(h: &mut HeaderMap, drop: impl Fn(&HeaderName) -> bool) {
+    let doomed: smallvec::SmallVec<[HeaderName; 8]> =
+        h.keys().filter(|n| drop(n)).cloned().collect();
+    for n in doomed {
+        h.remove(n);
+    }
+}
+
+/// Removes hop-by-hop headers in place: the fixed list and any named in `Connection`.
 pub fn strip_hop_by_hop(h: &mut HeaderMap) {
     let named: Vec<HeaderName> = h
         .get_all(header::CONNECTION)
@@ -26,33 +41,27 @@ pub fn strip_hop_by_hop(h: &mut HeaderMap) {
     for n in named {
         h.remove(n);
     }
-    for n in &HOP_BY_HOP {
-        h.remove(n);
-    }
-    h.remove(header::UPGRADE);
+    remove_where(h, is_hop_by_hop);
 }
 
 /// The client's headers made ready to go upstream, in place: hop-by-hop gone, plus what the
 /// gateway sets itself (Host, Content-Length, the request id) and what must not reach a
-/// replica: `Expect` (hyper answered it already) and `Accept-Encoding` (bytes on the path stay
+/// replica: `Expect` (answered already) and `Accept-Encoding` (bytes on the path stay
 /// uncompressed). With `gateway_keys` (auth on), the client's key is the gateway's credential
 /// and is not passed on either: replicas get `upstream.api_key_env`'s key, or none. Takes the
 /// map by value: the request's own headers are not needed after.
 pub fn upstream_request_headers(mut h: HeaderMap, gateway_keys: bool) -> HeaderMap {
+    let request_id = HeaderName::from_static(super::request_id::HEADER);
+    let api_key = HeaderName::from_static("x-api-key");
     strip_hop_by_hop(&mut h);
-    if gateway_keys {
-        h.remove(header::AUTHORIZATION);
-        h.remove("x-api-key");
-    }
-    for n in [
-        header::HOST,
-        header::CONTENT_LENGTH,
-        header::EXPECT,
-        header::ACCEPT_ENCODING,
-        HeaderName::from_static(super::request_id::HEADER),
-    ] {
-        h.remove(n);
-    }
+    remove_where(&mut h, |n| {
+        n == header::HOST
+            || n == header::CONTENT_LENGTH
+            || n == header::EXPECT
+            || n == header::ACCEPT_ENCODING
+            || n == request_id
+            || (gateway_keys && (n == header::AUTHORIZATION || n == api_key))
+    });
     h
 }
 
