@@ -108,12 +108,17 @@ impl Rx {
 pub struct RequestBody<'a> {
     io: &'a TcpStream,
     rx: &'a mut Rx,
+    send_timeout: Duration,
 }
 
 impl RequestBody<'_> {
     /// The whole body, at most `max` bytes, by `deadline`.
     pub async fn read_all(self, max: usize, deadline: Instant) -> Result<Bytes, GatewayError> {
-        let Self { io, rx } = self;
+        let Self {
+            io,
+            rx,
+            send_timeout,
+        } = self;
         if let Some(body) = rx.body.take() {
             if body.len() > max {
                 return Err(GatewayError::BodyTooLarge { limit: max });
@@ -158,7 +163,7 @@ impl RequestBody<'_> {
             }
             if std::mem::take(expect_continue) {
                 let mut msg = [IoSlice::new(b"HTTP/1.1 100 Continue\r\n\r\n")];
-                if write_all(io, &mut msg).await.is_err() {
+                if write_all(io, &mut msg, send_timeout).await.is_err() {
                     *poisoned = true;
                     return Err(GatewayError::InvalidBody("could not read body".into()));
                 }
@@ -225,16 +230,32 @@ fn poll_client_gone(io: &TcpStream, watching: &mut bool, cx: &mut Context<'_>) -
     }
 }
 
-/// Writes all of `bufs`.
-async fn write_all(io: &TcpStream, mut bufs: &mut [IoSlice<'_>]) -> io::Result<()> {
+/// Writes all of `bufs`. A client that accepts nothing for `send_timeout` (a stalled
+/// reader, nginx's `send_timeout`) gets `TimedOut`: the connection is closed, which cancels
+/// the upstream request instead of letting the stalled client hold a replica. The timer exists
+/// only while a write waits for room.
+async fn write_all(
+    io: &TcpStream,
+    mut bufs: &mut [IoSlice<'_>],
+    send_timeout: Duration,
+) -> io::Result<()> {
     IoSlice::advance_slices(&mut bufs, 0);
+    let mut stalled: Option<Pin<Box<Sleep>>> = None;
     std::future::poll_fn(|cx| {
         while !bufs.is_empty() {
             match io.try_write_vectored(bufs) {
                 Ok(0) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
-                Ok(n) => IoSlice::advance_slices(&mut bufs, n),
+                Ok(n) => {
+                    stalled = None;
+                    IoSlice::advance_slices(&mut bufs, n);
+                }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    ready!(io.poll_write_ready(cx))?;
+                    if io.poll_write_ready(cx)?.is_pending() {
+                        let timer = stalled
+                            .get_or_insert_with(|| Box::pin(tokio::time::sleep(send_timeout)));
+                        ready!(timer.as_mut().poll(cx));
+                        return Poll::Ready(Err(io::ErrorKind::TimedOut.into()));
+                    }
                 }
                 Err(e) => return Poll::Ready(Err(e)),
             }
@@ -276,6 +297,7 @@ enum Framing {
 #[derive(Clone, Copy)]
 struct Caps {
     header_read_timeout: Duration,
+    send_timeout: Duration,
     max_head_bytes: usize,
     max_fields: usize,
 }
@@ -286,6 +308,7 @@ impl Caps {
         let s = &snapshot.config.server;
         Self {
             header_read_timeout: s.header_read_timeout,
+            send_timeout: s.send_timeout,
             max_head_bytes: s.max_header_bytes + HEAD_MARGIN,
             max_fields: (s.max_headers + HEADER_MARGIN).min(PARSE_SLOTS),
         }
@@ -505,6 +528,7 @@ pub async fn serve(
                 let req = head.into_request(ClientBody::H1(RequestBody {
                     io: &io,
                     rx: &mut rx,
+                    send_timeout: caps.send_timeout,
                 }));
                 let parts = {
                     let mut handler = pin!(crate::proxy::handle(app.clone(), ctx.clone(), req));
@@ -538,7 +562,7 @@ pub async fn serve(
         out.clear();
         let (framing, keep) = frame_response(&mut out, &parts, &body, version, head_only, keep);
         drop(parts);
-        let sent = send(&io, &out, body, framing).await;
+        let sent = send(&io, &out, body, framing, caps.send_timeout).await;
         // The body goes now: a pass-through body finishes its request's record when dropped.
         body_slot.set(None);
         match sent {
@@ -666,9 +690,10 @@ async fn send(
     head: &[u8],
     mut body: Pin<&mut ResponseBody>,
     framing: Out,
+    send_timeout: Duration,
 ) -> io::Result<bool> {
     if framing == Out::Nothing {
-        write_all(io, &mut [IoSlice::new(head)]).await?;
+        write_all(io, &mut [IoSlice::new(head)], send_timeout).await?;
         return Ok(true);
     }
     let mut left = match framing {
@@ -685,7 +710,7 @@ async fn send(
             Poll::Ready(frame) => frame,
             Poll::Pending => {
                 if let Some(head) = head.take() {
-                    write_all(io, &mut [IoSlice::new(head)]).await?;
+                    write_all(io, &mut [IoSlice::new(head)], send_timeout).await?;
                 }
                 let next = std::future::poll_fn(|cx| match body.as_mut().poll_frame(cx) {
                     Poll::Ready(f) => Poll::Ready(Some(f)),
@@ -705,7 +730,7 @@ async fn send(
             // The replica broke the body: the client must see a broken message, not a short
             // one that looks complete. What was sent stays sent.
             Some(Err(_)) => {
-                write_all(io, &mut [IoSlice::new(head)]).await?;
+                write_all(io, &mut [IoSlice::new(head)], send_timeout).await?;
                 return Ok(false);
             }
             // Trailers are not passed on.
@@ -736,6 +761,7 @@ async fn send(
                 IoSlice::new(chunk_end),
                 IoSlice::new(last),
             ],
+            send_timeout,
         )
         .await?;
         if end {

@@ -360,3 +360,41 @@ async fn draining_closes_idle_connections_at_once_and_busy_ones_after_their_answ
     // Well under the 30 s drain timeout: nothing waited for the idle connection.
     assert!(started.elapsed() < Duration::from_secs(3));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_stops_reading_is_cut_after_the_send_timeout() {
+    // A 2-million-token answer (about 20 MB): far more than the socket buffers hold.
+    let m = mock(MockConfig {
+        tokens: 2_000_000,
+        inter_token: Duration::ZERO,
+        ..fast()
+    })
+    .await;
+    let gw = TestGateway::start(&config(&[m.url()], "[server]\nsend_timeout = \"300ms\"\n")).await;
+    // A small receive buffer, and nothing read: the gateway's writes soon find no room.
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let mut s = socket.connect(gw.addr).await.unwrap();
+    s.write_all(chat_request("", &chat(false).to_string()).as_bytes())
+        .await
+        .unwrap();
+    assert!(eventually(WAIT, || m.stats.requests.load(Ordering::Relaxed) == 1).await);
+    // The gateway gives up on the stalled reader: the replica's connection is dropped, its
+    // slot freed, and the request counted as the client's doing.
+    let ep = endpoint(&gw, &m.url());
+    assert!(
+        eventually(Duration::from_secs(10), || ep.inflight() == 0).await,
+        "still in flight"
+    );
+    let text = request(gw.admin, "GET", "/metrics", &[], "").await;
+    let text = String::from_utf8_lossy(&text.body).into_owned();
+    assert!(
+        text.lines().any(|l| l.starts_with("ai_requests_total")
+            && l.contains("status=\"client_closed\"")
+            && l.ends_with(" 1")),
+        "{text}"
+    );
+    // And the client's connection is closed: reading now drains what was sent, then ends.
+    let (_, closed) = read_until_close(&mut s, WAIT).await;
+    assert!(closed);
+}

@@ -35,6 +35,8 @@ pub struct ServerFile {
     pub header_read_timeout: Option<String>,
     /// Longest silence while receiving a request body.
     pub body_read_timeout: Option<String>,
+    /// Longest time a client may leave an answer's bytes unaccepted (a stalled reader).
+    pub send_timeout: Option<String>,
     /// Cap on the total size of a request's header section.
     pub max_header_bytes: Option<u64>,
     /// Cap on the number of request headers.

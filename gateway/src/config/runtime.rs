@@ -135,6 +135,7 @@ pub struct ServerConfig {
     pub drain_timeout: Duration,
     pub header_read_timeout: Duration,
     pub body_read_timeout: Duration,
+    pub send_timeout: Duration,
     pub max_header_bytes: usize,
     pub max_headers: usize,
     pub audit_log: Option<std::path::PathBuf>,

@@ -20,8 +20,11 @@ pub mod defaults {
     pub const DRAIN_TIMEOUT: &str = "30s";
     pub const HEADER_READ_TIMEOUT: &str = "30s";
     pub const BODY_READ_TIMEOUT: &str = "30s";
+    /// nginx's `send_timeout` default.
+    pub const SEND_TIMEOUT: &str = "60s";
     pub const MAX_HEADER_BYTES: u64 = 32 * 1024;
-    /// With hyper's margin of 10 this stays within its on-stack header array (100).
+    /// With the parser's margin of 10, hyper (TLS connections) keeps its header index array
+    /// on the stack (100).
     pub const MAX_HEADERS: u64 = 90;
     pub const CONNECT_TIMEOUT: &str = "5s";
     pub const RESPONSE_HEAD_TIMEOUT: &str = "300s";
@@ -197,6 +200,11 @@ pub fn validate(f: &FileConfig) -> Result<Config, Vec<String>> {
             "server.body_read_timeout",
             &s.body_read_timeout,
             defaults::BODY_READ_TIMEOUT,
+        ),
+        send_timeout: e.duration(
+            "server.send_timeout",
+            &s.send_timeout,
+            defaults::SEND_TIMEOUT,
         ),
         max_header_bytes: e.range(
             "server.max_header_bytes",
