@@ -252,18 +252,11 @@ async fn accept_data(
             flags: flags.clone(),
         });
         let first_byte_timeout = app.snapshot().config.server.header_read_timeout;
-        let svc = {
-            let (app, ctx) = (app.clone(), ctx.clone());
-            hyper::service::service_fn(move |req: Request<Incoming>| {
-                let (app, ctx) = (app.clone(), ctx.clone());
-                let req = req.map(ClientBody::Hyper);
-                async move { Ok::<_, Infallible>(proxy::handle(app, ctx, req).await) }
-            })
-        };
         // Subscribed now (before any shutdown signal), used once the protocol is known.
         let (builders, watcher) = (builders.clone(), graceful.watcher());
         if let Some(tls) = &app.tls {
             let acceptor = tls.acceptor();
+            let app = app.clone();
             tokio::spawn(async move {
                 // The handshake has the header deadline too: a silent client is not kept.
                 let Ok(Ok(tls_stream)) =
@@ -273,6 +266,7 @@ async fn accept_data(
                 };
                 let h2 = tls_stream.get_ref().1.alpn_protocol() == Some(b"h2");
                 let io = TokioIo::new(ScanIo::new(tls_stream, flags.clone()));
+                let svc = hyper_service(app, ctx);
                 if h2 {
                     let _ = watcher.watch(builders.h2.serve_connection(io, svc)).await;
                 } else {
@@ -294,6 +288,7 @@ async fn accept_data(
             match sniffed {
                 Ok(Some(true)) => {
                     let io = TokioIo::new(ScanIo::new(SharedTcp(Arc::new(stream)), flags));
+                    let svc = hyper_service(app, ctx);
                     let _ = watcher.watch(builders.h2.serve_connection(io, svc)).await;
                 }
                 Ok(Some(false)) => crate::h1::serve(stream, app, ctx, stop).await,
@@ -301,6 +296,27 @@ async fn accept_data(
             }
         });
     }
+}
+
+/// The request path as a hyper service, for the connections hyper serves (TLS, HTTP/2); plain
+/// HTTP/1.1 calls `proxy::handle` from `crate::h1` directly.
+fn hyper_service(
+    app: Arc<AppState>,
+    ctx: Arc<ConnCtx>,
+) -> impl hyper::service::Service<
+    Request<Incoming>,
+    Response = http::Response<proxy::body::ResponseBody>,
+    Error = Infallible,
+    Future = impl std::future::Future<
+        Output = Result<http::Response<proxy::body::ResponseBody>, Infallible>,
+    > + Send,
+> + Clone
+       + Send {
+    hyper::service::service_fn(move |req: Request<Incoming>| {
+        let (app, ctx) = (app.clone(), ctx.clone());
+        let req = req.map(ClientBody::Hyper);
+        async move { Ok::<_, Infallible>(proxy::handle(app, ctx, req).await) }
+    })
 }
 
 async fn accept_admin(
