@@ -46,13 +46,13 @@ use tokio::net::TcpStream;
 use tokio::time::{Instant, Sleep};
 use tokio_util::sync::CancellationToken;
 
+use crate::codec::{content_length, decimal, has_token, last_coding_is_chunked, Decoder};
 use crate::config::validate::MAX_HEADERS_CEILING;
 use crate::error::GatewayError;
 use crate::proxy::body::ResponseBody;
 use crate::proxy::read::ClientBody;
 use crate::proxy::ConnCtx;
 use crate::state::AppState;
-use crate::upstream;
 
 /// Read size for a request head (and more of a body).
 const READ_SIZE: usize = 4096;
@@ -71,7 +71,7 @@ pub struct Rx {
     /// The whole body, when it came with the head (the common case): shares the head's bytes.
     body: Option<Bytes>,
     /// What is left to read of a body that did not arrive with its head.
-    decoder: Option<upstream::Body>,
+    decoder: Option<Decoder>,
     /// `Expect: 100-continue`, not yet answered.
     expect_continue: bool,
     /// The framing cannot be trusted (or a read failed): close after the answer.
@@ -148,11 +148,10 @@ impl RequestBody<'_> {
                         out.extend_from_slice(&data);
                     }
                     Ok(None) => break,
-                    Err(e) => {
+                    Err(crate::codec::Malformed(why)) => {
                         *poisoned = true;
                         return Err(GatewayError::InvalidBody(format!(
-                            "could not read body: {}",
-                            e.to_string().replace("from replica", "in request body")
+                            "could not read body: {why}"
                         )));
                     }
                 }
@@ -350,11 +349,11 @@ fn parse_head(rx: &mut Rx, max_fields: usize, ctx: &ConnCtx) -> Result<Option<He
             rest.slice(n..)
         }
         Framing::Length(n) => {
-            rx.decoder = Some(upstream::Body::with_length(n));
+            rx.decoder = Some(Decoder::length(n));
             rest
         }
         Framing::Chunked => {
-            rx.decoder = Some(upstream::Body::chunked());
+            rx.decoder = Some(Decoder::chunked());
             rest
         }
         Framing::Ambiguous => {
@@ -400,16 +399,14 @@ fn build_head(
         if name == header::CONTENT_LENGTH {
             // A list of equal values is one length (RFC 9110 §8.6); anything else is not.
             for part in h.value.split(|&b| b == b',') {
-                let n = parse_length(part.trim_ascii()).ok_or(bad("bad content-length"))?;
+                let n = content_length(part).ok_or(bad("bad content-length"))?;
                 if length.is_some_and(|l| l != n) {
                     lengths_differ = true;
                 }
                 length = Some(n);
             }
         } else if name == header::TRANSFER_ENCODING {
-            // Only the final coding decides: chunked last means chunked framing.
-            let last = h.value.rsplit(|&b| b == b',').next().unwrap_or_default();
-            te = Some(last.trim_ascii().eq_ignore_ascii_case(b"chunked"));
+            te = Some(last_coding_is_chunked(h.value));
         } else if name == header::CONNECTION {
             if has_token(h.value, b"close") {
                 close = true;
@@ -442,32 +439,34 @@ fn build_head(
     Ok((head, framing, expect_continue))
 }
 
-/// Decimal digits only: no sign, no spaces inside, at most 15 digits.
-fn parse_length(v: &[u8]) -> Option<u64> {
-    if v.is_empty() || v.len() > 15 || !v.iter().all(u8::is_ascii_digit) {
-        return None;
-    }
-    Some(v.iter().fold(0, |n, &d| n * 10 + u64::from(d - b'0')))
-}
-
-fn has_token(v: &[u8], token: &[u8]) -> bool {
-    v.split(|&b| b == b',')
-        .any(|t| t.trim_ascii().eq_ignore_ascii_case(token))
-}
-
-/// Parses one request head (and takes its body) from `bytes` as a connection would; `true` if
-/// it was complete and valid. For the micro-benchmarks (`benches/hot_path.rs`).
-#[doc(hidden)]
-pub fn parse_for_bench(bytes: &[u8]) -> bool {
-    let mut rx = Rx {
-        buf: BytesMut::from(bytes),
-        ..Rx::default()
-    };
+/// A request outside any connection (benchmarks, fuzzing, tests): its bytes arrive in two
+/// reads, `first` then `second`, and its head is parsed as a connection would parse it.
+fn parse_detached(
+    first: &[u8],
+    second: &[u8],
+    max_fields: usize,
+) -> (Result<Option<Head>, GatewayError>, Rx, ConnCtx) {
     let ctx = ConnCtx {
         peer: ([127, 0, 0, 1], 1).into(),
         flags: Arc::default(),
     };
-    matches!(parse_head(&mut rx, 100, &ctx), Ok(Some(_)))
+    let mut rx = Rx {
+        buf: BytesMut::from(first),
+        ..Rx::default()
+    };
+    let mut head = parse_head(&mut rx, max_fields, &ctx);
+    rx.buf.extend_from_slice(second);
+    if let Ok(None) = head {
+        head = parse_head(&mut rx, max_fields, &ctx);
+    }
+    (head, rx, ctx)
+}
+
+/// Parses one request head (and takes its body) from `bytes`; `true` if it was complete and
+/// valid. For the micro-benchmarks (`benches/hot_path.rs`).
+#[doc(hidden)]
+pub fn parse_for_bench(bytes: &[u8]) -> bool {
+    matches!(parse_detached(bytes, b"", 100).0, Ok(Some(_)))
 }
 
 /// Feeds arbitrary bytes through the request side as a connection would: the first byte says
@@ -479,19 +478,7 @@ pub fn fuzz_request(data: &[u8]) {
         return;
     };
     let (first, second) = rest.split_at(usize::from(cut) * rest.len() / 256);
-    let ctx = ConnCtx {
-        peer: ([127, 0, 0, 1], 1).into(),
-        flags: Arc::default(),
-    };
-    let mut rx = Rx {
-        buf: BytesMut::from(first),
-        ..Rx::default()
-    };
-    let mut head = parse_head(&mut rx, 20, &ctx);
-    rx.buf.extend_from_slice(second);
-    if let Ok(None) = head {
-        head = parse_head(&mut rx, 20, &ctx);
-    }
+    let (head, mut rx, ctx) = parse_detached(first, second, 20);
     if let Ok(Some(_)) = head {
         if let Some(dec) = rx.decoder.as_mut() {
             while let Ok(Some(_)) = dec.next_buffered(&mut rx.buf) {}
@@ -666,7 +653,7 @@ fn frame_response(
     let length = parts
         .headers
         .get(header::CONTENT_LENGTH)
-        .and_then(|v| parse_length(v.as_bytes()))
+        .and_then(|v| content_length(v.as_bytes()))
         .or_else(|| body.size_hint().exact());
     let framing = match length {
         _ if no_body_allowed => Out::Nothing,
@@ -848,18 +835,6 @@ fn write_head(
     out.extend_from_slice(b"\r\n");
 }
 
-fn decimal(mut n: u64, buf: &mut [u8; 20]) -> &[u8] {
-    let mut i = buf.len();
-    loop {
-        i -= 1;
-        buf[i] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            return &buf[i..];
-        }
-    }
-}
-
 /// The `Date` header value, formatted once a second per thread.
 mod date {
     use std::cell::RefCell;
@@ -888,15 +863,8 @@ mod tests {
 
     /// Parses one head from `bytes`, as a connection would.
     fn head_of(bytes: &[u8]) -> Result<Option<(Head, Rx)>, GatewayError> {
-        let mut rx = Rx {
-            buf: BytesMut::from(bytes),
-            ..Rx::default()
-        };
-        let ctx = ConnCtx {
-            peer: ([127, 0, 0, 1], 1).into(),
-            flags: Arc::default(),
-        };
-        Ok(parse_head(&mut rx, 100, &ctx)?.map(|h| (h, rx)))
+        let (head, rx, _) = parse_detached(bytes, b"", 100);
+        Ok(head?.map(|h| (h, rx)))
     }
 
     #[test]
@@ -1009,10 +977,10 @@ mod tests {
         assert_eq!(chunk_size_line(0x1a3f, &mut b), b"1a3f\r\n");
         assert_eq!(chunk_size_line(0, &mut b), b"0\r\n");
         assert_eq!(chunk_size_line(usize::MAX, &mut b).len(), 18);
-        assert_eq!(parse_length(b"0"), Some(0));
-        assert_eq!(parse_length(b"123"), Some(123));
-        assert_eq!(parse_length(b""), None);
-        assert_eq!(parse_length(b"1234567890123456"), None);
+        assert_eq!(content_length(b"0"), Some(0));
+        assert_eq!(content_length(b"123"), Some(123));
+        assert_eq!(content_length(b""), None);
+        assert_eq!(content_length(b"1234567890123456"), None);
     }
 
     #[test]
@@ -1074,16 +1042,8 @@ mod tests {
         fn a_request_split_anywhere_parses_the_same(cut in 0usize..120) {
             let req = b"POST /v1/chat/completions HTTP/1.1\r\nHost: g\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n2;x=y\r\nde\r\n0\r\nT: 1\r\n\r\nNEXT";
             let cut = cut.min(req.len());
-            let ctx = ConnCtx { peer: ([127, 0, 0, 1], 1).into(), flags: Arc::default() };
-            let mut rx = Rx { buf: BytesMut::from(&req[..cut]), ..Rx::default() };
-            let mut head = parse_head(&mut rx, 20, &ctx).unwrap();
-            if head.is_none() {
-                rx.buf.extend_from_slice(&req[cut..]);
-                head = parse_head(&mut rx, 20, &ctx).unwrap();
-            } else {
-                rx.buf.extend_from_slice(&req[cut..]);
-            }
-            let head = head.unwrap();
+            let (head, mut rx, _) = parse_detached(&req[..cut], &req[cut..], 20);
+            let head = head.unwrap().unwrap();
             proptest::prop_assert_eq!(head.uri.path(), "/v1/chat/completions");
             let dec = rx.decoder.as_mut().unwrap();
             let mut body = Vec::new();

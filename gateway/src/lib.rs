@@ -12,6 +12,7 @@ pub mod admin;
 pub mod auth;
 pub mod balance;
 pub mod canary;
+pub mod codec;
 pub mod config;
 pub mod control;
 pub mod demo;

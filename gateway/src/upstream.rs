@@ -27,12 +27,14 @@ use http::StatusCode;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
+use crate::codec::{
+    content_length, decimal, has_token, last_coding_is_chunked, Decoder, Malformed,
+};
+
 /// Largest response head accepted from a replica.
 const MAX_HEAD: usize = 64 * 1024;
 /// Most header fields read from a replica's response head.
 const MAX_HEADERS: usize = 96;
-/// Longest chunk-size or trailer line.
-const MAX_LINE: usize = 4096;
 /// Read size while a body streams; grows (to `MAX_READ`) while reads keep filling it.
 const MIN_READ: usize = 1024;
 const MAX_READ: usize = 64 * 1024;
@@ -78,6 +80,12 @@ impl std::error::Error for UpstreamError {}
 impl From<io::Error> for UpstreamError {
     fn from(e: io::Error) -> Self {
         Self::Io(e)
+    }
+}
+
+impl From<Malformed> for UpstreamError {
+    fn from(Malformed(why): Malformed) -> Self {
+        Self::Malformed(why)
     }
 }
 
@@ -186,8 +194,8 @@ impl Conn {
         }
         if !body.is_empty() || method == "POST" {
             h.extend_from_slice(b"content-length: ");
-            let mut n = itoa_buf();
-            h.extend_from_slice(fmt_u64(body.len() as u64, &mut n));
+            let mut n = [0; 20];
+            h.extend_from_slice(decimal(body.len() as u64, &mut n));
             h.extend_from_slice(b"\r\n");
         }
         h.extend_from_slice(b"\r\n");
@@ -266,9 +274,7 @@ impl Conn {
             let value = HeaderValue::from_maybe_shared(raw.slice(vo..vo + vl))
                 .map_err(|_| UpstreamError::Malformed("bad header value"))?;
             if name == header::CONTENT_LENGTH {
-                let n = std::str::from_utf8(value.as_bytes())
-                    .ok()
-                    .and_then(|s| s.trim().parse::<u64>().ok())
+                let n = content_length(value.as_bytes())
                     .ok_or(UpstreamError::Malformed("bad content-length"))?;
                 if length.is_some_and(|l| l != n) {
                     return Err(UpstreamError::Malformed("conflicting content-length"));
@@ -276,17 +282,12 @@ impl Conn {
                 length = Some(n);
             } else if name == header::TRANSFER_ENCODING {
                 has_te = true;
-                // Only the final coding decides: chunked last means chunked framing.
-                chunked = value
-                    .as_bytes()
-                    .rsplit(|&b| b == b',')
-                    .next()
-                    .is_some_and(|last| last.trim_ascii().eq_ignore_ascii_case(b"chunked"));
+                chunked = last_coding_is_chunked(value.as_bytes());
             } else if name == header::CONNECTION {
                 let v = value.as_bytes();
-                if contains_token(v, b"close") {
+                if has_token(v, b"close") {
                     close = true;
-                } else if minor == 0 && contains_token(v, b"keep-alive") {
+                } else if minor == 0 && has_token(v, b"keep-alive") {
                     close = false;
                 }
             }
@@ -295,8 +296,8 @@ impl Conn {
         let no_body = status.is_informational()
             || status == StatusCode::NO_CONTENT
             || status == StatusCode::NOT_MODIFIED;
-        let state = if no_body {
-            State::Done
+        let dec = if no_body {
+            Decoder::length(0)
         } else if has_te {
             // Transfer-Encoding overrides Content-Length; a message that carries both is
             // suspect, so its connection is not reused.
@@ -304,21 +305,18 @@ impl Conn {
                 close = true;
             }
             if chunked {
-                State::ChunkSize
+                Decoder::chunked()
             } else {
-                State::UntilClose
+                Decoder::until_close()
             }
         } else {
-            match length {
-                Some(0) => State::Done,
-                Some(n) => State::Length(n),
-                None => State::UntilClose,
-            }
+            length.map_or_else(Decoder::until_close, Decoder::length)
         };
+        let keep_alive = !close && !dec.ends_at_close();
         Ok(Some(ResponseHead {
             status,
             headers,
-            body: Body::new(state, !close && state != State::UntilClose),
+            body: Body { dec, keep_alive },
         }))
     }
 
@@ -382,73 +380,27 @@ impl Conn {
     }
 }
 
-/// How much of a response body is left, and where the connection stands.
+/// How much of a response body is left (the shared decoder, `crate::codec`), and whether the
+/// connection stays open after it.
 pub struct Body {
-    state: State,
+    dec: Decoder,
     keep_alive: bool,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum State {
-    Length(u64),
-    UntilClose,
-    ChunkSize,
-    ChunkData(u64),
-    ChunkEnd,
-    Trailers,
-    Done,
-}
-
 impl Body {
-    fn new(state: State, keep_alive: bool) -> Self {
-        Self { state, keep_alive }
-    }
-
-    /// A body of `n` bytes (a request's `Content-Length`).
-    pub fn with_length(n: u64) -> Self {
-        Self::new(
-            if n == 0 {
-                State::Done
-            } else {
-                State::Length(n)
-            },
-            true,
-        )
-    }
-
-    /// A chunked body (a request's `Transfer-Encoding: chunked`).
-    pub fn chunked() -> Self {
-        Self::new(State::ChunkSize, true)
-    }
-
-    /// The next piece of body already in `buf` (consumed from it), or `None` when more bytes
-    /// are needed or the body is complete. The same decoder serves the server side
-    /// (`crate::h1`) for request bodies.
-    pub fn next_buffered(&mut self, buf: &mut BytesMut) -> Result<Option<Bytes>, UpstreamError> {
-        let data = self.step(buf)?;
-        if data.is_some() {
-            self.step_framing(buf)?;
-        }
-        Ok(data)
-    }
-
     pub fn is_end(&self) -> bool {
-        self.state == State::Done
+        self.dec.is_end()
     }
 
     /// Bytes still expected, when the framing says.
     pub fn remaining(&self) -> Option<u64> {
-        match self.state {
-            State::Length(n) => Some(n),
-            State::Done => Some(0),
-            _ => None,
-        }
+        self.dec.remaining()
     }
 
     /// Whether the connection may carry another request: the body ended exactly at the end of
     /// what the replica sent, on a keep-alive answer.
     pub fn reusable(&self, conn: &Conn) -> bool {
-        self.keep_alive && self.state == State::Done && conn.buf.is_empty()
+        self.keep_alive && self.dec.is_end() && conn.buf.is_empty()
     }
 
     /// The next piece of body. Data is handed out as it arrives (one chunk of a chunked body
@@ -461,15 +413,14 @@ impl Body {
         loop {
             // Past a chunk's end (and a final empty chunk) already in the buffer too, so the
             // last frame already reports the end of the body.
-            if let Some(data) = self.next_buffered(&mut conn.buf)? {
+            if let Some(data) = self.dec.next_buffered(&mut conn.buf)? {
                 return Poll::Ready(Some(Ok(data)));
             }
-            if self.state == State::Done {
+            if self.dec.is_end() {
                 return Poll::Ready(None);
             }
             match ready!(conn.poll_fill(cx)) {
-                Ok(0) if self.state == State::UntilClose => {
-                    self.state = State::Done;
+                Ok(0) if self.dec.end_at_close() => {
                     self.keep_alive = false;
                     return Poll::Ready(None);
                 }
@@ -477,123 +428,6 @@ impl Body {
                 Ok(_) => {}
                 Err(e) => return Poll::Ready(Some(Err(e.into()))),
             }
-        }
-    }
-
-    /// Advances with what is buffered: `Some(data)` when there is body to hand out, `None`
-    /// when more bytes are needed (or the body is done).
-    fn step(&mut self, buf: &mut BytesMut) -> Result<Option<Bytes>, UpstreamError> {
-        self.step_framing(buf)?;
-        if buf.is_empty() {
-            return Ok(None);
-        }
-        Ok(match self.state {
-            State::Length(n) | State::ChunkData(n) => {
-                let take = buf.len().min(usize::try_from(n).unwrap_or(usize::MAX));
-                let left = n - take as u64;
-                self.state = match (self.state, left) {
-                    (State::Length(_), 0) => State::Done,
-                    (State::Length(_), l) => State::Length(l),
-                    (_, 0) => State::ChunkEnd,
-                    (_, l) => State::ChunkData(l),
-                };
-                Some(buf.split_to(take).freeze())
-            }
-            State::UntilClose => Some(buf.split().freeze()),
-            _ => None,
-        })
-    }
-
-    /// Consumes chunk-size lines, chunk ends and trailers that are fully buffered.
-    fn step_framing(&mut self, buf: &mut BytesMut) -> Result<(), UpstreamError> {
-        loop {
-            match self.state {
-                State::ChunkSize => {
-                    let Some(line) = take_line(buf)? else {
-                        return Ok(());
-                    };
-                    let size = parse_chunk_size(&line)?;
-                    self.state = if size == 0 {
-                        State::Trailers
-                    } else {
-                        State::ChunkData(size)
-                    };
-                }
-                State::ChunkEnd => {
-                    let Some(line) = take_line(buf)? else {
-                        return Ok(());
-                    };
-                    if !line.is_empty() {
-                        return Err(UpstreamError::Malformed("chunk longer than its size"));
-                    }
-                    self.state = State::ChunkSize;
-                }
-                State::Trailers => {
-                    let Some(line) = take_line(buf)? else {
-                        return Ok(());
-                    };
-                    // Trailer fields are dropped: nothing downstream reads them.
-                    if line.is_empty() {
-                        self.state = State::Done;
-                    }
-                }
-                _ => return Ok(()),
-            }
-        }
-    }
-}
-
-/// One line (without CRLF or LF) off the front of the buffer, if a whole one is there.
-fn take_line(buf: &mut BytesMut) -> Result<Option<BytesMut>, UpstreamError> {
-    match memchr::memchr(b'\n', buf) {
-        Some(i) => {
-            let mut line = buf.split_to(i + 1);
-            line.truncate(i);
-            if line.last() == Some(&b'\r') {
-                line.truncate(i - 1);
-            }
-            Ok(Some(line))
-        }
-        None if buf.len() > MAX_LINE => Err(UpstreamError::Malformed("chunk line too long")),
-        None => Ok(None),
-    }
-}
-
-/// `1a3f;ext=1` → 0x1a3f.
-fn parse_chunk_size(line: &[u8]) -> Result<u64, UpstreamError> {
-    let digits = line
-        .split(|&b| b == b';')
-        .next()
-        .unwrap_or_default()
-        .trim_ascii();
-    if digits.is_empty() || digits.len() > 15 {
-        return Err(UpstreamError::Malformed("bad chunk size"));
-    }
-    digits.iter().try_fold(0u64, |n, &b| {
-        let d = (b as char)
-            .to_digit(16)
-            .ok_or(UpstreamError::Malformed("bad chunk size"))?;
-        Ok(n * 16 + u64::from(d))
-    })
-}
-
-fn contains_token(v: &[u8], token: &[u8]) -> bool {
-    v.split(|&b| b == b',')
-        .any(|t| t.trim_ascii().eq_ignore_ascii_case(token))
-}
-
-fn itoa_buf() -> [u8; 20] {
-    [0; 20]
-}
-
-fn fmt_u64(mut n: u64, buf: &mut [u8; 20]) -> &[u8] {
-    let mut i = buf.len();
-    loop {
-        i -= 1;
-        buf[i] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            return &buf[i..];
         }
     }
 }
@@ -803,57 +637,5 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
         assert!(!usable);
-    }
-
-    /// Feeds `wire` to a body in the given pieces; returns the body bytes, or the error.
-    fn decode(
-        state: State,
-        wire: &[u8],
-        cuts: &[usize],
-    ) -> Result<(Vec<u8>, Body, BytesMut), UpstreamError> {
-        let mut points: Vec<usize> = cuts.iter().map(|c| c % (wire.len() + 1)).collect();
-        points.push(wire.len());
-        points.sort_unstable();
-        let (mut body, mut buf, mut out, mut at) =
-            (Body::new(state, true), BytesMut::new(), Vec::new(), 0);
-        for p in points {
-            buf.extend_from_slice(&wire[at..p]);
-            at = p;
-            while let Some(data) = body.step(&mut buf)? {
-                out.extend_from_slice(&data);
-                body.step_framing(&mut buf)?;
-            }
-        }
-        Ok((out, body, buf))
-    }
-
-    proptest::proptest! {
-        /// However the replica's bytes are split across reads, the body is the same, it ends
-        /// exactly at the message boundary, and what follows is left for the next message.
-        #[test]
-        fn any_split_of_a_body_decodes_the_same(cuts in proptest::collection::vec(0usize..200, 0..12)) {
-            let chunked = b"5\r\nhello\r\n3;x=y\r\n, w\r\nA\r\norld!!!!!!\r\n0\r\nt: 1\r\n\r\nNEXT";
-            let (out, body, rest) = decode(State::ChunkSize, chunked, &cuts).unwrap();
-            proptest::prop_assert_eq!(&out[..], b"hello, world!!!!!!");
-            proptest::prop_assert!(body.is_end());
-            proptest::prop_assert_eq!(&rest[..], b"NEXT");
-            let (out, body, rest) = decode(State::Length(11), b"hello worldNEXT", &cuts).unwrap();
-            proptest::prop_assert_eq!(&out[..], b"hello world");
-            proptest::prop_assert!(body.is_end());
-            proptest::prop_assert_eq!(&rest[..], b"NEXT");
-            // A chunk longer than its size is an error wherever the reads fall.
-            proptest::prop_assert!(decode(State::ChunkSize, b"2\r\nabc\r\n0\r\n\r\n", &cuts).is_err());
-        }
-    }
-
-    #[test]
-    fn chunk_sizes_and_numbers() {
-        assert_eq!(parse_chunk_size(b"ff").unwrap(), 255);
-        assert_eq!(parse_chunk_size(b"A ; name=v").unwrap(), 10);
-        assert!(parse_chunk_size(b"").is_err());
-        assert!(parse_chunk_size(b"fffffffffffffffff").is_err());
-        let mut b = itoa_buf();
-        assert_eq!(fmt_u64(0, &mut b), b"0");
-        assert_eq!(fmt_u64(1234567890, &mut b), b"1234567890");
     }
 }

@@ -1,0 +1,303 @@
+//! HTTP/1.1 wire format shared by both legs: the body-framing decoder (RFC 9112 §6–7:
+//! Content-Length, chunked with extensions and trailers, close-delimited) and the small field
+//! rules (token lists, lengths, the final transfer coding, decimal numbers). The upstream
+//! client (`upstream.rs`) and the data port's server (`h1.rs`) each own their sockets and
+//! heads; neither owns these.
+
+use bytes::{Bytes, BytesMut};
+
+/// Longest chunk-size or trailer line.
+const MAX_LINE: usize = 4096;
+
+/// Bytes that are not valid HTTP/1.1 framing; says what was wrong.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Malformed(pub &'static str);
+
+/// Where a message body stands: how much is left, and how its end is recognised.
+#[derive(Debug)]
+pub struct Decoder {
+    state: State,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    Length(u64),
+    UntilClose,
+    ChunkSize,
+    ChunkData(u64),
+    ChunkEnd,
+    Trailers,
+    Done,
+}
+
+impl Decoder {
+    /// A body of `n` bytes (`Content-Length`); `0` is an empty body, already complete.
+    pub fn length(n: u64) -> Self {
+        let state = if n == 0 {
+            State::Done
+        } else {
+            State::Length(n)
+        };
+        Self { state }
+    }
+
+    /// A chunked body (`Transfer-Encoding: ..., chunked`).
+    pub fn chunked() -> Self {
+        Self {
+            state: State::ChunkSize,
+        }
+    }
+
+    /// A body that ends when the connection does (a response without a length).
+    pub fn until_close() -> Self {
+        Self {
+            state: State::UntilClose,
+        }
+    }
+
+    pub fn is_end(&self) -> bool {
+        self.state == State::Done
+    }
+
+    /// Whether only the end of the connection can end this body.
+    pub fn ends_at_close(&self) -> bool {
+        self.state == State::UntilClose
+    }
+
+    /// The connection ended: true (and the body complete) if that is how this body ends.
+    pub fn end_at_close(&mut self) -> bool {
+        if self.ends_at_close() {
+            self.state = State::Done;
+            return true;
+        }
+        false
+    }
+
+    /// Bytes still expected, when the framing says.
+    pub fn remaining(&self) -> Option<u64> {
+        match self.state {
+            State::Length(n) => Some(n),
+            State::Done => Some(0),
+            _ => None,
+        }
+    }
+
+    /// The next piece of body already in `buf` (consumed from it), or `None` when more bytes
+    /// are needed or the body is complete. Framing that follows the piece (a chunk's end, the
+    /// final empty chunk and trailers) is consumed too when it is there, so the last piece
+    /// already reports the end of the body.
+    pub fn next_buffered(&mut self, buf: &mut BytesMut) -> Result<Option<Bytes>, Malformed> {
+        let data = self.step(buf)?;
+        if data.is_some() {
+            self.step_framing(buf)?;
+        }
+        Ok(data)
+    }
+
+    /// Advances with what is buffered: `Some(data)` when there is body to hand out, `None`
+    /// when more bytes are needed (or the body is done).
+    fn step(&mut self, buf: &mut BytesMut) -> Result<Option<Bytes>, Malformed> {
+        self.step_framing(buf)?;
+        if buf.is_empty() {
+            return Ok(None);
+        }
+        Ok(match self.state {
+            State::Length(n) | State::ChunkData(n) => {
+                let take = buf.len().min(usize::try_from(n).unwrap_or(usize::MAX));
+                let left = n - take as u64;
+                self.state = match (self.state, left) {
+                    (State::Length(_), 0) => State::Done,
+                    (State::Length(_), l) => State::Length(l),
+                    (_, 0) => State::ChunkEnd,
+                    (_, l) => State::ChunkData(l),
+                };
+                Some(buf.split_to(take).freeze())
+            }
+            State::UntilClose => Some(buf.split().freeze()),
+            _ => None,
+        })
+    }
+
+    /// Consumes chunk-size lines, chunk ends and trailers that are fully buffered.
+    fn step_framing(&mut self, buf: &mut BytesMut) -> Result<(), Malformed> {
+        loop {
+            match self.state {
+                State::ChunkSize => {
+                    let Some(line) = take_line(buf)? else {
+                        return Ok(());
+                    };
+                    let size = parse_chunk_size(&line)?;
+                    self.state = if size == 0 {
+                        State::Trailers
+                    } else {
+                        State::ChunkData(size)
+                    };
+                }
+                State::ChunkEnd => {
+                    let Some(line) = take_line(buf)? else {
+                        return Ok(());
+                    };
+                    if !line.is_empty() {
+                        return Err(Malformed("chunk longer than its size"));
+                    }
+                    self.state = State::ChunkSize;
+                }
+                State::Trailers => {
+                    let Some(line) = take_line(buf)? else {
+                        return Ok(());
+                    };
+                    // Trailer fields are dropped: nothing downstream reads them.
+                    if line.is_empty() {
+                        self.state = State::Done;
+                    }
+                }
+                _ => return Ok(()),
+            }
+        }
+    }
+}
+
+/// One line (without CRLF or LF) off the front of the buffer, if a whole one is there.
+fn take_line(buf: &mut BytesMut) -> Result<Option<BytesMut>, Malformed> {
+    match memchr::memchr(b'\n', buf) {
+        Some(i) => {
+            let mut line = buf.split_to(i + 1);
+            line.truncate(i);
+            if line.last() == Some(&b'\r') {
+                line.truncate(i - 1);
+            }
+            Ok(Some(line))
+        }
+        None if buf.len() > MAX_LINE => Err(Malformed("chunk line too long")),
+        None => Ok(None),
+    }
+}
+
+/// `1a3f;ext=1` → 0x1a3f.
+fn parse_chunk_size(line: &[u8]) -> Result<u64, Malformed> {
+    let digits = line
+        .split(|&b| b == b';')
+        .next()
+        .unwrap_or_default()
+        .trim_ascii();
+    if digits.is_empty() || digits.len() > 15 {
+        return Err(Malformed("bad chunk size"));
+    }
+    digits.iter().try_fold(0u64, |n, &b| {
+        let d = (b as char)
+            .to_digit(16)
+            .ok_or(Malformed("bad chunk size"))?;
+        Ok(n * 16 + u64::from(d))
+    })
+}
+
+/// Whether a comma-separated field value (`Connection`) holds `token`, case-insensitively.
+pub fn has_token(v: &[u8], token: &[u8]) -> bool {
+    v.split(|&b| b == b',')
+        .any(|t| t.trim_ascii().eq_ignore_ascii_case(token))
+}
+
+/// A `Content-Length` value: decimal digits only (no sign, nothing inside), at most 15 of them;
+/// surrounding whitespace is allowed.
+pub fn content_length(v: &[u8]) -> Option<u64> {
+    let v = v.trim_ascii();
+    if v.is_empty() || v.len() > 15 || !v.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    Some(v.iter().fold(0, |n, &d| n * 10 + u64::from(d - b'0')))
+}
+
+/// Whether a `Transfer-Encoding` value ends with `chunked`: only the final coding decides the
+/// framing.
+pub fn last_coding_is_chunked(v: &[u8]) -> bool {
+    v.rsplit(|&b| b == b',')
+        .next()
+        .is_some_and(|last| last.trim_ascii().eq_ignore_ascii_case(b"chunked"))
+}
+
+/// `n` in decimal, written at the end of `buf`.
+pub fn decimal(mut n: u64, buf: &mut [u8; 20]) -> &[u8] {
+    let mut i = buf.len();
+    loop {
+        i -= 1;
+        buf[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            return &buf[i..];
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Feeds `wire` to a decoder in the given pieces; returns the body bytes, or the error.
+    fn decode(
+        mut dec: Decoder,
+        wire: &[u8],
+        cuts: &[usize],
+    ) -> Result<(Vec<u8>, Decoder, BytesMut), Malformed> {
+        let mut points: Vec<usize> = cuts.iter().map(|c| c % (wire.len() + 1)).collect();
+        points.push(wire.len());
+        points.sort_unstable();
+        let (mut buf, mut out, mut at) = (BytesMut::new(), Vec::new(), 0);
+        for p in points {
+            buf.extend_from_slice(&wire[at..p]);
+            at = p;
+            while let Some(data) = dec.next_buffered(&mut buf)? {
+                out.extend_from_slice(&data);
+            }
+        }
+        Ok((out, dec, buf))
+    }
+
+    proptest::proptest! {
+        /// However the bytes are split across reads, the body is the same, it ends exactly at
+        /// the message boundary, and what follows is left for the next message.
+        #[test]
+        fn any_split_of_a_body_decodes_the_same(cuts in proptest::collection::vec(0usize..200, 0..12)) {
+            let chunked = b"5\r\nhello\r\n3;x=y\r\n, w\r\nA\r\norld!!!!!!\r\n0\r\nt: 1\r\n\r\nNEXT";
+            let (out, body, rest) = decode(Decoder::chunked(), chunked, &cuts).unwrap();
+            proptest::prop_assert_eq!(&out[..], b"hello, world!!!!!!");
+            proptest::prop_assert!(body.is_end());
+            proptest::prop_assert_eq!(&rest[..], b"NEXT");
+            let (out, body, rest) = decode(Decoder::length(11), b"hello worldNEXT", &cuts).unwrap();
+            proptest::prop_assert_eq!(&out[..], b"hello world");
+            proptest::prop_assert!(body.is_end());
+            proptest::prop_assert_eq!(&rest[..], b"NEXT");
+            // A chunk longer than its size is an error wherever the reads fall.
+            proptest::prop_assert!(decode(Decoder::chunked(), b"2\r\nabc\r\n0\r\n\r\n", &cuts).is_err());
+        }
+    }
+
+    #[test]
+    fn chunk_sizes_and_numbers() {
+        assert_eq!(parse_chunk_size(b"ff").unwrap(), 255);
+        assert_eq!(parse_chunk_size(b"A ; name=v").unwrap(), 10);
+        assert!(parse_chunk_size(b"").is_err());
+        assert!(parse_chunk_size(b"fffffffffffffffff").is_err());
+        let mut b = [0; 20];
+        assert_eq!(decimal(0, &mut b), b"0");
+        assert_eq!(decimal(1234567890, &mut b), b"1234567890");
+        assert_eq!(decimal(u64::MAX, &mut b), b"18446744073709551615");
+    }
+
+    #[test]
+    fn field_rules() {
+        assert_eq!(content_length(b"0"), Some(0));
+        assert_eq!(content_length(b" 123 "), Some(123));
+        for bad in [&b""[..], b"+1", b"-1", b"1 2", b"0x10", b"1234567890123456"] {
+            assert_eq!(
+                content_length(bad),
+                None,
+                "{:?}",
+                String::from_utf8_lossy(bad)
+            );
+        }
+        assert!(last_coding_is_chunked(b"gzip, Chunked"));
+        assert!(!last_coding_is_chunked(b"chunked, gzip"));
+        assert!(has_token(b"foo, Close", b"close"));
+        assert!(!has_token(b"closed", b"close"));
+    }
+}
