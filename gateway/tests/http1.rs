@@ -83,6 +83,18 @@ async fn fill(s: &mut TcpStream, buf: &mut Vec<u8>) {
     buf.extend_from_slice(&chunk[..n]);
 }
 
+/// The gateway counted exactly one request as `status="client_closed"`.
+async fn assert_one_client_closed(gw: &TestGateway) {
+    let text = request(gw.admin, "GET", "/metrics", &[], "").await;
+    let text = String::from_utf8_lossy(&text.body).into_owned();
+    assert!(
+        text.lines().any(|l| l.starts_with("ai_requests_total")
+            && l.contains("status=\"client_closed\"")
+            && l.ends_with(" 1")),
+        "{text}"
+    );
+}
+
 fn chat_request(extra_headers: &str, body: &str) -> String {
     format!(
         "POST /v1/chat/completions HTTP/1.1\r\nHost: g\r\nContent-Type: application/json\r\n{extra_headers}Content-Length: {}\r\n\r\n{body}",
@@ -310,14 +322,7 @@ async fn a_client_that_leaves_before_the_answer_cancels_the_upstream_and_is_reco
         "in-flight count still {}",
         ep.inflight()
     );
-    let text = request(gw.admin, "GET", "/metrics", &[], "").await;
-    let text = String::from_utf8_lossy(&text.body).into_owned();
-    assert!(
-        text.lines().any(|l| l.starts_with("ai_requests_total")
-            && l.contains("status=\"client_closed\"")
-            && l.ends_with(" 1")),
-        "{text}"
-    );
+    assert_one_client_closed(&gw).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -386,14 +391,7 @@ async fn a_client_that_stops_reading_is_cut_after_the_send_timeout() {
         eventually(Duration::from_secs(10), || ep.inflight() == 0).await,
         "still in flight"
     );
-    let text = request(gw.admin, "GET", "/metrics", &[], "").await;
-    let text = String::from_utf8_lossy(&text.body).into_owned();
-    assert!(
-        text.lines().any(|l| l.starts_with("ai_requests_total")
-            && l.contains("status=\"client_closed\"")
-            && l.ends_with(" 1")),
-        "{text}"
-    );
+    assert_one_client_closed(&gw).await;
     // And the client's connection is closed: reading now drains what was sent, then ends.
     let (_, closed) = read_until_close(&mut s, WAIT).await;
     assert!(closed);
