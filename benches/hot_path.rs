@@ -11,7 +11,6 @@ use std::time::Duration;
 
 use gateway::balance::{EndpointRegistry, Pool};
 use gateway::config::{BalancerKind, QueueConfig, ReplicaConfig, VersionConfig};
-use gateway::framing::FramingScanner;
 use gateway::proxy::read::peek;
 
 fn chat_body(size: usize) -> Vec<u8> {
@@ -75,37 +74,6 @@ fn body_peek(c: &mut Criterion) {
             BenchmarkId::new("baseline_utf8_check", &label),
             &body,
             |b, body| b.iter(|| std::str::from_utf8(black_box(body)).is_ok()),
-        );
-    }
-    g.finish();
-}
-
-/// The smuggling scanner over a whole request as read from the socket, against memchr
-/// counting the same line breaks (the cheapest pass that finds every line).
-fn framing_scan(c: &mut Criterion) {
-    let mut g = c.benchmark_group("framing_scan");
-    for size in [1024usize, 200 * 1024] {
-        let body = chat_body(size);
-        let mut req = format!(
-            "POST /v1/chat/completions HTTP/1.1\r\nHost: gw\r\nContent-Type: application/json\r\n\
-             Authorization: Bearer sk-xxxxxxxx\r\nContent-Length: {}\r\n\r\n",
-            body.len()
-        )
-        .into_bytes();
-        req.extend_from_slice(&body);
-        g.throughput(Throughput::Bytes(req.len() as u64));
-        let label = format!("{}KiB", size / 1024);
-        g.bench_with_input(BenchmarkId::new("scan", &label), &req, |b, req| {
-            let mut buf = req.clone();
-            b.iter(|| {
-                let mut s = FramingScanner::default();
-                s.scan(black_box(&mut buf))
-            })
-        });
-        g.bench_with_input(
-            BenchmarkId::new("baseline_memchr", &label),
-            &req,
-            |b, req| b.iter(|| memchr::memchr_iter(b'\n', black_box(req)).count()),
         );
     }
     g.finish();
@@ -281,7 +249,6 @@ criterion_group!(
     benches,
     request_head,
     body_peek,
-    framing_scan,
     balancer_pick,
     snapshot_load,
     auth_and_limit,

@@ -1,5 +1,5 @@
-//! The data port's HTTP/1.1 server for plain connections (TLS connections and HTTP/2 stay on
-//! hyper).
+//! The data port's HTTP/1.1 server, over TCP or TLS (`crate::transport`); HTTP/2 stays on
+//! hyper.
 //!
 //! Why not hyper's here: hyper's HTTP/1 server keeps an 8 KiB read buffer and an 8 KiB write
 //! buffer for the whole life of every connection, and its builder cannot size them. With
@@ -41,8 +41,6 @@ use bytes::{Bytes, BytesMut};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, StatusCode, Uri, Version};
 use http_body::Body as _;
-use tokio::io::ReadBuf;
-use tokio::net::TcpStream;
 use tokio::time::{Instant, Sleep};
 use tokio_util::sync::CancellationToken;
 
@@ -53,6 +51,7 @@ use crate::proxy::body::ResponseBody;
 use crate::proxy::read::ClientBody;
 use crate::proxy::ConnCtx;
 use crate::state::AppState;
+use crate::transport::{poll_closed, Transport};
 
 /// Read size for a request head (and more of a body).
 const READ_SIZE: usize = 4096;
@@ -106,7 +105,7 @@ impl Rx {
 
 /// The request body as the request path sees it: read on demand from the connection.
 pub struct RequestBody<'a> {
-    io: &'a TcpStream,
+    io: &'a dyn Transport,
     rx: &'a mut Rx,
     send_timeout: Duration,
 }
@@ -185,43 +184,28 @@ impl RequestBody<'_> {
     }
 }
 
-/// One read into `buf`'s spare room (see `framing::read_noting_drain`); `Ok(0)` at end of
-/// stream.
+/// One read into `buf`'s spare room; `Ok(0)` at end of stream.
 ///
 /// The socket helpers here are `poll_fn`s over references, not `async fn`s: tokio's readiness
 /// futures are a couple of hundred bytes each, and the connection future, which lives as long
 /// as the connection, would carry one per await point.
-async fn read_some(io: &TcpStream, buf: &mut BytesMut) -> io::Result<usize> {
-    std::future::poll_fn(|cx| loop {
-        ready!(io.poll_read_ready(cx))?;
-        if let Some(r) = try_read(io, buf) {
-            return Poll::Ready(r);
-        }
-    })
-    .await
-}
-
-/// A read if the socket is known to be readable; `None` if it has to be waited for (no
-/// system call is made then).
-fn try_read(io: &TcpStream, buf: &mut BytesMut) -> Option<io::Result<usize>> {
-    let spare = buf.capacity() - buf.len();
-    match crate::framing::read_noting_drain(io, || Ok((io.try_read_buf(buf)?, spare))) {
-        Err(e) if e.kind() == io::ErrorKind::WouldBlock => None,
-        r => Some(r),
-    }
+async fn read_some<T: Transport + ?Sized>(io: &T, buf: &mut BytesMut) -> io::Result<usize> {
+    std::future::poll_fn(|cx| io.poll_read(cx, buf)).await
 }
 
 /// Ready when the client has closed its side (or reset), while nothing else is expected from
 /// it. Bytes from it (a pipelined request) end the watch: they wait for their turn.
-fn poll_client_gone(io: &TcpStream, watching: &mut bool, cx: &mut Context<'_>) -> Poll<()> {
+fn poll_client_gone<T: Transport + ?Sized>(
+    io: &T,
+    watching: &mut bool,
+    cx: &mut Context<'_>,
+) -> Poll<()> {
     if !*watching {
         return Poll::Pending;
     }
-    let mut probe = [MaybeUninit::uninit(); 1];
-    let mut probe = ReadBuf::uninit(&mut probe);
-    match io.poll_peek(cx, &mut probe) {
-        Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => Poll::Ready(()),
-        Poll::Ready(Ok(_)) => {
+    match poll_closed(io, cx) {
+        Poll::Ready(true) => Poll::Ready(()),
+        Poll::Ready(false) => {
             *watching = false;
             Poll::Pending
         }
@@ -233,8 +217,8 @@ fn poll_client_gone(io: &TcpStream, watching: &mut bool, cx: &mut Context<'_>) -
 /// reader, nginx's `send_timeout`) gets `TimedOut`: the connection is closed, which cancels
 /// the upstream request instead of letting the stalled client hold a replica. The timer exists
 /// only while a write waits for room.
-async fn write_all(
-    io: &TcpStream,
+async fn write_all<T: Transport + ?Sized>(
+    io: &T,
     mut bufs: &mut [IoSlice<'_>],
     send_timeout: Duration,
 ) -> io::Result<()> {
@@ -242,26 +226,34 @@ async fn write_all(
     let mut stalled: Option<Pin<Box<Sleep>>> = None;
     std::future::poll_fn(|cx| {
         while !bufs.is_empty() {
-            match io.try_write_vectored(bufs) {
-                Ok(0) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
-                Ok(n) => {
+            match io.poll_write_vectored(cx, bufs) {
+                Poll::Ready(Ok(0)) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
+                Poll::Ready(Ok(n)) => {
                     stalled = None;
                     IoSlice::advance_slices(&mut bufs, n);
                 }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    if io.poll_write_ready(cx)?.is_pending() {
-                        let timer = stalled
-                            .get_or_insert_with(|| Box::pin(tokio::time::sleep(send_timeout)));
-                        ready!(timer.as_mut().poll(cx));
-                        return Poll::Ready(Err(io::ErrorKind::TimedOut.into()));
-                    }
-                }
-                Err(e) => return Poll::Ready(Err(e)),
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Pending => return stall(&mut stalled, send_timeout, cx),
             }
         }
-        Poll::Ready(Ok(()))
+        // TLS records the write left buffered (nothing on TCP).
+        match io.poll_flush(cx) {
+            Poll::Ready(r) => Poll::Ready(r),
+            Poll::Pending => stall(&mut stalled, send_timeout, cx),
+        }
     })
     .await
+}
+
+/// A write waits for room: `TimedOut` once it has waited `send_timeout`.
+fn stall(
+    stalled: &mut Option<Pin<Box<Sleep>>>,
+    send_timeout: Duration,
+    cx: &mut Context<'_>,
+) -> Poll<io::Result<()>> {
+    let timer = stalled.get_or_insert_with(|| Box::pin(tokio::time::sleep(send_timeout)));
+    ready!(timer.as_mut().poll(cx));
+    Poll::Ready(Err(io::ErrorKind::TimedOut.into()))
 }
 
 /// A parsed request head.
@@ -489,10 +481,23 @@ pub fn fuzz_request(data: &[u8]) {
     }
 }
 
-/// Serves one plain HTTP/1.1 connection until it closes, fails, idles out or drains.
-pub async fn serve(
-    io: TcpStream,
+/// Serves one HTTP/1.1 connection until it closes, fails, idles out or drains.
+pub async fn serve<T: Transport>(
+    io: T,
     app: Arc<AppState>,
+    ctx: Arc<ConnCtx>,
+    shutdown: CancellationToken,
+) {
+    exchange(&io, &app, ctx, shutdown).await;
+    // TLS says goodbye (`close_notify`), within the time a write may wait; TCP just closes.
+    let send_timeout = Caps::now(&app).send_timeout;
+    let _ = tokio::time::timeout(send_timeout, std::future::poll_fn(|cx| io.poll_close(cx))).await;
+}
+
+/// Requests and their answers, one after another, until the connection is to be closed.
+async fn exchange<T: Transport>(
+    io: &T,
+    app: &Arc<AppState>,
     ctx: Arc<ConnCtx>,
     shutdown: CancellationToken,
 ) {
@@ -506,14 +511,14 @@ pub async fn serve(
     // connection, then holds a body once, not once per await point that could see it.
     let mut body_slot = pin!(None::<ResponseBody>);
     loop {
-        let caps = Caps::now(&app);
-        let head = read_head(&io, &mut rx, caps, &ctx, timer.as_mut(), draining.as_mut()).await;
+        let caps = Caps::now(app);
+        let head = read_head(io, &mut rx, caps, &ctx, timer.as_mut(), draining.as_mut()).await;
         let (parts, version, head_only, keep) = match head {
             Ok(Some(head)) => {
                 let (version, head_only, keep_alive) =
                     (head.version, head.method == Method::HEAD, head.keep_alive);
                 let req = head.into_request(ClientBody::H1(RequestBody {
-                    io: &io,
+                    io,
                     rx: &mut rx,
                     send_timeout: caps.send_timeout,
                 }));
@@ -527,7 +532,7 @@ pub async fn serve(
                             slot.set(Some(body));
                             Poll::Ready(Some(parts))
                         }
-                        Poll::Pending => poll_client_gone(&io, &mut watching, cx).map(|()| None),
+                        Poll::Pending => poll_client_gone(io, &mut watching, cx).map(|()| None),
                     })
                     .await
                 };
@@ -549,7 +554,7 @@ pub async fn serve(
         out.clear();
         let (framing, keep) = frame_response(&mut out, &parts, &body, version, head_only, keep);
         drop(parts);
-        let sent = send(&io, &out, body, framing, caps.send_timeout).await;
+        let sent = send(io, &out, body, framing, caps.send_timeout).await;
         // The body goes now: a pass-through body finishes its request's record when dropped.
         body_slot.set(None);
         match sent {
@@ -562,8 +567,8 @@ pub async fn serve(
 /// Waits for a whole request head, under `server.header_read_timeout`. `Ok(None)`: the
 /// connection is to be closed quietly (the client closed it, sent nothing in time, or the
 /// gateway drains while it idles).
-async fn read_head(
-    io: &TcpStream,
+async fn read_head<T: Transport>(
+    io: &T,
     rx: &mut Rx,
     caps: Caps,
     ctx: &ConnCtx,
@@ -585,7 +590,7 @@ async fn read_head(
         }
         let idle = rx.buf.is_empty();
         // Bytes already waiting are taken without touching the timer.
-        let got = match try_read(io, &mut rx.buf) {
+        let got = match io.try_read(&mut rx.buf) {
             Some(r) => r,
             None => {
                 let deadline =
@@ -672,8 +677,8 @@ fn frame_response(
 
 /// Writes the head and the body; `Ok(true)` if the body was sent whole and framed (the
 /// connection can carry another request).
-async fn send(
-    io: &TcpStream,
+async fn send<T: Transport>(
+    io: &T,
     head: &[u8],
     mut body: Pin<&mut ResponseBody>,
     framing: Out,
@@ -1066,7 +1071,7 @@ mod size_tests {
         fn future_size<A, B, C, D, F: std::future::Future>(_: fn(A, B, C, D) -> F) -> usize {
             std::mem::size_of::<F>()
         }
-        let size = future_size(super::serve);
+        let size = future_size(super::serve::<tokio::net::TcpStream>);
         // An answer's body (about 850 bytes), the request future's box, a timer, the socket.
         assert!(size <= 2560, "the connection future is {size} bytes");
     }

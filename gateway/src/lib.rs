@@ -2,11 +2,12 @@
 //! pools, streams answers back untouched, and survives bad input, bad replicas and shutdown.
 //!
 //! Module map: `config` (file -> validated runtime types), `state` (the swappable snapshot),
-//! `server` (listeners, drain), `framing` (socket guard), `proxy` (the request path, one file
-//! per stage), `balance` (replica choice, live per-replica state, wait queues), `health`
-//! (active probes), `auth` (API keys), `limits` (rate limits and token budgets, local or in
-//! Redis), `sse` (reading usage from responses), `metrics`, `admin` (the admin listener's
-//! API), `error`, `demo`.
+//! `server` (listeners, drain), `h1` (the HTTP/1.1 server), `transport` (the client socket,
+//! TCP or TLS), `codec` (HTTP/1.1 wire rules), `proxy` (the request path, one file per
+//! stage), `balance` (replica choice, live per-replica state, wait queues), `health` (active
+//! probes), `auth` (API keys), `limits` (rate limits and token budgets, local or in Redis),
+//! `sse` (reading usage from responses), `metrics`, `admin` (the admin listener's API),
+//! `error`, `demo`.
 
 pub mod admin;
 pub mod auth;
@@ -17,7 +18,6 @@ pub mod config;
 pub mod control;
 pub mod demo;
 pub mod error;
-pub mod framing;
 pub mod h1;
 pub mod health;
 pub mod limits;
@@ -27,6 +27,7 @@ pub mod server;
 pub mod sse;
 pub mod state;
 pub mod tls;
+pub mod transport;
 pub mod upstream;
 
 pub use server::{BoundAddrs, Gateway};

@@ -18,10 +18,10 @@ use tokio_util::task::TaskTracker;
 
 use crate::config::validate::MAX_HEADER_BYTES_CEILING;
 use crate::config::Config;
-use crate::framing::{ConnFlags, ScanIo, SharedTcp};
 use crate::proxy::read::ClientBody;
 use crate::proxy::{self, ConnCtx};
 use crate::state::AppState;
+use crate::transport::{ConnFlags, HyperTcp, Tls};
 
 /// Where a started gateway listens.
 #[derive(Debug, Clone, Copy)]
@@ -110,15 +110,16 @@ impl Gateway {
         tracing::info!(addr = %addrs.data, workers, "data listener ready");
         tracing::info!(addr = %addrs.admin, "admin listener ready");
         let graceful = Arc::new(GracefulShutdown::new());
-        // Plain HTTP/1.1 connections (our own server): they drain on `shutdown` themselves.
-        let h1_conns = TaskTracker::new();
-        let builders = data_builder(&app);
+        // Every data connection's task. HTTP/1.1 (our own server) drains on `shutdown` itself;
+        // HTTP/2 (hyper) through `graceful`.
+        let conns = TaskTracker::new();
+        let h2 = h2_builder();
         let data_task = {
             let (app, shutdown) = (app.clone(), shutdown.clone());
             let watcher = graceful.clone();
-            let tracker = h1_conns.clone();
+            let tracker = conns.clone();
             tokio::spawn(async move {
-                accept_data(data, builders, app, watcher, tracker, shutdown).await;
+                accept_data(data, h2, app, watcher, tracker, shutdown).await;
             })
         };
         let admin_task = {
@@ -151,15 +152,15 @@ impl Gateway {
         let _ = data_task.await;
         let _ = admin_task.await;
         let drain_timeout = app.snapshot().config.server.drain_timeout;
-        let open = graceful.count() + h1_conns.len();
+        let open = graceful.count() + conns.len();
         tracing::info!(connections = open, timeout = ?drain_timeout, "draining");
         // Both accept loops have ended, so this is the last handle.
         let Ok(graceful) = Arc::try_unwrap(graceful) else {
             anyhow::bail!("graceful shutdown handle still shared");
         };
-        h1_conns.close();
+        conns.close();
         let all_done = async {
-            tokio::join!(graceful.shutdown(), h1_conns.wait());
+            tokio::join!(graceful.shutdown(), conns.wait());
         };
         match tokio::time::timeout(drain_timeout, all_done).await {
             Ok(()) => tracing::info!("drained; all requests finished"),
@@ -169,31 +170,16 @@ impl Gateway {
     }
 }
 
-/// hyper's HTTP/1.1 and HTTP/2 connection settings for the data port. The protocol is chosen
-/// per connection before hyper sees it (ALPN, or the h2 preface) — not by hyper-util's `auto`
-/// builder, whose sniffing hands hyper the first request in two pieces: hyper then doubles its
-/// read buffer to 16 KiB for every connection (and the connection future carried room for both
-/// protocols).
-#[derive(Clone)]
-struct DataBuilders {
-    h1: hyper::server::conn::http1::Builder,
-    h2: hyper::server::conn::http2::Builder<TokioExecutor>,
-}
+/// hyper's HTTP/2 settings for the data port (HTTP/1.1 is `crate::h1`'s). The protocol is
+/// chosen per connection before hyper sees it (ALPN, or the h2 preface).
+type H2Builder = hyper::server::conn::http2::Builder<TokioExecutor>;
 
-fn data_builder(app: &AppState) -> DataBuilders {
-    let server = app.snapshot().config.server.clone();
-    let mut h1 = hyper::server::conn::http1::Builder::new();
-    h1.timer(TokioTimer::new())
-        .header_read_timeout(server.header_read_timeout)
-        // Just above our own cap, so that our check (with an OpenAI-shaped 431) fires first.
-        // hyper sizes a per-request index array by this; up to 100 it lives on the stack.
-        .max_headers(server.max_headers + 10)
-        .max_buf_size((MAX_HEADER_BYTES_CEILING as usize + 16 * 1024).max(8192 + 4096 * 100));
+fn h2_builder() -> H2Builder {
     let mut h2 = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
     h2.timer(TokioTimer::new())
         .max_concurrent_streams(1024)
         .max_header_list_size((MAX_HEADER_BYTES_CEILING + 16 * 1024) as u32);
-    DataBuilders { h1, h2 }
+    h2
 }
 
 /// The HTTP/2 connection preface (prior knowledge, h2c).
@@ -226,10 +212,10 @@ async fn is_h2_preface(stream: &TcpStream) -> Option<bool> {
 
 async fn accept_data(
     listener: TcpListener,
-    builders: DataBuilders,
+    h2: H2Builder,
     app: Arc<AppState>,
     graceful: Arc<GracefulShutdown>,
-    h1_conns: TaskTracker,
+    conns: TaskTracker,
     shutdown: CancellationToken,
 ) {
     loop {
@@ -246,38 +232,39 @@ async fn accept_data(
             },
         };
         let _ = stream.set_nodelay(true);
-        let flags = Arc::new(ConnFlags::default());
         let ctx = Arc::new(ConnCtx {
             peer,
-            flags: flags.clone(),
+            flags: Arc::new(ConnFlags::default()),
         });
         let first_byte_timeout = app.snapshot().config.server.header_read_timeout;
         // Subscribed now (before any shutdown signal), used once the protocol is known.
-        let (builders, watcher) = (builders.clone(), graceful.watcher());
+        let (h2, watcher) = (h2.clone(), graceful.watcher());
+        let stop = shutdown.clone();
+        let app = app.clone();
         if let Some(tls) = &app.tls {
             let acceptor = tls.acceptor();
-            let app = app.clone();
-            tokio::spawn(async move {
-                // The handshake has the header deadline too: a silent client is not kept.
-                let Ok(Ok(tls_stream)) =
-                    tokio::time::timeout(first_byte_timeout, acceptor.accept(stream)).await
-                else {
-                    return;
+            conns.spawn(async move {
+                // The handshake has the header deadline too: a silent client is not kept, and
+                // one still shaking hands when draining starts does not hold the drain up.
+                let handshake = tokio::time::timeout(first_byte_timeout, acceptor.accept(stream));
+                let tls_stream = tokio::select! {
+                    r = handshake => match r {
+                        Ok(Ok(s)) => s,
+                        _ => return,
+                    },
+                    _ = stop.cancelled() => return,
                 };
-                let h2 = tls_stream.get_ref().1.alpn_protocol() == Some(b"h2");
-                let io = TokioIo::new(ScanIo::new(tls_stream, flags.clone()));
-                let svc = hyper_service(app, ctx);
-                if h2 {
-                    let _ = watcher.watch(builders.h2.serve_connection(io, svc)).await;
+                if tls_stream.get_ref().1.alpn_protocol() == Some(b"h2") {
+                    let io = TokioIo::new(tls_stream);
+                    let svc = hyper_service(app, ctx);
+                    let _ = watcher.watch(h2.serve_connection(io, svc)).await;
                 } else {
-                    let _ = watcher.watch(builders.h1.serve_connection(io, svc)).await;
+                    crate::h1::serve(Tls::new(tls_stream), app, ctx, stop).await;
                 }
             });
             continue;
         }
-        let stop = shutdown.clone();
-        let app = app.clone();
-        h1_conns.spawn(async move {
+        conns.spawn(async move {
             // A connection that sends nothing before the header deadline is closed unanswered
             // (and one still silent when draining starts does not hold the drain up).
             let sniff = tokio::time::timeout(first_byte_timeout, is_h2_preface(&stream));
@@ -287,9 +274,9 @@ async fn accept_data(
             };
             match sniffed {
                 Ok(Some(true)) => {
-                    let io = TokioIo::new(ScanIo::new(SharedTcp(Arc::new(stream)), flags));
+                    let io = TokioIo::new(HyperTcp(stream));
                     let svc = hyper_service(app, ctx);
-                    let _ = watcher.watch(builders.h2.serve_connection(io, svc)).await;
+                    let _ = watcher.watch(h2.serve_connection(io, svc)).await;
                 }
                 Ok(Some(false)) => crate::h1::serve(stream, app, ctx, stop).await,
                 _ => {}
@@ -298,8 +285,8 @@ async fn accept_data(
     }
 }
 
-/// The request path as a hyper service, for the connections hyper serves (TLS, HTTP/2); plain
-/// HTTP/1.1 calls `proxy::handle` from `crate::h1` directly.
+/// The request path as a hyper service, for the connections hyper serves (HTTP/2, with or
+/// without TLS); HTTP/1.1 calls `proxy::handle` from `crate::h1` directly.
 fn hyper_service(
     app: Arc<AppState>,
     ctx: Arc<ConnCtx>,

@@ -329,7 +329,7 @@ impl Conn {
         loop {
             ready!(self.io.poll_read_ready(cx))?;
             let (io, buf) = (&self.io, &mut self.buf);
-            match crate::framing::read_noting_drain(io, || Ok((io.try_read_buf(buf)?, spare))) {
+            match crate::transport::read_noting_drain(io, || Ok((io.try_read_buf(buf)?, spare))) {
                 Ok(n) => {
                     // A read that filled the space asks for a larger one next time.
                     self.read_size = if n == spare {

@@ -1,10 +1,13 @@
 //! TLS termination with certificates generated in the test (rcgen): HTTP/1.1 and h2 by ALPN,
-//! TLS 1.1 refused, the certificate replaced on disk without dropping an open connection.
+//! TLS 1.1 refused, the certificate replaced on disk without dropping an open connection, and
+//! HTTP/1.1 over TLS held to the same rules as plain HTTP/1.1 (OpenAI-shaped 400s, smuggling,
+//! pipelining, 408, `send_timeout`, a client that leaves).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod common;
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -67,6 +70,14 @@ async fn tls_connect(
 }
 
 async fn setup() -> (PathBuf, loadtest::MockReplica, TestGateway, Cert) {
+    setup_with(fast(), "").await
+}
+
+/// A gateway with TLS on, before it `extra_server` keys for `[server]`, and a mock behind it.
+async fn setup_with(
+    mock_cfg: loadtest::MockConfig,
+    extra_server: &str,
+) -> (PathBuf, loadtest::MockReplica, TestGateway, Cert) {
     let dir = std::env::temp_dir().join(format!(
         "gateway-tls-{}-{}",
         std::process::id(),
@@ -75,11 +86,11 @@ async fn setup() -> (PathBuf, loadtest::MockReplica, TestGateway, Cert) {
     std::fs::create_dir_all(&dir).unwrap();
     let c = cert();
     write_cert(&dir, &c);
-    let m = mock(fast()).await;
+    let m = mock(mock_cfg).await;
     let gw = TestGateway::start(&config(
         &[m.url()],
         &format!(
-            "[server.tls]\ncert = \"{}\"\nkey = \"{}\"\n",
+            "[server]\n{extra_server}\n[server.tls]\ncert = \"{}\"\nkey = \"{}\"\n",
             dir.join("tls.crt").display(),
             dir.join("tls.key").display()
         ),
@@ -237,5 +248,159 @@ async fn a_new_certificate_is_served_without_dropping_open_connections() {
     tokio::time::sleep(Duration::from_millis(600)).await;
     let s = tls_connect(gw.addr, &trust_both).await;
     assert_eq!(served(&s), new.der);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+const WAIT: Duration = Duration::from_secs(5);
+
+/// Reads until the end of the stream: the text, whether it ended within `wait`, and whether
+/// the server ended it properly (`close_notify`, not just a TCP close).
+async fn tls_read_to_end(
+    s: &mut tokio_rustls::client::TlsStream<TcpStream>,
+    wait: Duration,
+) -> (String, bool, bool) {
+    let mut out = Vec::new();
+    let mut buf = [0u8; 8192];
+    let deadline = tokio::time::Instant::now() + wait;
+    let text = |out: &[u8]| String::from_utf8_lossy(out).into_owned();
+    loop {
+        match tokio::time::timeout_at(deadline, s.read(&mut buf)).await {
+            Err(_) => return (text(&out), false, false),
+            Ok(Ok(0)) => return (text(&out), true, true),
+            Ok(Err(_)) => return (text(&out), true, false),
+            Ok(Ok(n)) => out.extend_from_slice(&buf[..n]),
+        }
+    }
+}
+
+fn chat_request(body: &str) -> String {
+    format!(
+        "POST /v1/chat/completions HTTP/1.1\r\nHost: g\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+}
+
+/// The gateway counted exactly one request as `status="client_closed"`.
+async fn assert_one_client_closed(gw: &TestGateway) {
+    let text = request(gw.admin, "GET", "/metrics", &[], "").await;
+    let text = String::from_utf8_lossy(&text.body).into_owned();
+    assert!(
+        text.lines().any(|l| l.starts_with("ai_requests_total")
+            && l.contains("status=\"client_closed\"")
+            && l.ends_with(" 1")),
+        "{text}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http1_over_tls_gets_the_same_answers_as_plain_http1() {
+    let (dir, m, gw, c) = setup_with(fast(), "header_read_timeout = \"300ms\"").await;
+    let connector = client(&[&c.der], &[b"http/1.1"]);
+    // Two pipelined requests on one connection, answered in order; the second asks to close,
+    // and the connection then ends with a close_notify.
+    let mut s = tls_connect(gw.addr, &connector).await;
+    let body = chat(false).to_string();
+    let second = "GET /v1/models HTTP/1.1\r\nHost: g\r\nConnection: close\r\n\r\n";
+    s.write_all(format!("{}{second}", chat_request(&body)).as_bytes())
+        .await
+        .unwrap();
+    let (text, closed, clean) = tls_read_to_end(&mut s, WAIT).await;
+    assert!(closed && clean, "closed {closed}, clean {clean}: {text}");
+    let answers: Vec<&str> = text.matches("HTTP/1.1 200 OK\r\n").collect();
+    assert_eq!(answers.len(), 2, "{text}");
+    assert!(text.contains("chat.completion") && text.contains("\"object\":\"list\""));
+    assert_eq!(m.stats.requests.load(Ordering::Relaxed), 1);
+    // Malformed heads and request smuggling: OpenAI-shaped 400s, then the connection closes.
+    for (bytes, code) in [
+        (&b"GET / HTTP/9.9\r\n\r\n"[..], "malformed_request"),
+        (
+            b"GET /v1/models HTTP/1.1\r\nBad Header\r\n\r\n",
+            "malformed_request",
+        ),
+        (
+            b"POST /v1/chat/completions HTTP/1.1\r\nHost: g\r\nContent-Length: 4\r\n\
+              Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+            "ambiguous_framing",
+        ),
+    ] {
+        let mut s = tls_connect(gw.addr, &connector).await;
+        s.write_all(bytes).await.unwrap();
+        let (text, closed, _) = tls_read_to_end(&mut s, WAIT).await;
+        assert!(closed, "{text}");
+        let (status, body) = parse_raw(&text);
+        assert_eq!(status, 400, "{text}");
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(v["error"]["code"], code, "{v}");
+    }
+    // Half a head, then silence: 408 once `header_read_timeout` has passed.
+    let mut s = tls_connect(gw.addr, &connector).await;
+    s.write_all(b"GET /v1/models HTTP/1.1\r\nHost:")
+        .await
+        .unwrap();
+    let started = Instant::now();
+    let (text, closed, _) = tls_read_to_end(&mut s, WAIT).await;
+    assert!(closed, "{text}");
+    assert_eq!(parse_raw(&text).0, 408, "{text}");
+    assert!(started.elapsed() >= Duration::from_millis(250));
+    assert_eq!(
+        m.stats.requests.load(Ordering::Relaxed),
+        1,
+        "nothing else reached the replica"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tls_client_that_stops_reading_is_cut_after_the_send_timeout() {
+    // About 20 MB of answer: far more than the socket buffers and rustls's hold.
+    let big = loadtest::MockConfig {
+        tokens: 2_000_000,
+        inter_token: Duration::ZERO,
+        ..fast()
+    };
+    let (dir, m, gw, c) = setup_with(big, "send_timeout = \"300ms\"").await;
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let tcp = socket.connect(gw.addr).await.unwrap();
+    let mut s = client(&[&c.der], &[b"http/1.1"])
+        .connect(ServerName::try_from("localhost").unwrap(), tcp)
+        .await
+        .unwrap();
+    s.write_all(chat_request(&chat(false).to_string()).as_bytes())
+        .await
+        .unwrap();
+    assert!(eventually(WAIT, || m.stats.requests.load(Ordering::Relaxed) == 1).await);
+    let ep = endpoint(&gw, &m.url());
+    assert!(
+        eventually(Duration::from_secs(10), || ep.inflight() == 0).await,
+        "still in flight"
+    );
+    assert_one_client_closed(&gw).await;
+    let (_, closed, _) = tls_read_to_end(&mut s, WAIT).await;
+    assert!(closed);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tls_client_that_leaves_before_the_answer_cancels_the_upstream() {
+    let slow = loadtest::MockConfig {
+        ttft: Duration::from_secs(30),
+        ..fast()
+    };
+    let (dir, m, gw, c) = setup_with(slow, "").await;
+    let mut s = tls_connect(gw.addr, &client(&[&c.der], &[b"http/1.1"])).await;
+    s.write_all(chat_request(&chat(true).to_string()).as_bytes())
+        .await
+        .unwrap();
+    assert!(eventually(WAIT, || m.stats.requests.load(Ordering::Relaxed) == 1).await);
+    // Gone without a word (no close_notify): the TCP connection just closes.
+    drop(s);
+    let ep = endpoint(&gw, &m.url());
+    assert!(
+        eventually(Duration::from_secs(2), || ep.inflight() == 0).await,
+        "in-flight count still {}",
+        ep.inflight()
+    );
+    assert_one_client_closed(&gw).await;
     std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -42,9 +42,9 @@ use self::read::ClientBody;
 use self::record::Record;
 use crate::auth::Principal;
 use crate::error::GatewayError;
-use crate::framing::ConnFlags;
 use crate::limits::{self, Decision, Scope};
 use crate::state::{model_object, AppState};
+use crate::transport::ConnFlags;
 
 /// What the request path knows about the connection a request came on.
 pub struct ConnCtx {

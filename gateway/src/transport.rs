@@ -1,0 +1,257 @@
+//! The client socket, plain TCP or TLS, as the data port's servers use it: `crate::h1` (all
+//! HTTP/1.1, through [`Transport`]) and hyper (HTTP/2 only, through [`HyperTcp`] for h2c and
+//! tokio-rustls's stream for h2), which parses its own framing.
+//!
+//! [`Transport`] works on `&self`: the connection's reader (the request body, inside the
+//! request path), its writer and its watch for a client that leaves all hold the one socket
+//! while the connection is served, one after another within a poll, never at once. A TCP
+//! stream is used as it is; a TLS stream, whose reads and writes need `&mut`, sits behind a
+//! mutex that is taken for one poll at a time and so is never contended.
+//!
+//! It also holds `read_noting_drain`, the read both HTTP/1.1 legs use on TCP.
+
+use std::io::{self, IoSlice};
+use std::mem::MaybeUninit;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Mutex, MutexGuard};
+use std::task::{ready, Context, Poll, Waker};
+
+use bytes::BytesMut;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+use tokio_rustls::server::TlsStream;
+
+/// Per-connection facts shared by the connection's reader and the request path.
+#[derive(Default, Debug)]
+pub struct ConnFlags {
+    ambiguous: AtomicBool,
+}
+
+impl ConnFlags {
+    /// The request's framing cannot be trusted (request smuggling): answer 400 and close.
+    pub fn ambiguous_framing(&self) -> bool {
+        self.ambiguous.load(Ordering::Relaxed)
+    }
+    /// Set by the server that parses the framing (`crate::h1`).
+    pub fn set_ambiguous(&self) {
+        self.ambiguous.store(true, Ordering::Relaxed);
+    }
+}
+
+/// A client connection as `crate::h1` reads and writes it.
+pub trait Transport: Send + Sync + 'static {
+    /// One read into `buf`'s spare room; `Ok(0)` at end of stream.
+    fn poll_read(&self, cx: &mut Context<'_>, buf: &mut BytesMut) -> Poll<io::Result<usize>>;
+    /// One read if bytes are there now; `None` if they would have to be waited for.
+    fn try_read(&self, buf: &mut BytesMut) -> Option<io::Result<usize>>;
+    /// Writes some of `bufs`; `Pending` when the client accepts nothing now.
+    fn poll_write_vectored(
+        &self,
+        cx: &mut Context<'_>,
+        bufs: &[IoSlice<'_>],
+    ) -> Poll<io::Result<usize>>;
+    /// Pushes out what a write left buffered (TLS records).
+    fn poll_flush(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>>;
+    /// Peeks at the socket under any TLS: `Ok(0)` when the client has closed its side.
+    fn poll_peek(&self, cx: &mut Context<'_>, probe: &mut ReadBuf<'_>) -> Poll<io::Result<usize>>;
+    /// Ends the connection politely (TLS `close_notify`); TCP needs nothing.
+    fn poll_close(&self, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl Transport for TcpStream {
+    fn poll_read(&self, cx: &mut Context<'_>, buf: &mut BytesMut) -> Poll<io::Result<usize>> {
+        loop {
+            ready!(self.poll_read_ready(cx))?;
+            if let Some(r) = Transport::try_read(self, buf) {
+                return Poll::Ready(r);
+            }
+        }
+    }
+
+    /// No system call is made when the socket is not known to be readable.
+    fn try_read(&self, buf: &mut BytesMut) -> Option<io::Result<usize>> {
+        let spare = buf.capacity() - buf.len();
+        match read_noting_drain(self, || Ok((self.try_read_buf(buf)?, spare))) {
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => None,
+            r => Some(r),
+        }
+    }
+
+    fn poll_write_vectored(
+        &self,
+        cx: &mut Context<'_>,
+        bufs: &[IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        // The write is tried first: the socket almost always has room.
+        loop {
+            match self.try_write_vectored(bufs) {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    ready!(self.poll_write_ready(cx))?;
+                }
+                r => return Poll::Ready(r),
+            }
+        }
+    }
+
+    fn poll_flush(&self, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_peek(&self, cx: &mut Context<'_>, probe: &mut ReadBuf<'_>) -> Poll<io::Result<usize>> {
+        TcpStream::poll_peek(self, cx, probe)
+    }
+}
+
+/// A TLS connection for `crate::h1`.
+pub struct Tls(Mutex<TlsStream<TcpStream>>);
+
+impl Tls {
+    pub fn new(stream: TlsStream<TcpStream>) -> Self {
+        Self(Mutex::new(stream))
+    }
+
+    fn lock(&self) -> MutexGuard<'_, TlsStream<TcpStream>> {
+        // Nothing panics while holding it; if something did, the stream is still usable.
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+impl Transport for Tls {
+    fn poll_read(&self, cx: &mut Context<'_>, buf: &mut BytesMut) -> Poll<io::Result<usize>> {
+        tokio_util::io::poll_read_buf(Pin::new(&mut *self.lock()), cx, buf)
+    }
+
+    fn try_read(&self, buf: &mut BytesMut) -> Option<io::Result<usize>> {
+        // Plaintext rustls already holds, or a record already in the socket. A later
+        // `poll_read` with the task's waker registers the wait.
+        match self.poll_read(&mut Context::from_waker(Waker::noop()), buf) {
+            Poll::Ready(r) => Some(r),
+            Poll::Pending => None,
+        }
+    }
+
+    fn poll_write_vectored(
+        &self,
+        cx: &mut Context<'_>,
+        bufs: &[IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut *self.lock()).poll_write_vectored(cx, bufs)
+    }
+
+    fn poll_flush(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut *self.lock()).poll_flush(cx)
+    }
+
+    /// The TCP socket under the TLS layer: its end of stream is the client leaving. (A TLS 1.3
+    /// `close_notify` is an encrypted record like any other, so a client that sends one
+    /// before closing is noticed at the next write instead.)
+    fn poll_peek(&self, cx: &mut Context<'_>, probe: &mut ReadBuf<'_>) -> Poll<io::Result<usize>> {
+        self.lock().get_ref().0.poll_peek(cx, probe)
+    }
+
+    fn poll_close(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut *self.lock()).poll_shutdown(cx)
+    }
+}
+
+/// Whether the client has closed its side (or reset) — `None` while that is unknown, `Some`
+/// with false when it sent bytes instead (a pipelined request: they wait for their turn).
+pub fn poll_closed<T: Transport + ?Sized>(io: &T, cx: &mut Context<'_>) -> Poll<bool> {
+    let mut probe = [MaybeUninit::uninit(); 1];
+    let mut probe = ReadBuf::uninit(&mut probe);
+    match io.poll_peek(cx, &mut probe) {
+        Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => Poll::Ready(true),
+        Poll::Ready(Ok(_)) => Poll::Ready(false),
+        Poll::Pending => Poll::Pending,
+    }
+}
+
+/// Most bytes read from a client socket at once by hyper (h2c).
+const READ_CHUNK: usize = 4096;
+
+/// A plain client socket for hyper (HTTP/2 without TLS), read through `read_noting_drain`.
+pub struct HyperTcp(pub TcpStream);
+
+/// One read from a socket, through `read` (which returns what it read and what it asked
+/// for). A short read means the socket was empty at that moment, so the reactor's read
+/// readiness is cleared as well, as nginx does: the next read waits for epoll instead of
+/// paying a system call to learn the socket is empty — one `EAGAIN` fewer per request and
+/// per streamed event. Race-free: tokio clears readiness only if no readiness event has
+/// arrived since the one this read was based on.
+pub fn read_noting_drain(
+    io: &TcpStream,
+    read: impl FnOnce() -> io::Result<(usize, usize)>,
+) -> io::Result<usize> {
+    let mut got = None;
+    let r = io.try_io(tokio::io::Interest::READABLE, || {
+        let (n, asked) = read()?;
+        got = Some(n);
+        if n > 0 && n < asked {
+            Err(io::ErrorKind::WouldBlock.into())
+        } else {
+            Ok(n)
+        }
+    });
+    match got {
+        Some(n) => Ok(n),
+        None => r,
+    }
+}
+
+impl AsyncRead for HyperTcp {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        loop {
+            ready!(self.0.poll_read_ready(cx))?;
+            let room = buf.remaining().min(READ_CHUNK);
+            let dst = buf.initialize_unfilled_to(room);
+            match read_noting_drain(&self.0, || Ok((self.0.try_read(dst)?, room))) {
+                Ok(n) => {
+                    buf.advance(n);
+                    return Poll::Ready(Ok(()));
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                Err(e) => return Poll::Ready(Err(e)),
+            }
+        }
+    }
+}
+
+impl AsyncWrite for HyperTcp {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        self.poll_write_vectored(cx, &[IoSlice::new(buf)])
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Transport::poll_write_vectored(&self.0, cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        true
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match socket2::SockRef::from(&self.0).shutdown(std::net::Shutdown::Write) {
+            Err(e) if e.kind() != io::ErrorKind::NotConnected => Poll::Ready(Err(e)),
+            _ => Poll::Ready(Ok(())),
+        }
+    }
+}
