@@ -24,6 +24,8 @@ pub enum GatewayError {
     UnknownPath,
     /// Header section larger than the configured caps.
     HeadersTooLarge,
+    /// The request line alone is longer than the head may be.
+    UriTooLong,
     /// The client sent its body too slowly.
     RequestTimeout,
     /// No API key, or one the gateway does not know.
@@ -68,6 +70,7 @@ impl GatewayError {
             Self::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Self::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             Self::HeadersTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            Self::UriTooLong => StatusCode::URI_TOO_LONG,
             Self::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
             Self::InvalidApiKey => StatusCode::UNAUTHORIZED,
             Self::ModelNotAllowed(_) | Self::PinNotAllowed(_) => StatusCode::FORBIDDEN,
@@ -109,6 +112,7 @@ impl GatewayError {
             Self::MethodNotAllowed { .. } => "method_not_allowed",
             Self::UnknownPath => "unknown_url",
             Self::HeadersTooLarge => "headers_too_large",
+            Self::UriTooLong => "uri_too_long",
             Self::RequestTimeout => "request_timeout",
             Self::InvalidApiKey => "invalid_api_key",
             Self::ModelNotAllowed(_) => "model_not_allowed",
@@ -143,6 +147,7 @@ impl GatewayError {
                 POST /v1/completions, POST /v1/embeddings, GET /v1/models."
                 .into(),
             Self::HeadersTooLarge => "Request header section is too large.".into(),
+            Self::UriTooLong => "The request target is too long.".into(),
             Self::RequestTimeout => "The request was not received in time.".into(),
             Self::InvalidApiKey => "Incorrect or missing API key. Send it as \
                 `Authorization: Bearer <key>` or `x-api-key: <key>`."
@@ -197,6 +202,7 @@ impl GatewayError {
             Self::AmbiguousFraming
                 | Self::RequestTimeout
                 | Self::HeadersTooLarge
+                | Self::UriTooLong
                 | Self::MalformedRequest(_)
         )
     }
@@ -326,6 +332,7 @@ mod tests {
             GatewayError::MethodNotAllowed { allow: "POST" },
             GatewayError::UnknownPath,
             GatewayError::HeadersTooLarge,
+            GatewayError::UriTooLong,
             GatewayError::RequestTimeout,
             GatewayError::AmbiguousFraming,
             GatewayError::UpstreamUnavailable { model: "m".into() },
@@ -334,7 +341,7 @@ mod tests {
             GatewayError::QueueTimeout { model: "m".into() },
         ];
         let expected = [
-            400, 400, 404, 413, 405, 404, 431, 408, 400, 502, 504, 503, 503,
+            400, 400, 404, 413, 405, 404, 431, 414, 408, 400, 502, 504, 503, 503,
         ];
         for (e, want) in all.into_iter().zip(expected) {
             assert_eq!(e.status().as_u16(), want, "{e:?}");

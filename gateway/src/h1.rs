@@ -582,7 +582,12 @@ async fn read_head<T: Transport>(
                 return Ok(Some(head));
             }
             if rx.buf.len() > caps.max_head_bytes {
-                return Err(GatewayError::HeadersTooLarge);
+                // Still no end to the request line: it is the target that is too long.
+                return Err(if memchr::memchr(b'\n', &rx.buf).is_none() {
+                    GatewayError::UriTooLong
+                } else {
+                    GatewayError::HeadersTooLarge
+                });
             }
         }
         if rx.buf.capacity() - rx.buf.len() < READ_SIZE / 4 {

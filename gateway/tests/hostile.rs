@@ -156,7 +156,7 @@ async fn two_different_content_lengths_are_rejected_and_the_connection_closed() 
 }
 
 #[tokio::test]
-async fn oversized_header_sections_are_431() {
+async fn oversized_header_sections_are_431_and_overlong_targets_414() {
     let (_m, gw) = setup("[server]\nmax_header_bytes = 4096\nmax_headers = 20\n").await;
     // Over our cap (20) but within the parser's margin (+10): the OpenAI-shaped 431.
     // A chat request with `n` extra headers.
@@ -175,14 +175,24 @@ async fn oversized_header_sections_are_431() {
     let r = with_headers(25).await;
     assert_eq!(r.status, 431);
     assert_eq!(r.error_code(), "headers_too_large");
-    // A flood beyond the margin is refused by the parser itself: still 431, without a body.
+    // A flood beyond the margin is refused by the parser itself: still an OpenAI-shaped 431.
     let r = with_headers(60).await;
     assert_eq!(r.status, 431);
+    assert_eq!(r.error_code(), "headers_too_large");
     let long = "v".repeat(5000);
     let r = request(gw.addr, "GET", "/v1/models", &[("x-long", &long)], "").await;
     assert_eq!(r.status, 431);
     assert_eq!(r.error_code(), "headers_too_large");
     assert_eq!(r.headers["connection"], "close");
+    // A request line longer than a whole head may be (4 KiB + the parser's 16 KiB margin) is a
+    // target too long, not a header section too large. (Exactly one byte over, so that every
+    // byte sent is read before the answer: unread bytes would turn the close into a reset.)
+    let line = format!("GET /{}", "a".repeat(4096 + 16 * 1024 + 1 - 5));
+    let (resp, closed) = raw(gw.addr, line.as_bytes(), Duration::from_secs(5)).await;
+    let (status, body) = parse_raw(&resp);
+    assert_eq!(status, 414, "{resp}");
+    assert!(body.contains("\"uri_too_long\""), "{body}");
+    assert!(closed);
 }
 
 #[tokio::test]
