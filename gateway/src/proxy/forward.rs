@@ -26,7 +26,7 @@ use crate::upstream::{self, Conn, ResponseHead};
 
 pub const REPLICA_HEADER: HeaderName = HeaderName::from_static("x-gateway-replica");
 pub const VERSION_HEADER: HeaderName = HeaderName::from_static("x-gateway-model-version");
-const REQUEST_ID: HeaderName = HeaderName::from_static(super::request_id::HEADER);
+use super::request_id::HEADER as REQUEST_ID;
 
 /// Largest replica error body the gateway reads to check (and fix) its shape.
 const MAX_ERROR_BODY: usize = 64 * 1024;

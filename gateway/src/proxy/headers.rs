@@ -51,16 +51,15 @@ pub fn strip_hop_by_hop(h: &mut HeaderMap) {
 /// and is not passed on either: replicas get `upstream.api_key_env`'s key, or none. Takes the
 /// map by value: the request's own headers are not needed after.
 pub fn upstream_request_headers(mut h: HeaderMap, gateway_keys: bool) -> HeaderMap {
-    let request_id = HeaderName::from_static(super::request_id::HEADER);
-    let api_key = HeaderName::from_static("x-api-key");
+    const API_KEY: HeaderName = HeaderName::from_static("x-api-key");
     strip_hop_by_hop(&mut h);
     remove_where(&mut h, |n| {
         n == header::HOST
             || n == header::CONTENT_LENGTH
             || n == header::EXPECT
             || n == header::ACCEPT_ENCODING
-            || n == request_id
-            || (gateway_keys && (n == header::AUTHORIZATION || n == api_key))
+            || n == super::request_id::HEADER
+            || (gateway_keys && (n == header::AUTHORIZATION || n == API_KEY))
     });
     h
 }

@@ -127,10 +127,8 @@ async fn handle_boxed(
             e.into_response()
         }
     };
-    resp.headers_mut().insert(
-        HeaderName::from_static(request_id::HEADER),
-        request_id.clone(),
-    );
+    resp.headers_mut()
+        .insert(request_id::HEADER, request_id.clone());
     ratelimit_headers(resp.headers_mut(), &trace);
     if trace.retries > 0 {
         app.metrics.retries.inc_by(u64::from(trace.retries));
@@ -372,42 +370,48 @@ fn check_access(
     })
 }
 
+const LIMIT_REQUESTS: HeaderName = HeaderName::from_static("x-ratelimit-limit-requests");
+const REMAINING_REQUESTS: HeaderName = HeaderName::from_static("x-ratelimit-remaining-requests");
+const RESET_REQUESTS: HeaderName = HeaderName::from_static("x-ratelimit-reset-requests");
+const LIMIT_TOKENS: HeaderName = HeaderName::from_static("x-ratelimit-limit-tokens");
+const REMAINING_TOKENS: HeaderName = HeaderName::from_static("x-ratelimit-remaining-tokens");
+const RESET_TOKENS: HeaderName = HeaderName::from_static("x-ratelimit-reset-tokens");
+
+/// A value for `ratelimit_headers`.
+enum Rl {
+    Count(u64),
+    Reset(std::time::Duration),
+}
+
 /// OpenAI's `x-ratelimit-*` headers for the caller's key, on every answer it gets. The values
-/// are written into one buffer and share it: one allocation for all of them.
+/// are written into one buffer and share it: one allocation for all of them. (Numbers are
+/// written by hand, not through `fmt`: this runs for every request.)
 fn ratelimit_headers(h: &mut http::HeaderMap, trace: &Record) {
-    use std::fmt::Write;
     if trace.requests_left.is_none() && trace.tokens_left.is_none() {
         return;
     }
     let mut buf = bytes::BytesMut::with_capacity(96);
-    let mut set = |name: &'static str, value: std::fmt::Arguments<'_>| {
-        if buf.write_fmt(value).is_ok() {
-            let v = buf.split().freeze();
-            if let Ok(v) = HeaderValue::from_maybe_shared(v) {
-                h.entry(HeaderName::from_static(name)).or_insert(v);
-            }
+    let mut set = |name: HeaderName, value: Rl| {
+        let mut digits = [0u8; 20];
+        match value {
+            Rl::Count(n) => buf.extend_from_slice(crate::codec::decimal(n, &mut digits)),
+            Rl::Reset(d) => limits::OpenAiDuration(d).write_to(&mut buf),
+        }
+        if let Ok(v) = HeaderValue::from_maybe_shared(buf.split().freeze()) {
+            h.entry(name).or_insert(v);
         }
     };
     if let Some((limit, remaining, reset)) = trace.requests_left {
-        set("x-ratelimit-limit-requests", format_args!("{limit}"));
-        set(
-            "x-ratelimit-remaining-requests",
-            format_args!("{remaining}"),
-        );
-        set(
-            "x-ratelimit-reset-requests",
-            format_args!("{}", limits::OpenAiDuration(reset)),
-        );
+        set(LIMIT_REQUESTS, Rl::Count(limit.into()));
+        set(REMAINING_REQUESTS, Rl::Count(remaining.into()));
+        set(RESET_REQUESTS, Rl::Reset(reset));
     }
     if let Some((tpm, left)) = trace.tokens_left {
-        set("x-ratelimit-limit-tokens", format_args!("{tpm}"));
-        set("x-ratelimit-remaining-tokens", format_args!("{left}"));
+        set(LIMIT_TOKENS, Rl::Count(tpm));
+        set(REMAINING_TOKENS, Rl::Count(left));
         let missing = tpm.saturating_sub(left) as f64;
         let reset = std::time::Duration::from_secs_f64(missing / (tpm.max(1) as f64 / 60.0));
-        set(
-            "x-ratelimit-reset-tokens",
-            format_args!("{}", limits::OpenAiDuration(reset)),
-        );
+        set(RESET_TOKENS, Rl::Reset(reset));
     }
 }
 

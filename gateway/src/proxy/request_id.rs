@@ -1,13 +1,13 @@
 //! Stage 1: the request id. A sane `x-request-id` from the client is kept (and forwarded);
 //! otherwise a UUID is made — some replicas (llama.cpp's server) reject ids that are not UUIDs.
 
-use http::{HeaderMap, HeaderValue};
+use http::{HeaderMap, HeaderName, HeaderValue};
 
-pub const HEADER: &str = "x-request-id";
+pub const HEADER: HeaderName = HeaderName::from_static("x-request-id");
 
 /// The id for this request, as a header value ready to forward and echo.
 pub fn assign(headers: &HeaderMap) -> HeaderValue {
-    if let Some(v) = headers.get(HEADER) {
+    if let Some(v) = headers.get(&HEADER) {
         if is_acceptable(v.as_bytes()) {
             return v.clone();
         }
