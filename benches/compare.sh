@@ -17,7 +17,14 @@ BIN="$TARGET_DIR/release"
 . scripts/lib.sh
 ulimit -n 200000 2>/dev/null || ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 FD_LIMIT="$(ulimit -n)"
-command -v nginx >/dev/null || { echo "nginx is needed (Debian: apt-get install nginx-light)" >&2; exit 1; }
+# nginx from Debian's package, installed here when missing (the baseline every ratio is to).
+if ! command -v nginx >/dev/null; then
+  echo "== installing nginx-light (Debian)"
+  SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
+  $SUDO apt-get update -q >/dev/null
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q --no-install-recommends nginx-light >/dev/null
+  command -v nginx >/dev/null || { echo "nginx could not be installed (apt-get install nginx-light)" >&2; exit 1; }
+fi
 
 echo "== building (release)"
 cargo build --release --locked -p gateway -p loadtest --bins 2>&1 | tail -1

@@ -222,7 +222,9 @@ pub fn json_usage(body: &[u8]) -> Option<Usage> {
     // Answers end with their `usage`: read just that object when it is found. The byte
     // sequence `"usage"` cannot occur inside a JSON string (its quotes would be escaped), so
     // followed by `:` it is a key. Anything unexpected falls back to reading the document.
-    if let Some(at) = memchr::memmem::rfind(body, b"\"usage\"") {
+    // The last one is the answer's own; it is found with the searcher built once (a forward
+    // SIMD scan), as `memmem::rfind` would build a reverse searcher for every answer.
+    if let Some(at) = finder(&USAGE_KEY, b"\"usage\"").find_iter(body).last() {
         let rest = body[at + 7..].trim_ascii_start();
         if let Some(value) = rest.strip_prefix(b":") {
             let mut de = serde_json::Deserializer::from_slice(value);
@@ -356,6 +358,9 @@ mod tests {
         // A value "usage" is not a key; the document is read instead.
         let value = br#"{"object":"usage","usage":{"prompt_tokens":5,"completion_tokens":0}}"#;
         assert_eq!(json_usage(value).unwrap().total(), 5);
+        // A nested object's own `usage` key comes first; the answer's (the last) counts.
+        let nested = br#"{"choices":[{"usage":{"prompt_tokens":1,"completion_tokens":1}}],"usage":{"prompt_tokens":5,"completion_tokens":6}}"#;
+        assert_eq!(json_usage(nested).unwrap().total(), 11);
     }
 
     proptest! {
