@@ -111,6 +111,8 @@ pub struct Request<'a> {
     pub path: &'a str,
     pub host: &'a HeaderValue,
     pub headers: &'a HeaderMap,
+    /// Which of `headers` are written (the rest are skipped, not removed from the map).
+    pub keep: &'a (dyn Fn(&HeaderName) -> bool + Sync),
     pub extra: &'a [(&'a HeaderName, &'a HeaderValue)],
     pub authorization: Option<&'a HeaderValue>,
     pub body: &'a Bytes,
@@ -155,6 +157,7 @@ impl Conn {
             path,
             host,
             headers,
+            keep,
             extra,
             authorization,
             body,
@@ -181,6 +184,7 @@ impl Conn {
                 || name == header::CONNECTION
                 || (authorization.is_some() && name == header::AUTHORIZATION)
                 || extra.iter().any(|(n, _)| *n == name)
+                || !keep(name)
             {
                 continue;
             }
@@ -360,6 +364,7 @@ impl Conn {
             path,
             host,
             headers: &HeaderMap::new(),
+            keep: &|_| true,
             extra: &[(&header::USER_AGENT, &ua)],
             authorization,
             body: &Bytes::new(),
@@ -479,6 +484,7 @@ mod tests {
             path,
             host: &host,
             headers: &HeaderMap::new(),
+            keep: &|_| true,
             extra: &[],
             authorization: None,
             body: &body,

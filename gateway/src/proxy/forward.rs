@@ -34,7 +34,9 @@ const MAX_ERROR_BODY: usize = 64 * 1024;
 /// The request as it goes upstream, prepared once for every attempt.
 pub struct Outbound {
     pub path: PathAndQuery,
+    /// The client's headers as they came; `filter` says which go upstream.
     pub headers: HeaderMap,
+    pub filter: super::headers::UpstreamFilter,
     pub body: Bytes,
     pub request_id: HeaderValue,
 }
@@ -196,6 +198,7 @@ async fn attempt_once(
             path: out.path.as_str(),
             host: &endpoint.host_header,
             headers: &out.headers,
+            keep: &|n| out.filter.keeps(n),
             extra: &[(&REQUEST_ID, &out.request_id)],
             authorization: cfg.authorization.as_ref(),
             body: &out.body,

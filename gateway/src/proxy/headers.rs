@@ -3,19 +3,22 @@
 
 use http::header::{self, HeaderMap, HeaderName};
 
-const HOP_BY_HOP: [HeaderName; 8] = [
-    header::CONNECTION,
-    HeaderName::from_static("keep-alive"),
-    HeaderName::from_static("proxy-connection"),
-    header::PROXY_AUTHENTICATE,
-    header::PROXY_AUTHORIZATION,
-    header::TE,
-    header::TRAILER,
-    header::TRANSFER_ENCODING,
-];
-
+/// RFC 9110 §7.6.1's hop-by-hop fields (and `proxy-connection`, `keep-alive`), matched on the
+/// name's text: a `const` array of `HeaderName`s would be built and dropped at every use, and
+/// this runs for every header of every request and answer.
 fn is_hop_by_hop(n: &HeaderName) -> bool {
-    HOP_BY_HOP.contains(n) || n == header::UPGRADE
+    matches!(
+        n.as_str(),
+        "connection"
+            | "keep-alive"
+            | "proxy-connection"
+            | "proxy-authenticate"
+            | "proxy-authorization"
+            | "te"
+            | "trailer"
+            | "transfer-encoding"
+            | "upgrade"
+    )
 }
 
 /// Removes the headers `drop` picks, in place. The map is walked once and only names that are
@@ -29,39 +32,53 @@ fn remove_where(h: &mut HeaderMap, drop: impl Fn(&HeaderName) -> bool) {
     }
 }
 
-/// Removes hop-by-hop headers in place: the fixed list and any named in `Connection`.
-pub fn strip_hop_by_hop(h: &mut HeaderMap) {
-    let named: Vec<HeaderName> = h
-        .get_all(header::CONNECTION)
+/// The names a `Connection` header lists: hop-by-hop too. (Usually none.)
+fn connection_named(h: &HeaderMap) -> smallvec::SmallVec<[HeaderName; 2]> {
+    h.get_all(header::CONNECTION)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
         .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
-        .collect();
-    for n in named {
+        .collect()
+}
+
+/// Removes hop-by-hop headers in place: the fixed list and any named in `Connection`.
+pub fn strip_hop_by_hop(h: &mut HeaderMap) {
+    for n in connection_named(h) {
         h.remove(n);
     }
     remove_where(h, is_hop_by_hop);
 }
 
-/// The client's headers made ready to go upstream, in place: hop-by-hop gone, plus what the
-/// gateway sets itself (Host, Content-Length, the request id) and what must not reach a
-/// replica: `Expect` (answered already) and `Accept-Encoding` (bytes on the path stay
-/// uncompressed). With `gateway_keys` (auth on), the client's key is the gateway's credential
-/// and is not passed on either: replicas get `upstream.api_key_env`'s key, or none. Takes the
-/// map by value: the request's own headers are not needed after.
-pub fn upstream_request_headers(mut h: HeaderMap, gateway_keys: bool) -> HeaderMap {
-    const API_KEY: HeaderName = HeaderName::from_static("x-api-key");
-    strip_hop_by_hop(&mut h);
-    remove_where(&mut h, |n| {
-        n == header::HOST
-            || n == header::CONTENT_LENGTH
-            || n == header::EXPECT
-            || n == header::ACCEPT_ENCODING
-            || n == super::request_id::HEADER
-            || (gateway_keys && (n == header::AUTHORIZATION || n == API_KEY))
-    });
-    h
+/// Which of the client's headers go to a replica. Decided once per request and applied while
+/// the upstream head is written (removing them from the map costs more than skipping them).
+/// Hop-by-hop headers never go, nor what the gateway sets itself (Host, Content-Length, the
+/// request id), nor what must not reach a replica: `Expect` (answered already) and
+/// `Accept-Encoding` (bytes on the path stay uncompressed). With `gateway_keys` (auth on), the
+/// client's key is the gateway's credential and is not passed on either: replicas get
+/// `upstream.api_key_env`'s key, or none.
+pub struct UpstreamFilter {
+    gateway_keys: bool,
+    connection_named: smallvec::SmallVec<[HeaderName; 2]>,
+}
+
+impl UpstreamFilter {
+    pub fn new(client: &HeaderMap, gateway_keys: bool) -> Self {
+        Self {
+            gateway_keys,
+            connection_named: connection_named(client),
+        }
+    }
+
+    pub fn keeps(&self, n: &HeaderName) -> bool {
+        let gateway_set = match n.as_str() {
+            "host" | "content-length" | "expect" | "accept-encoding" => true,
+            name if name == super::request_id::HEADER.as_str() => true,
+            "authorization" | "x-api-key" => self.gateway_keys,
+            _ => false,
+        };
+        !(gateway_set || is_hop_by_hop(n) || self.connection_named.contains(n))
+    }
 }
 
 #[cfg(test)]
@@ -70,7 +87,37 @@ mod tests {
     use http::HeaderValue;
 
     #[test]
-    fn strips_hop_by_hop_and_connection_named_headers() {
+    fn every_hop_by_hop_field_is_stripped_and_nothing_else() {
+        for name in [
+            "connection",
+            "keep-alive",
+            "proxy-connection",
+            "proxy-authenticate",
+            "proxy-authorization",
+            "te",
+            "trailer",
+            "transfer-encoding",
+            "upgrade",
+            "Upgrade",
+        ] {
+            let mut h = HeaderMap::new();
+            h.insert(
+                HeaderName::from_bytes(name.as_bytes()).unwrap(),
+                HeaderValue::from_static("x"),
+            );
+            h.insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            );
+            h.insert("x-trace", HeaderValue::from_static("1"));
+            strip_hop_by_hop(&mut h);
+            assert_eq!(h.len(), 2, "{name}");
+            assert!(h.contains_key(header::CONTENT_TYPE) && h.contains_key("x-trace"));
+        }
+    }
+
+    #[test]
+    fn only_what_a_replica_should_see_goes_upstream() {
         let mut h = HeaderMap::new();
         h.insert(
             header::CONNECTION,
@@ -93,12 +140,30 @@ mod tests {
             HeaderValue::from_static("Bearer sk-x"),
         );
         h.insert("x-api-key", HeaderValue::from_static("sk-x"));
+        h.insert(
+            super::super::request_id::HEADER,
+            HeaderValue::from_static("id-1"),
+        );
+        h.insert(header::EXPECT, HeaderValue::from_static("100-continue"));
+        h.insert(header::CONTENT_LENGTH, HeaderValue::from_static("2"));
+        let kept = |keys: bool| {
+            let f = UpstreamFilter::new(&h, keys);
+            let mut names: Vec<&str> = h
+                .keys()
+                .filter(|n| f.keeps(n))
+                .map(|n| n.as_str())
+                .collect();
+            names.sort_unstable();
+            names
+        };
         // Auth off: the client's credentials may be meant for the replica.
-        let up = upstream_request_headers(h.clone(), false);
-        assert_eq!(up.len(), 3);
+        assert_eq!(kept(false), ["authorization", "content-type", "x-api-key"]);
         // Auth on: they are the gateway's, and stay here.
-        let up = upstream_request_headers(h, true);
-        assert_eq!(up.len(), 1);
-        assert_eq!(up[header::CONTENT_TYPE], "application/json");
+        assert_eq!(kept(true), ["content-type"]);
+        // On answers, in place: the fixed list and what `Connection` names.
+        let mut answer = h.clone();
+        strip_hop_by_hop(&mut answer);
+        assert!(!answer.contains_key("x-secret") && !answer.contains_key("keep-alive"));
+        assert!(answer.contains_key(header::CONTENT_TYPE) && answer.contains_key(header::HOST));
     }
 }

@@ -294,7 +294,8 @@ async fn serve(
         .unwrap_or_else(|| PathAndQuery::from_static("/"));
     let out = Outbound {
         path,
-        headers: headers::upstream_request_headers(parts.headers, config.auth.enabled),
+        filter: headers::UpstreamFilter::new(&parts.headers, config.auth.enabled),
+        headers: parts.headers,
         body: forwarded_body,
         request_id: request_id.clone(),
     };
