@@ -215,6 +215,31 @@ pub fn last_coding_is_chunked(v: &[u8]) -> bool {
         .is_some_and(|last| last.trim_ascii().eq_ignore_ascii_case(b"chunked"))
 }
 
+/// RFC 9110 §7.6.1's hop-by-hop fields (and the old `proxy-connection` and `keep-alive`):
+/// never passed across the gateway, either way. `name` in lower case, as `HeaderName`s are.
+pub fn is_hop_by_hop(name: &str) -> bool {
+    matches!(
+        name,
+        "connection"
+            | "keep-alive"
+            | "proxy-connection"
+            | "proxy-authenticate"
+            | "proxy-authorization"
+            | "te"
+            | "trailer"
+            | "transfer-encoding"
+            | "upgrade"
+    )
+}
+
+/// The field names a `Connection` value lists beyond `close` and `keep-alive`: hop-by-hop
+/// too (usually there are none).
+pub fn connection_named(v: &[u8]) -> impl Iterator<Item = &[u8]> {
+    v.split(|&b| b == b',').map(<[u8]>::trim_ascii).filter(|t| {
+        !t.is_empty() && !t.eq_ignore_ascii_case(b"close") && !t.eq_ignore_ascii_case(b"keep-alive")
+    })
+}
+
 /// `n` in decimal, written at the end of `buf`.
 pub fn decimal(mut n: u64, buf: &mut [u8; 20]) -> &[u8] {
     let mut i = buf.len();

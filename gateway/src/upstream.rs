@@ -121,6 +121,8 @@ pub struct Request<'a> {
 /// A response head, and where its body stands; the body follows on the connection.
 pub struct ResponseHead {
     pub status: StatusCode,
+    /// The answer's end-to-end headers: hop-by-hop ones, and those its `Connection` names,
+    /// are not kept.
     pub headers: HeaderMap,
     pub body: Body,
 }
@@ -272,6 +274,7 @@ impl Conn {
         let mut chunked = false;
         let mut has_te = false;
         let mut close = minor == 0;
+        let mut named: smallvec::SmallVec<[HeaderValue; 1]> = smallvec::SmallVec::new();
         for &(no, nl, vo, vl) in &spans {
             let name = HeaderName::from_bytes(&raw[no..no + nl])
                 .map_err(|_| UpstreamError::Malformed("bad header name"))?;
@@ -295,7 +298,28 @@ impl Conn {
                     close = false;
                 }
             }
+            // Hop-by-hop fields are the replica's and the gateway's business only: they are
+            // read above and not kept (cheaper than removing them from the map later).
+            if crate::codec::is_hop_by_hop(name.as_str()) {
+                if name == header::CONNECTION
+                    && crate::codec::connection_named(value.as_bytes())
+                        .next()
+                        .is_some()
+                {
+                    named.push(value);
+                }
+                continue;
+            }
             headers.append(name, value);
+        }
+        // What `Connection` names is hop-by-hop too (rare: usually it says only `close` or
+        // `keep-alive`).
+        for v in &named {
+            for n in crate::codec::connection_named(v.as_bytes()) {
+                if let Ok(n) = HeaderName::from_bytes(n) {
+                    headers.remove(n);
+                }
+            }
         }
         let no_body = status.is_informational()
             || status == StatusCode::NO_CONTENT
@@ -540,6 +564,27 @@ mod tests {
             "{first}"
         );
         assert!(first.contains("content-length: 2\r\n"));
+    }
+
+    #[tokio::test]
+    async fn hop_by_hop_fields_of_an_answer_are_not_kept() {
+        let (addr, task) = replica(vec![vec![
+            b"HTTP/1.1 200 OK\r\nConnection: keep-alive, X-Secret\r\nx-secret: 1\r\n\
+              keep-alive: timeout=5\r\nupgrade: h2c\r\ntrailer: x-t\r\n\
+              proxy-authenticate: Basic\r\ncontent-type: text/plain\r\nx-kept: 2\r\n\
+              transfer-encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n",
+        ]])
+        .await;
+        let mut conn = Conn::connect(&addr, Duration::from_secs(1)).await.unwrap();
+        let (head, frames, reusable) = exchange(&mut conn).await.unwrap();
+        let mut names: Vec<&str> = head.headers.keys().map(HeaderName::as_str).collect();
+        names.sort_unstable();
+        assert_eq!(names, ["content-type", "x-kept"]);
+        // Read for framing all the same.
+        assert_eq!(joined(&frames), b"ok");
+        assert!(reusable);
+        drop(conn);
+        task.await.unwrap();
     }
 
     #[tokio::test]

@@ -17,7 +17,6 @@ use tokio::time::Instant;
 pub use super::body::Meter;
 use super::body::{BodyCtx, ResponseBody, UpstreamBody};
 use super::canary::VersionChoice;
-use super::headers::strip_hop_by_hop;
 use crate::balance::{AcquireError, Endpoint, InflightGuard};
 use crate::config::{Config, UpstreamConfig};
 use crate::error::{error_body, GatewayError};
@@ -260,7 +259,7 @@ async fn respond_error(
     with_gateway_headers(parts, ResponseBody::full(bytes), replica, version)
 }
 
-/// The replica's status and headers (hop-by-hop ones removed), and where its body stands.
+/// The replica's status and headers (hop-by-hop ones were not kept), and where its body stands.
 fn answer_parts(head: ResponseHead) -> (http::response::Parts, upstream::Body) {
     let ResponseHead {
         status,
@@ -270,8 +269,7 @@ fn answer_parts(head: ResponseHead) -> (http::response::Parts, upstream::Body) {
     let mut response = Response::new(());
     *response.status_mut() = status;
     *response.headers_mut() = headers;
-    let (mut parts, ()) = response.into_parts();
-    strip_hop_by_hop(&mut parts.headers);
+    let (parts, ()) = response.into_parts();
     (parts, body)
 }
 

@@ -1,53 +1,20 @@
-//! Header hygiene on both legs: hop-by-hop headers (RFC 9110 §7.6.1, plus any named in
-//! `Connection`) never cross the gateway.
+//! Header hygiene on the way to a replica: hop-by-hop headers (RFC 9110 §7.6.1, plus any named
+//! in `Connection`) never cross the gateway, nor what the gateway sets or keeps itself. (On the
+//! way back, `upstream`'s parser leaves the answer's hop-by-hop headers out of its map.)
 
 use http::header::{self, HeaderMap, HeaderName};
 
-/// RFC 9110 §7.6.1's hop-by-hop fields (and `proxy-connection`, `keep-alive`), matched on the
-/// name's text: a `const` array of `HeaderName`s would be built and dropped at every use, and
-/// this runs for every header of every request and answer.
 fn is_hop_by_hop(n: &HeaderName) -> bool {
-    matches!(
-        n.as_str(),
-        "connection"
-            | "keep-alive"
-            | "proxy-connection"
-            | "proxy-authenticate"
-            | "proxy-authorization"
-            | "te"
-            | "trailer"
-            | "transfer-encoding"
-            | "upgrade"
-    )
+    crate::codec::is_hop_by_hop(n.as_str())
 }
 
-/// Removes the headers `drop` picks, in place. The map is walked once and only names that are
-/// there are removed: each `remove` hashes its name, and most headers a proxy strips are
-/// usually absent (a replica's answer typically has none of them).
-fn remove_where(h: &mut HeaderMap, drop: impl Fn(&HeaderName) -> bool) {
-    let doomed: smallvec::SmallVec<[HeaderName; 8]> =
-        h.keys().filter(|n| drop(n)).cloned().collect();
-    for n in doomed {
-        h.remove(n);
-    }
-}
-
-/// The names a `Connection` header lists: hop-by-hop too. (Usually none.)
+/// The names the `Connection` headers list: hop-by-hop too. (Usually none.)
 fn connection_named(h: &HeaderMap) -> smallvec::SmallVec<[HeaderName; 2]> {
     h.get_all(header::CONNECTION)
         .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
+        .flat_map(|v| crate::codec::connection_named(v.as_bytes()))
+        .filter_map(|n| HeaderName::from_bytes(n).ok())
         .collect()
-}
-
-/// Removes hop-by-hop headers in place: the fixed list and any named in `Connection`.
-pub fn strip_hop_by_hop(h: &mut HeaderMap) {
-    for n in connection_named(h) {
-        h.remove(n);
-    }
-    remove_where(h, is_hop_by_hop);
 }
 
 /// Which of the client's headers go to a replica. Decided once per request and applied while
@@ -87,7 +54,7 @@ mod tests {
     use http::HeaderValue;
 
     #[test]
-    fn every_hop_by_hop_field_is_stripped_and_nothing_else() {
+    fn every_hop_by_hop_field_stays_here_and_nothing_else() {
         for name in [
             "connection",
             "keep-alive",
@@ -110,9 +77,13 @@ mod tests {
                 HeaderValue::from_static("application/json"),
             );
             h.insert("x-trace", HeaderValue::from_static("1"));
-            strip_hop_by_hop(&mut h);
-            assert_eq!(h.len(), 2, "{name}");
-            assert!(h.contains_key(header::CONTENT_TYPE) && h.contains_key("x-trace"));
+            let f = UpstreamFilter::new(&h, true);
+            let kept: Vec<&str> = h
+                .keys()
+                .filter(|n| f.keeps(n))
+                .map(|n| n.as_str())
+                .collect();
+            assert_eq!(kept, ["content-type", "x-trace"], "{name}");
         }
     }
 
@@ -160,10 +131,5 @@ mod tests {
         assert_eq!(kept(false), ["authorization", "content-type", "x-api-key"]);
         // Auth on: they are the gateway's, and stay here.
         assert_eq!(kept(true), ["content-type"]);
-        // On answers, in place: the fixed list and what `Connection` names.
-        let mut answer = h.clone();
-        strip_hop_by_hop(&mut answer);
-        assert!(!answer.contains_key("x-secret") && !answer.contains_key("keep-alive"));
-        assert!(answer.contains_key(header::CONTENT_TYPE) && answer.contains_key(header::HOST));
     }
 }
