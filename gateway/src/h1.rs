@@ -1077,7 +1077,8 @@ mod size_tests {
             std::mem::size_of::<F>()
         }
         let size = future_size(super::serve::<tokio::net::TcpStream>);
-        // An answer's body (about 850 bytes), the request future's box, a timer, the socket.
-        assert!(size <= 2560, "the connection future is {size} bytes");
+        // The answer (its body boxed), the request future's box, a timer, the socket: 1,568
+        // bytes in a debug build (2,384 with the replica's body inline).
+        assert!(size <= 1792, "the connection future is {size} bytes");
     }
 }

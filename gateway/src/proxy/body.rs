@@ -289,8 +289,8 @@ impl UpstreamBody {
     }
 
     /// Hands the request's record to the body, which finishes it when the body ends.
-    pub fn attach(&mut self, record: Record, status: u16) {
-        self.ctx.meter.attach(record, status);
+    pub fn attach(self: Pin<&mut Self>, record: Record, status: u16) {
+        self.project().ctx.meter.attach(record, status);
     }
 }
 
@@ -435,13 +435,12 @@ impl Body for UpstreamBody {
     }
 }
 
-pin_project! {
-    /// What the gateway answers with.
-    #[project = ResponseBodyProj]
-    pub enum ResponseBody {
-        Full { data: Option<Bytes> },
-        Upstream { #[pin] body: UpstreamBody },
-    }
+/// What the gateway answers with. A replica's body is boxed: the answer is moved through
+/// several layers on its way out, and each connection's future keeps a slot for it while the
+/// connection lives (idle ones included); the box is allocated only while a body streams.
+pub enum ResponseBody {
+    Full { data: Option<Bytes> },
+    Upstream { body: Pin<Box<UpstreamBody>> },
 }
 
 impl ResponseBody {
@@ -455,14 +454,16 @@ impl ResponseBody {
         Self::Full { data: None }
     }
     pub fn upstream(body: UpstreamBody) -> Self {
-        Self::Upstream { body }
+        Self::Upstream {
+            body: Box::pin(body),
+        }
     }
 
     /// Hands the record to a pass-through body (returned back if this is a gateway answer).
     pub fn attach(&mut self, record: Record, status: u16) -> Option<Record> {
         match self {
             Self::Upstream { body } => {
-                body.attach(record, status);
+                body.as_mut().attach(record, status);
                 None
             }
             Self::Full { .. } => Some(record),
@@ -478,9 +479,9 @@ impl Body for ResponseBody {
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        match self.project() {
-            ResponseBodyProj::Full { data } => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
-            ResponseBodyProj::Upstream { body } => body.poll_frame(cx),
+        match self.get_mut() {
+            Self::Full { data } => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
+            Self::Upstream { body } => body.as_mut().poll_frame(cx),
         }
     }
 
