@@ -193,6 +193,23 @@ async fn read_some<T: Transport + ?Sized>(io: &T, buf: &mut BytesMut) -> io::Res
     std::future::poll_fn(|cx| io.poll_read(cx, buf)).await
 }
 
+/// One read into `buf`, or with `only_wait`, the wait for bytes to read (reported as
+/// `Ok(usize::MAX)`: no bytes taken yet, but the connection is not closed).
+async fn read_or_readable<T: Transport + ?Sized>(
+    io: &T,
+    buf: &mut BytesMut,
+    only_wait: bool,
+) -> io::Result<usize> {
+    std::future::poll_fn(|cx| {
+        if only_wait {
+            io.poll_readable(cx).map_ok(|()| usize::MAX)
+        } else {
+            io.poll_read(cx, buf)
+        }
+    })
+    .await
+}
+
 /// Ready when the client has closed its side (or reset), while nothing else is expected from
 /// it. Bytes from it (a pipelined request) end the watch: they wait for their turn.
 fn poll_client_gone<T: Transport + ?Sized>(
@@ -576,6 +593,7 @@ async fn read_head<T: Transport>(
     mut draining: Pin<&mut tokio_util::sync::WaitForCancellationFuture<'_>>,
 ) -> Result<Option<Head>, GatewayError> {
     let mut deadline = None;
+    let mut readable = false;
     loop {
         if !rx.buf.is_empty() {
             if let Some(head) = parse_head(rx, caps.max_fields, ctx)? {
@@ -590,12 +608,21 @@ async fn read_head<T: Transport>(
                 });
             }
         }
-        if rx.buf.capacity() - rx.buf.len() < READ_SIZE / 4 {
+        let idle = rx.buf.is_empty();
+        // An idle keep-alive connection holds no buffer (4 KiB each) while it waits: on plain
+        // TCP one is taken once the reactor says bytes are there. (After a request its buffer
+        // went with the request; a connection's first bytes are waited for before this.)
+        let bufferless = idle && rx.buf.capacity() == 0 && !readable && io.waits_unbuffered();
+        if !bufferless && rx.buf.capacity() - rx.buf.len() < READ_SIZE / 4 {
             rx.buf.reserve(READ_SIZE);
         }
-        let idle = rx.buf.is_empty();
         // Bytes already waiting are taken without touching the timer.
-        let got = match io.try_read(&mut rx.buf) {
+        let now = if bufferless {
+            None
+        } else {
+            io.try_read(&mut rx.buf)
+        };
+        let got = match now {
             Some(r) => r,
             None => {
                 let deadline =
@@ -610,7 +637,7 @@ async fn read_head<T: Transport>(
                 loop {
                     tokio::select! {
                         biased;
-                        r = read_some(io, &mut rx.buf) => break r,
+                        r = read_or_readable(io, &mut rx.buf, bufferless) => break r,
                         () = &mut timer => {
                             if Instant::now() < deadline {
                                 timer.as_mut().reset(deadline);
@@ -625,6 +652,8 @@ async fn read_head<T: Transport>(
         };
         match got {
             Ok(0) | Err(_) => return Ok(None),
+            // Bytes are there: a buffer is taken for them on the next turn.
+            Ok(usize::MAX) => readable = true,
             Ok(_) => {}
         }
     }

@@ -59,6 +59,16 @@ pub trait Transport: Send + Sync + 'static {
     fn poll_close(&self, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Poll::Ready(Ok(()))
     }
+    /// Whether `poll_readable` can tell when bytes are there without a buffer to read them
+    /// into. Plain TCP can, from the reactor's readiness; TLS cannot (plaintext may already
+    /// wait inside rustls), and its reader waits in `poll_read`.
+    fn waits_unbuffered(&self) -> bool {
+        false
+    }
+    /// Ready when bytes can be read (see `waits_unbuffered`).
+    fn poll_readable(&self, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
 }
 
 impl Transport for TcpStream {
@@ -102,6 +112,15 @@ impl Transport for TcpStream {
 
     fn poll_peek(&self, cx: &mut Context<'_>, probe: &mut ReadBuf<'_>) -> Poll<io::Result<usize>> {
         TcpStream::poll_peek(self, cx, probe)
+    }
+
+    fn waits_unbuffered(&self) -> bool {
+        true
+    }
+
+    /// No system call: the reactor's readiness.
+    fn poll_readable(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.poll_read_ready(cx)
     }
 }
 
