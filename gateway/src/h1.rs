@@ -51,10 +51,8 @@ use crate::proxy::body::ResponseBody;
 use crate::proxy::read::ClientBody;
 use crate::proxy::ConnCtx;
 use crate::state::AppState;
-use crate::transport::{poll_closed, Transport};
+use crate::transport::{poll_closed, Transport, READ_SIZE};
 
-/// Read size for a request head (and more of a body).
-const READ_SIZE: usize = 4096;
 /// Head bytes allowed beyond `server.max_header_bytes` (request line, field syntax).
 const HEAD_MARGIN: usize = 16 * 1024;
 /// Fields parsed beyond `server.max_headers`, so that the request path answers its own 431.
@@ -191,23 +189,6 @@ impl RequestBody<'_> {
 /// as the connection, would carry one per await point.
 async fn read_some<T: Transport + ?Sized>(io: &T, buf: &mut BytesMut) -> io::Result<usize> {
     std::future::poll_fn(|cx| io.poll_read(cx, buf)).await
-}
-
-/// One read into `buf`, or with `only_wait`, the wait for bytes to read (reported as
-/// `Ok(usize::MAX)`: no bytes taken yet, but the connection is not closed).
-async fn read_or_readable<T: Transport + ?Sized>(
-    io: &T,
-    buf: &mut BytesMut,
-    only_wait: bool,
-) -> io::Result<usize> {
-    std::future::poll_fn(|cx| {
-        if only_wait {
-            io.poll_readable(cx).map_ok(|()| usize::MAX)
-        } else {
-            io.poll_read(cx, buf)
-        }
-    })
-    .await
 }
 
 /// Ready when the client has closed its side (or reset), while nothing else is expected from
@@ -593,7 +574,6 @@ async fn read_head<T: Transport>(
     mut draining: Pin<&mut tokio_util::sync::WaitForCancellationFuture<'_>>,
 ) -> Result<Option<Head>, GatewayError> {
     let mut deadline = None;
-    let mut readable = false;
     loop {
         if !rx.buf.is_empty() {
             if let Some(head) = parse_head(rx, caps.max_fields, ctx)? {
@@ -609,20 +589,9 @@ async fn read_head<T: Transport>(
             }
         }
         let idle = rx.buf.is_empty();
-        // An idle keep-alive connection holds no buffer (4 KiB each) while it waits: on plain
-        // TCP one is taken once the reactor says bytes are there. (After a request its buffer
-        // went with the request; a connection's first bytes are waited for before this.)
-        let bufferless = idle && rx.buf.capacity() == 0 && !readable && io.waits_unbuffered();
-        if !bufferless && rx.buf.capacity() - rx.buf.len() < READ_SIZE / 4 {
-            rx.buf.reserve(READ_SIZE);
-        }
-        // Bytes already waiting are taken without touching the timer.
-        let now = if bufferless {
-            None
-        } else {
-            io.try_read(&mut rx.buf)
-        };
-        let got = match now {
+        // Bytes already waiting are taken without touching the timer. (The transport makes
+        // room in the buffer only once bytes are there: see `Transport::try_read`.)
+        let got = match io.try_read(&mut rx.buf) {
             Some(r) => r,
             None => {
                 let deadline =
@@ -637,7 +606,7 @@ async fn read_head<T: Transport>(
                 loop {
                     tokio::select! {
                         biased;
-                        r = read_or_readable(io, &mut rx.buf, bufferless) => break r,
+                        r = read_some(io, &mut rx.buf) => break r,
                         () = &mut timer => {
                             if Instant::now() < deadline {
                                 timer.as_mut().reset(deadline);
@@ -652,8 +621,6 @@ async fn read_head<T: Transport>(
         };
         match got {
             Ok(0) | Err(_) => return Ok(None),
-            // Bytes are there: a buffer is taken for them on the next turn.
-            Ok(usize::MAX) => readable = true,
             Ok(_) => {}
         }
     }

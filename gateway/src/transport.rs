@@ -39,9 +39,19 @@ impl ConnFlags {
     }
 }
 
+/// Room a read makes in its buffer when less than a quarter of this is spare.
+pub const READ_SIZE: usize = 4096;
+
+/// Makes room for a read (see [`READ_SIZE`]).
+fn make_room(buf: &mut BytesMut) {
+    if buf.capacity() - buf.len() < READ_SIZE / 4 {
+        buf.reserve(READ_SIZE);
+    }
+}
+
 /// A client connection as `crate::h1` reads and writes it.
 pub trait Transport: Send + Sync + 'static {
-    /// One read into `buf`'s spare room; `Ok(0)` at end of stream.
+    /// One read into `buf`, room made as needed; `Ok(0)` at end of stream.
     fn poll_read(&self, cx: &mut Context<'_>, buf: &mut BytesMut) -> Poll<io::Result<usize>>;
     /// One read if bytes are there now; `None` if they would have to be waited for.
     fn try_read(&self, buf: &mut BytesMut) -> Option<io::Result<usize>>;
@@ -59,16 +69,6 @@ pub trait Transport: Send + Sync + 'static {
     fn poll_close(&self, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Poll::Ready(Ok(()))
     }
-    /// Whether `poll_readable` can tell when bytes are there without a buffer to read them
-    /// into. Plain TCP can, from the reactor's readiness; TLS cannot (plaintext may already
-    /// wait inside rustls), and its reader waits in `poll_read`.
-    fn waits_unbuffered(&self) -> bool {
-        false
-    }
-    /// Ready when bytes can be read (see `waits_unbuffered`).
-    fn poll_readable(&self, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Poll::Ready(Ok(()))
-    }
 }
 
 impl Transport for TcpStream {
@@ -81,10 +81,15 @@ impl Transport for TcpStream {
         }
     }
 
-    /// No system call is made when the socket is not known to be readable.
+    /// No system call is made when the socket is not known to be readable, and no room is
+    /// made in `buf` either: an idle keep-alive connection holds no buffer (4 KiB each) while
+    /// it waits for its next request.
     fn try_read(&self, buf: &mut BytesMut) -> Option<io::Result<usize>> {
-        let spare = buf.capacity() - buf.len();
-        match read_noting_drain(self, || Ok((self.try_read_buf(buf)?, spare))) {
+        match read_noting_drain(self, || {
+            make_room(buf);
+            let spare = buf.capacity() - buf.len();
+            Ok((self.try_read_buf(buf)?, spare))
+        }) {
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => None,
             r => Some(r),
         }
@@ -113,15 +118,6 @@ impl Transport for TcpStream {
     fn poll_peek(&self, cx: &mut Context<'_>, probe: &mut ReadBuf<'_>) -> Poll<io::Result<usize>> {
         TcpStream::poll_peek(self, cx, probe)
     }
-
-    fn waits_unbuffered(&self) -> bool {
-        true
-    }
-
-    /// No system call: the reactor's readiness.
-    fn poll_readable(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        self.poll_read_ready(cx)
-    }
 }
 
 /// A TLS connection for `crate::h1`.
@@ -139,7 +135,10 @@ impl Tls {
 }
 
 impl Transport for Tls {
+    /// Room is made before the read: plaintext may already wait inside rustls, with nothing
+    /// for the reactor to report.
     fn poll_read(&self, cx: &mut Context<'_>, buf: &mut BytesMut) -> Poll<io::Result<usize>> {
+        make_room(buf);
         tokio_util::io::poll_read_buf(Pin::new(&mut *self.lock()), cx, buf)
     }
 
