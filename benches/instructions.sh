@@ -28,9 +28,6 @@ fi
 echo "== building (release)"
 cargo build --release --locked -p gateway -p loadtest --bins 2>&1 | tail -1
 
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-wait_port() { for _ in $(seq 1 400); do (echo >/dev/tcp/127.0.0.1/"$1") 2>/dev/null && return 0; sleep 0.05; done; echo "port $1 never opened" >&2; return 1; }
-
 MOCK_PORT="$(free_port)"
 "$BIN/mock-replica" --listen "127.0.0.1:$MOCK_PORT" --model bench-model --ttft-ms 0 --itl-ms 0 --tokens 16 2>/dev/null &
 PIDS+=($!)

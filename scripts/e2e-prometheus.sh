@@ -14,8 +14,6 @@ PYTHON="${PYTHON:-.venv/bin/python}"
 VENV_BIN="$(dirname "$PYTHON")"
 . scripts/lib.sh
 
-free_port() { "$PYTHON" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-
 promtool check rules docker/alerts.yml
 promtool check config docker/prometheus.yml
 "$VENV_BIN/kubernetes-validate" -k 1.30.0 --strict docker/kubernetes/*.yaml

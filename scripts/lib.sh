@@ -9,6 +9,17 @@ cleanup() {
 }
 trap cleanup EXIT
 
+# A free TCP port on 127.0.0.1 (for programs that take a port, not `:0`).
+free_port() {
+  "${PYTHON:-python3}" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
+}
+
+# Waits up to 20 s until something listens on 127.0.0.1:PORT.
+wait_port() {
+  for _ in $(seq 1 400); do (echo >/dev/tcp/127.0.0.1/"$1") 2>/dev/null && return 0; sleep 0.05; done
+  echo "port $1 never opened" >&2; return 1
+}
+
 # Waits until FILE contains a line matching REGEX; prints the first match.
 wait_for() {
   local file=$1 regex=$2
