@@ -4,10 +4,6 @@
 
 use http::header::{self, HeaderMap, HeaderName};
 
-fn is_hop_by_hop(n: &HeaderName) -> bool {
-    crate::codec::is_hop_by_hop(n.as_str())
-}
-
 /// The names the `Connection` headers list: hop-by-hop too. (Usually none.)
 fn connection_named(h: &HeaderMap) -> smallvec::SmallVec<[HeaderName; 2]> {
     h.get_all(header::CONNECTION)
@@ -44,7 +40,9 @@ impl UpstreamFilter {
             "authorization" | "x-api-key" => self.gateway_keys,
             _ => false,
         };
-        !(gateway_set || is_hop_by_hop(n) || self.connection_named.contains(n))
+        !(gateway_set
+            || crate::codec::is_hop_by_hop(n.as_str())
+            || self.connection_named.contains(n))
     }
 }
 
