@@ -437,7 +437,8 @@ impl Body for UpstreamBody {
 
 /// What the gateway answers with. A replica's body is boxed: the answer is moved through
 /// several layers on its way out, and each connection's future keeps a slot for it while the
-/// connection lives (idle ones included); the box is allocated only while a body streams.
+/// connection lives (idle ones included); the box exists only from a replica's answer to the
+/// end of its body.
 pub enum ResponseBody {
     Full { data: Option<Bytes> },
     Upstream { body: Pin<Box<UpstreamBody>> },
