@@ -48,6 +48,7 @@ use crate::codec::{content_length, decimal, has_token, last_coding_is_chunked, D
 use crate::config::validate::MAX_HEADERS_CEILING;
 use crate::error::GatewayError;
 use crate::proxy::body::ResponseBody;
+use crate::proxy::headers::GatewayFields;
 use crate::proxy::read::ClientBody;
 use crate::proxy::ConnCtx;
 use crate::state::AppState;
@@ -375,8 +376,8 @@ fn build_head(
     } else {
         Version::HTTP_11
     };
-    // Room for what the request path adds, so the map is never grown.
-    let mut headers = HeaderMap::with_capacity(req.headers.len() + 4);
+    // Sized to the request: the request path reads this map and adds nothing to it.
+    let mut headers = HeaderMap::with_capacity(req.headers.len());
     let mut length: Option<u64> = None;
     let mut lengths_differ = false;
     let mut te: Option<bool> = None;
@@ -511,7 +512,7 @@ async fn exchange<T: Transport>(
     loop {
         let caps = Caps::now(app);
         let head = read_head(io, &mut rx, caps, &ctx, timer.as_mut(), draining.as_mut()).await;
-        let (parts, version, head_only, keep) = match head {
+        let (parts, fields, version, head_only, keep) = match head {
             Ok(Some(head)) => {
                 let (version, head_only, keep_alive) =
                     (head.version, head.method == Method::HEAD, head.keep_alive);
@@ -525,33 +526,35 @@ async fn exchange<T: Transport>(
                     let mut watching = true;
                     let mut slot = body_slot.as_mut();
                     std::future::poll_fn(|cx| match handler.as_mut().poll(cx) {
-                        Poll::Ready(response) => {
-                            let (parts, body) = response.into_parts();
+                        Poll::Ready(answer) => {
+                            let (parts, body) = answer.response.into_parts();
                             slot.set(Some(body));
-                            Poll::Ready(Some(parts))
+                            Poll::Ready(Some((parts, answer.fields)))
                         }
                         Poll::Pending => poll_client_gone(io, &mut watching, cx).map(|()| None),
                     })
                     .await
                 };
                 // The client left: dropping the request cancels whatever it started.
-                let Some(parts) = parts else { return };
+                let Some((parts, fields)) = parts else { return };
                 let keep = keep_alive && rx.settle() && !shutdown.is_cancelled();
-                (parts, version, head_only, keep)
+                (parts, fields, version, head_only, keep)
             }
             Ok(None) => return,
             Err(e) => {
                 let (parts, body) = e.into_response().into_parts();
                 body_slot.set(Some(body));
-                (parts, Version::HTTP_11, false, false)
+                let fields = GatewayFields::default();
+                (parts, fields, Version::HTTP_11, false, false)
             }
         };
         let Some(body) = body_slot.as_mut().as_pin_mut() else {
             return;
         };
         out.clear();
-        let (framing, keep) = frame_response(&mut out, &parts, &body, version, head_only, keep);
-        drop(parts);
+        let (framing, keep) =
+            frame_response(&mut out, &parts, &fields, &body, version, head_only, keep);
+        drop((parts, fields));
         let sent = send(io, &out, body, framing, caps.send_timeout).await;
         // The body goes now: a pass-through body finishes its request's record when dropped.
         body_slot.set(None);
@@ -642,6 +645,7 @@ enum Out {
 fn frame_response(
     out: &mut Vec<u8>,
     parts: &http::response::Parts,
+    fields: &GatewayFields,
     body: &ResponseBody,
     version: Version,
     head_only: bool,
@@ -671,7 +675,7 @@ fn frame_response(
             Out::UntilClose
         }
     };
-    write_head(out, status, &parts.headers, framing, version, keep);
+    write_head(out, status, &parts.headers, fields, framing, version, keep);
     let framing = if head_only { Out::Nothing } else { framing };
     (framing, keep)
 }
@@ -790,11 +794,13 @@ fn chunk_size_line(n: usize, buf: &mut [u8; 18]) -> &[u8] {
     &buf[i..]
 }
 
-/// The status line and header section, with the framing headers this connection uses.
+/// The status line and header section: the answer's fields, the gateway's, and the framing
+/// headers this connection uses.
 fn write_head(
     out: &mut Vec<u8>,
     status: StatusCode,
     headers: &HeaderMap,
+    fields: &GatewayFields,
     framing: Out,
     version: Version,
     keep: bool,
@@ -805,19 +811,26 @@ fn write_head(
     out.extend_from_slice(status.canonical_reason().unwrap_or("Unknown").as_bytes());
     out.extend_from_slice(b"\r\n");
     let mut has_date = false;
+    let mut ratelimit_present = 0;
+    let mut line = |name: &HeaderName, value: &[u8]| {
+        out.extend_from_slice(name.as_str().as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value);
+        out.extend_from_slice(b"\r\n");
+    };
     for (name, value) in headers {
         if name == header::CONNECTION
             || name == header::CONTENT_LENGTH
             || name == header::TRANSFER_ENCODING
+            || fields.replaces(name)
         {
             continue;
         }
         has_date |= name == header::DATE;
-        out.extend_from_slice(name.as_str().as_bytes());
-        out.extend_from_slice(b": ");
-        out.extend_from_slice(value.as_bytes());
-        out.extend_from_slice(b"\r\n");
+        ratelimit_present |= GatewayFields::ratelimit_bit(name);
+        line(name, value.as_bytes());
     }
+    fields.each(ratelimit_present, &mut line);
     match framing {
         Out::Length(n) => {
             out.extend_from_slice(b"content-length: ");
@@ -1003,6 +1016,7 @@ mod tests {
             &mut out,
             StatusCode::OK,
             &h,
+            &GatewayFields::default(),
             Out::Chunked,
             Version::HTTP_11,
             true,
@@ -1023,6 +1037,7 @@ mod tests {
             &mut out,
             StatusCode::NOT_FOUND,
             &HeaderMap::new(),
+            &GatewayFields::default(),
             Out::Length(12),
             Version::HTTP_10,
             false,
@@ -1032,6 +1047,92 @@ mod tests {
         assert!(
             s.contains("content-length: 12\r\nconnection: close\r\n"),
             "{s}"
+        );
+    }
+
+    /// The gateway's own fields as HTTP/1.1 writes them and as h2 gets them in its map: the
+    /// same fields, by the same rule (the request id, replica and version replace a replica's;
+    /// a rate-limit field the answer has stays, and the key's figure for it is left out).
+    #[test]
+    fn gateway_fields_are_written_as_h2_gets_them() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        h.insert("x-request-id", HeaderValue::from_static("replica-id"));
+        h.insert("x-gateway-replica", HeaderValue::from_static("spoofed"));
+        h.insert("x-ratelimit-limit-requests", HeaderValue::from_static("7"));
+        h.insert("x-ratelimit-limit-ip", HeaderValue::from_static("9"));
+        let fields = || GatewayFields {
+            request_id: Some(HeaderValue::from_static("req-1")),
+            replica: Some(HeaderValue::from_static("10.0.0.1:8000")),
+            version: Some(HeaderValue::from_static("v2")),
+            requests: Some((100, 42, Duration::from_millis(250))),
+            tokens: Some((60_000, 59_000)),
+        };
+        let mut out = Vec::new();
+        write_head(
+            &mut out,
+            StatusCode::OK,
+            &h,
+            &fields(),
+            Out::Length(2),
+            Version::HTTP_11,
+            true,
+        );
+        let head = String::from_utf8(out).unwrap();
+        let mut written: Vec<(String, String)> = head
+            .split("\r\n")
+            .skip(1)
+            .filter_map(|l| l.split_once(": "))
+            .filter(|(n, _)| !matches!(*n, "date" | "content-length"))
+            .map(|(n, v)| (n.to_owned(), v.to_owned()))
+            .collect();
+        written.sort();
+        let mut map = h.clone();
+        fields().insert_into(&mut map);
+        let mut mapped: Vec<(String, String)> = map
+            .iter()
+            .map(|(n, v)| (n.to_string(), v.to_str().unwrap().to_owned()))
+            .collect();
+        mapped.sort();
+        assert_eq!(written, mapped);
+        let expected = [
+            ("content-type", "application/json"),
+            ("x-gateway-model-version", "v2"),
+            ("x-gateway-replica", "10.0.0.1:8000"),
+            ("x-ratelimit-limit-ip", "9"),
+            ("x-ratelimit-limit-requests", "7"),
+            ("x-ratelimit-limit-tokens", "60000"),
+            ("x-ratelimit-remaining-requests", "42"),
+            ("x-ratelimit-remaining-tokens", "59000"),
+            ("x-ratelimit-reset-requests", "250ms"),
+            ("x-ratelimit-reset-tokens", "1s"),
+            ("x-request-id", "req-1"),
+        ];
+        let expected: Vec<(String, String)> = expected
+            .iter()
+            .map(|(n, v)| ((*n).to_owned(), (*v).to_owned()))
+            .collect();
+        assert_eq!(written, expected);
+        // Without fields, an answer's own fields pass as they are.
+        let mut out = Vec::new();
+        let none = GatewayFields::default();
+        write_head(
+            &mut out,
+            StatusCode::OK,
+            &h,
+            &none,
+            Out::Length(2),
+            Version::HTTP_11,
+            true,
+        );
+        let head = String::from_utf8(out).unwrap();
+        assert!(
+            head.contains("x-request-id: replica-id\r\n")
+                && head.contains("x-gateway-replica: spoofed\r\n"),
+            "{head}"
         );
     }
 

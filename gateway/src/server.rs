@@ -302,7 +302,7 @@ fn hyper_service(
     hyper::service::service_fn(move |req: Request<Incoming>| {
         let (app, ctx) = (app.clone(), ctx.clone());
         let req = req.map(ClientBody::Hyper);
-        async move { Ok::<_, Infallible>(proxy::handle(app, ctx, req).await) }
+        async move { Ok::<_, Infallible>(proxy::handle(app, ctx, req).await.into_response()) }
     })
 }
 

@@ -267,9 +267,9 @@ impl Conn {
         let raw = self.buf.split_to(len).freeze();
         let status =
             StatusCode::from_u16(code).map_err(|_| UpstreamError::Malformed("bad status code"))?;
-        // Room for what the gateway adds on the way back (ids, rate-limit and security
-        // headers), so the map is never grown.
-        let mut headers = HeaderMap::with_capacity(count + 8);
+        // Sized to the answer: the gateway's own fields are not put in this map on HTTP/1.1
+        // (see `proxy::headers::GatewayFields`).
+        let mut headers = HeaderMap::with_capacity(count);
         let mut length: Option<u64> = None;
         let mut chunked = false;
         let mut has_te = false;

@@ -253,6 +253,13 @@ async fn http2_prior_knowledge_on_the_same_port() {
         let resp = sender.send_request(req).await.unwrap();
         assert_eq!(resp.status(), 200);
         assert_eq!(resp.version(), http::Version::HTTP_2);
+        // The gateway's own fields reach h2 clients as they reach HTTP/1.1 ones.
+        assert_eq!(resp.headers()["x-request-id"].len(), 36);
+        assert_eq!(
+            resp.headers()["x-gateway-replica"],
+            m.addr.to_string().as_str()
+        );
+        assert!(resp.headers().contains_key("x-gateway-model-version"));
         let body = resp.into_body().collect().await.unwrap().to_bytes();
         if stream {
             assert!(body.ends_with(b"data: [DONE]\n\n"));

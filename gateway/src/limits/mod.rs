@@ -608,18 +608,15 @@ pub fn openai_duration(d: Duration) -> String {
 pub struct OpenAiDuration(pub Duration);
 
 impl OpenAiDuration {
-    /// Appends the text to `out`; under a second (the usual case) without `fmt`.
-    pub fn write_to(&self, out: &mut bytes::BytesMut) {
+    /// Writes the text to `out`; under a second (the usual case) without `fmt`.
+    pub fn write_to(&self, out: &mut impl std::io::Write) -> std::io::Result<()> {
         match u64::try_from(self.0.as_millis()) {
             Ok(ms) if ms < 1000 => {
                 let mut digits = [0u8; 20];
-                out.extend_from_slice(crate::codec::decimal(ms, &mut digits));
-                out.extend_from_slice(b"ms");
+                out.write_all(crate::codec::decimal(ms, &mut digits))?;
+                out.write_all(b"ms")
             }
-            _ => {
-                use std::fmt::Write;
-                let _ = write!(out, "{self}");
-            }
+            _ => write!(out, "{self}"),
         }
     }
 }
@@ -773,8 +770,8 @@ mod tests {
         assert_eq!(openai_duration(Duration::from_secs(3725)), "1h2m5s");
         // The header writer's own path for short durations says the same.
         for d in [0, 1, 20, 999, 1000, 1050, 59_999, 60_000, 3_725_000].map(Duration::from_millis) {
-            let mut out = bytes::BytesMut::new();
-            OpenAiDuration(d).write_to(&mut out);
+            let mut out = Vec::new();
+            OpenAiDuration(d).write_to(&mut out).unwrap();
             assert_eq!(&out[..], openai_duration(d).as_bytes(), "{d:?}");
         }
     }

@@ -42,8 +42,11 @@ pub struct Outbound {
 
 /// A replica's answer on its way to the client.
 pub struct Forwarded {
+    /// The replica's answer; the gateway's own fields are added as it is written.
     pub response: Response<ResponseBody>,
     pub replica: HeaderValue,
+    /// The model version's `x-gateway-model-version` value.
+    pub version: HeaderValue,
     pub retries: u32,
     /// Time spent waiting on replicas (queue included) before the response head.
     pub upstream_wait: std::time::Duration,
@@ -160,13 +163,14 @@ pub async fn forward(
         stats: pool.stats.clone(),
     };
     let response = if resp.status.as_u16() >= 400 {
-        Box::pin(respond_error(ctx, resp, conn, guard, &pool.version_header)).await
+        Box::pin(respond_error(ctx, resp, conn, guard)).await
     } else {
-        respond(ctx, resp, conn, guard, &pool.version_header)
+        respond(ctx, resp, conn, guard)
     };
     Ok(Forwarded {
         response,
         replica,
+        version: pool.version_header.clone(),
         retries,
         upstream_wait,
     })
@@ -222,12 +226,10 @@ fn respond(
     head: ResponseHead,
     conn: Conn,
     guard: InflightGuard,
-    version: &HeaderValue,
 ) -> Response<ResponseBody> {
-    let replica = guard.endpoint().host_header.clone();
     let (parts, body) = answer_parts(head);
     let body = ResponseBody::upstream(UpstreamBody::new(body, conn, guard, ctx));
-    with_gateway_headers(parts, body, replica, version)
+    Response::from_parts(parts, body)
 }
 
 /// An error answer (4xx, 5xx): its body is read first and put in OpenAI's shape. Called
@@ -237,9 +239,7 @@ async fn respond_error(
     head: ResponseHead,
     mut conn: Conn,
     guard: InflightGuard,
-    version: &HeaderValue,
 ) -> Response<ResponseBody> {
-    let replica = guard.endpoint().host_header.clone();
     let (mut parts, body) = answer_parts(head);
     ctx.meter.refund();
     let pool_idle = ctx.config.upstream.pool_idle_timeout;
@@ -256,7 +256,7 @@ async fn respond_error(
         );
     }
     parts.headers.remove(header::CONTENT_LENGTH);
-    with_gateway_headers(parts, ResponseBody::full(bytes), replica, version)
+    Response::from_parts(parts, ResponseBody::full(bytes))
 }
 
 /// The replica's status and headers (hop-by-hop ones were not kept), and where its body stands.
@@ -271,18 +271,6 @@ fn answer_parts(head: ResponseHead) -> (http::response::Parts, upstream::Body) {
     *response.headers_mut() = headers;
     let (parts, ()) = response.into_parts();
     (parts, body)
-}
-
-fn with_gateway_headers(
-    mut parts: http::response::Parts,
-    body: ResponseBody,
-    replica: HeaderValue,
-    version: &HeaderValue,
-) -> Response<ResponseBody> {
-    let h = &mut parts.headers;
-    h.insert(REPLICA_HEADER, replica);
-    h.insert(VERSION_HEADER, version.clone());
-    Response::from_parts(parts, body)
 }
 
 /// What reading a replica's error body found.

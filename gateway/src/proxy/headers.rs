@@ -1,8 +1,14 @@
 //! Header hygiene on the way to a replica: hop-by-hop headers (RFC 9110 §7.6.1, plus any named
 //! in `Connection`) never cross the gateway, nor what the gateway sets or keeps itself. (On the
-//! way back, `upstream`'s parser leaves the answer's hop-by-hop headers out of its map.)
+//! way back, `upstream`'s parser leaves the answer's hop-by-hop headers out of its map.) And
+//! the fields the gateway adds to every answer (`GatewayFields`).
 
-use http::header::{self, HeaderMap, HeaderName};
+use std::time::Duration;
+
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+
+use super::forward::{REPLICA_HEADER, VERSION_HEADER};
+use super::request_id::HEADER as REQUEST_ID;
 
 /// The names the `Connection` headers list: hop-by-hop too. (Usually none.)
 fn connection_named(h: &HeaderMap) -> smallvec::SmallVec<[HeaderName; 2]> {
@@ -46,10 +52,150 @@ impl UpstreamFilter {
     }
 }
 
+/// OpenAI's `x-ratelimit-*` names, in the order of `GatewayFields::ratelimit_bit`'s bits.
+const RATELIMIT_NAMES: [HeaderName; 6] = [
+    HeaderName::from_static("x-ratelimit-limit-requests"),
+    HeaderName::from_static("x-ratelimit-remaining-requests"),
+    HeaderName::from_static("x-ratelimit-reset-requests"),
+    HeaderName::from_static("x-ratelimit-limit-tokens"),
+    HeaderName::from_static("x-ratelimit-remaining-tokens"),
+    HeaderName::from_static("x-ratelimit-reset-tokens"),
+];
+
+/// The fields the gateway adds to each answer of the request path: the request id, the replica
+/// and model version that served it, and the caller key's `x-ratelimit-*` figures. They stay
+/// out of the answer's `HeaderMap` (nine inserts, and a map grown for them, per request):
+/// HTTP/1.1 writes them straight into the head (`replaces`, `ratelimit_bit`, `each`), h2 puts
+/// them in the map (`insert_into`). One rule for both: the request id, replica and version
+/// replace an answer's fields of the same name; a rate-limit field the answer has already (a
+/// 429 naming the limit it hit) stays, and the key's figure for that name is left out.
+#[derive(Default)]
+pub struct GatewayFields {
+    pub request_id: Option<HeaderValue>,
+    pub replica: Option<HeaderValue>,
+    pub version: Option<HeaderValue>,
+    /// The key's request limit after this request: (limit, remaining, reset).
+    pub requests: Option<(u32, u32, Duration)>,
+    /// The key's token budget after the reservation: (per minute, left).
+    pub tokens: Option<(u64, u64)>,
+}
+
+impl GatewayFields {
+    /// Whether the answer's own field `name` gives way to one of these (and is not written).
+    pub fn replaces(&self, name: &HeaderName) -> bool {
+        (self.request_id.is_some() && name == REQUEST_ID)
+            || (self.replica.is_some() && name == REPLICA_HEADER)
+            || (self.version.is_some() && name == VERSION_HEADER)
+    }
+
+    /// Which rate-limit field `name` is, as a bit for `each`'s `present`; 0 for other names.
+    pub fn ratelimit_bit(name: &HeaderName) -> u8 {
+        if !name.as_str().starts_with("x-ratelimit-") {
+            return 0;
+        }
+        RATELIMIT_NAMES
+            .iter()
+            .position(|n| n == name)
+            .map_or(0, |i| 1 << i)
+    }
+
+    /// Each field's name and value, but the rate-limit fields whose bit is in `present`.
+    /// Numbers and durations are written on the stack: nothing is allocated.
+    pub fn each(&self, present: u8, mut field: impl FnMut(&HeaderName, &[u8])) {
+        for (name, value) in [
+            (&REQUEST_ID, &self.request_id),
+            (&REPLICA_HEADER, &self.replica),
+            (&VERSION_HEADER, &self.version),
+        ] {
+            if let Some(v) = value {
+                field(name, v.as_bytes());
+            }
+        }
+        self.ratelimit(present, |name, text| field(name, text));
+    }
+
+    fn ratelimit(&self, present: u8, mut field: impl FnMut(&HeaderName, &[u8])) {
+        let mut put = |i: usize, value: Text| {
+            if present & (1 << i) == 0 {
+                field(&RATELIMIT_NAMES[i], value.as_bytes());
+            }
+        };
+        if let Some((limit, remaining, reset)) = self.requests {
+            put(0, Text::count(limit.into()));
+            put(1, Text::count(remaining.into()));
+            put(2, Text::reset(reset));
+        }
+        if let Some((tpm, left)) = self.tokens {
+            put(3, Text::count(tpm));
+            put(4, Text::count(left));
+            let missing = tpm.saturating_sub(left) as f64;
+            put(
+                5,
+                Text::reset(Duration::from_secs_f64(
+                    missing / (tpm.max(1) as f64 / 60.0),
+                )),
+            );
+        }
+    }
+
+    /// The same fields put in a map (h2, whose heads hyper writes), by the same rule.
+    pub fn insert_into(self, h: &mut HeaderMap) {
+        let present = h.keys().fold(0, |p, n| p | Self::ratelimit_bit(n));
+        self.ratelimit(present, |name, text| {
+            if let Ok(v) = HeaderValue::from_bytes(text) {
+                h.insert(name, v);
+            }
+        });
+        for (name, value) in [
+            (REQUEST_ID, self.request_id),
+            (REPLICA_HEADER, self.replica),
+            (VERSION_HEADER, self.version),
+        ] {
+            if let Some(v) = value {
+                h.insert(name, v);
+            }
+        }
+    }
+}
+
+/// A short field value written on the stack.
+struct Text {
+    buf: [u8; 32],
+    len: usize,
+}
+
+impl Text {
+    fn count(n: u64) -> Self {
+        let mut digits = [0u8; 20];
+        Self::from(crate::codec::decimal(n, &mut digits))
+    }
+
+    fn reset(d: Duration) -> Self {
+        let mut buf = [0u8; 32];
+        let mut rest = &mut buf[..];
+        // 32 bytes hold any duration's text ("5124095576030431h0m15s" at most).
+        let _ = crate::limits::OpenAiDuration(d).write_to(&mut rest);
+        let len = 32 - rest.len();
+        Self { buf, len }
+    }
+
+    fn from(bytes: &[u8]) -> Self {
+        let mut buf = [0u8; 32];
+        buf[..bytes.len()].copy_from_slice(bytes);
+        Self {
+            buf,
+            len: bytes.len(),
+        }
+    }
+
+    fn as_bytes(&self) -> &[u8] {
+        &self.buf[..self.len]
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use http::HeaderValue;
 
     #[test]
     fn every_hop_by_hop_field_stays_here_and_nothing_else() {

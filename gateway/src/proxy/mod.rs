@@ -32,12 +32,13 @@ pub mod route;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use http::header::{self, HeaderName, HeaderValue};
+use http::header::{self, HeaderValue};
 use http::uri::PathAndQuery;
 use http::{Method, Request, Response, StatusCode};
 
 use self::body::ResponseBody;
 use self::forward::{Failed, Forwarded, Outbound};
+use self::headers::GatewayFields;
 use self::read::ClientBody;
 use self::record::Record;
 use crate::auth::Principal;
@@ -98,6 +99,22 @@ fn header_bytes(h: &http::HeaderMap) -> usize {
     h.iter().map(|(n, v)| n.as_str().len() + v.len() + 4).sum()
 }
 
+/// An answer of the request path: the response, and the fields the gateway adds to its head
+/// (kept apart: HTTP/1.1 writes them straight into the head).
+pub struct Answer {
+    pub response: Response<ResponseBody>,
+    pub fields: GatewayFields,
+}
+
+impl Answer {
+    /// The response with the gateway's fields in its map (for h2, whose heads hyper writes).
+    pub fn into_response(self) -> Response<ResponseBody> {
+        let mut response = self.response;
+        self.fields.insert_into(response.headers_mut());
+        response
+    }
+}
+
 /// Serves one data-plane request. Never fails: every error becomes an OpenAI-shaped answer.
 ///
 /// hyper keeps room for this future for as long as the connection lives (an open stream
@@ -108,7 +125,7 @@ pub async fn handle(
     app: Arc<AppState>,
     conn: Arc<ConnCtx>,
     req: Request<ClientBody<'_>>,
-) -> Response<ResponseBody> {
+) -> Answer {
     Box::pin(handle_boxed(app, conn, req)).await
 }
 
@@ -116,20 +133,21 @@ async fn handle_boxed(
     app: Arc<AppState>,
     conn: Arc<ConnCtx>,
     req: Request<ClientBody<'_>>,
-) -> Response<ResponseBody> {
+) -> Answer {
     let started = tokio::time::Instant::now();
     let request_id = request_id::assign(req.headers());
     let mut trace = Record::new(started, request_id.clone(), conn.peer, app.metrics.clone());
-    let mut resp = match serve(&app, &conn, req, &request_id, &mut trace).await {
+    let mut fields = GatewayFields::default();
+    let mut resp = match serve(&app, &conn, req, &request_id, &mut trace, &mut fields).await {
         Ok(r) => r,
         Err(e) => {
             tracing::debug!(code = e.code(), "request rejected");
             e.into_response()
         }
     };
-    resp.headers_mut()
-        .insert(request_id::HEADER, request_id.clone());
-    ratelimit_headers(resp.headers_mut(), &trace);
+    fields.request_id = Some(request_id);
+    fields.requests = trace.requests_left;
+    fields.tokens = trace.tokens_left;
     if trace.retries > 0 {
         app.metrics.retries.inc_by(u64::from(trace.retries));
     }
@@ -139,7 +157,10 @@ async fn handle_boxed(
     if let Some(trace) = resp.body_mut().attach(trace, status) {
         trace.finish(resp_status_str(status), record::BodyFacts::default());
     }
-    resp
+    Answer {
+        response: resp,
+        fields,
+    }
 }
 
 async fn serve(
@@ -148,6 +169,7 @@ async fn serve(
     req: Request<ClientBody<'_>>,
     request_id: &HeaderValue,
     trace: &mut Record,
+    fields: &mut GatewayFields,
 ) -> Result<Response<ResponseBody>, GatewayError> {
     if conn.flags.ambiguous_framing() {
         return Err(GatewayError::AmbiguousFraming);
@@ -311,9 +333,12 @@ async fn serve(
         Ok(Forwarded {
             response,
             replica,
+            version,
             retries,
             upstream_wait,
         }) => {
+            fields.replica = Some(replica.clone());
+            fields.version = Some(version);
             trace.replica = Some(replica);
             trace.retries = retries;
             trace.upstream_wait = upstream_wait;
@@ -369,51 +394,6 @@ fn check_access(
     } else {
         GatewayError::ModelNotAllowed(asked.to_owned())
     })
-}
-
-const LIMIT_REQUESTS: HeaderName = HeaderName::from_static("x-ratelimit-limit-requests");
-const REMAINING_REQUESTS: HeaderName = HeaderName::from_static("x-ratelimit-remaining-requests");
-const RESET_REQUESTS: HeaderName = HeaderName::from_static("x-ratelimit-reset-requests");
-const LIMIT_TOKENS: HeaderName = HeaderName::from_static("x-ratelimit-limit-tokens");
-const REMAINING_TOKENS: HeaderName = HeaderName::from_static("x-ratelimit-remaining-tokens");
-const RESET_TOKENS: HeaderName = HeaderName::from_static("x-ratelimit-reset-tokens");
-
-/// A value for `ratelimit_headers`.
-enum Rl {
-    Count(u64),
-    Reset(std::time::Duration),
-}
-
-/// OpenAI's `x-ratelimit-*` headers for the caller's key, on every answer it gets. The values
-/// are written into one buffer and share it: one allocation for all of them. (Numbers are
-/// written by hand, not through `fmt`: this runs for every request.)
-fn ratelimit_headers(h: &mut http::HeaderMap, trace: &Record) {
-    if trace.requests_left.is_none() && trace.tokens_left.is_none() {
-        return;
-    }
-    let mut buf = bytes::BytesMut::with_capacity(96);
-    let mut set = |name: HeaderName, value: Rl| {
-        let mut digits = [0u8; 20];
-        match value {
-            Rl::Count(n) => buf.extend_from_slice(crate::codec::decimal(n, &mut digits)),
-            Rl::Reset(d) => limits::OpenAiDuration(d).write_to(&mut buf),
-        }
-        if let Ok(v) = HeaderValue::from_maybe_shared(buf.split().freeze()) {
-            h.entry(name).or_insert(v);
-        }
-    };
-    if let Some((limit, remaining, reset)) = trace.requests_left {
-        set(LIMIT_REQUESTS, Rl::Count(limit.into()));
-        set(REMAINING_REQUESTS, Rl::Count(remaining.into()));
-        set(RESET_REQUESTS, Rl::Reset(reset));
-    }
-    if let Some((tpm, left)) = trace.tokens_left {
-        set(LIMIT_TOKENS, Rl::Count(tpm));
-        set(REMAINING_TOKENS, Rl::Count(left));
-        let missing = tpm.saturating_sub(left) as f64;
-        let reset = std::time::Duration::from_secs_f64(missing / (tpm.max(1) as f64 / 60.0));
-        set(RESET_TOKENS, Rl::Reset(reset));
-    }
 }
 
 fn json_ok(body: Bytes) -> Response<ResponseBody> {
