@@ -198,6 +198,7 @@ fn auth_and_limit(c: &mut Criterion) {
     if let Ok(v) = http::HeaderValue::from_str(&format!("Bearer {}", keys[500])) {
         headers.insert(http::header::AUTHORIZATION, v);
     }
+    let headers = gateway::fields::Fields::from(headers);
     let mut g = c.benchmark_group("auth_and_limit");
     g.bench_function("authenticate_plus_key_limit_1000_keys", |b| {
         b.iter(|| {

@@ -6,7 +6,7 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
-use http::HeaderMap;
+use crate::fields::Fields;
 use sha2::{Digest, Sha256};
 
 use crate::error::GatewayError;
@@ -94,7 +94,7 @@ impl KeyTable {
         }
     }
 
-    pub fn authenticate(&self, headers: &HeaderMap) -> Result<Arc<KeyEntry>, GatewayError> {
+    pub fn authenticate(&self, headers: &Fields) -> Result<Arc<KeyEntry>, GatewayError> {
         let presented = presented_key(headers).ok_or(GatewayError::InvalidApiKey)?;
         let digest: [u8; 32] = Sha256::digest(presented).into();
         let entry = self
@@ -118,16 +118,15 @@ impl KeyTable {
 }
 
 /// The key a client sent, if any.
-pub fn presented_key(headers: &HeaderMap) -> Option<&[u8]> {
-    if let Some(v) = headers.get(http::header::AUTHORIZATION) {
-        let b = v.as_bytes();
+pub fn presented_key(headers: &Fields) -> Option<&[u8]> {
+    if let Some(b) = headers.get("authorization") {
         let key = b
             .get(..7)
             .filter(|p| p.eq_ignore_ascii_case(b"bearer "))
             .map(|_| b[7..].trim_ascii())?;
         return (!key.is_empty()).then_some(key);
     }
-    let key = headers.get("x-api-key")?.as_bytes().trim_ascii();
+    let key = headers.get("x-api-key")?.trim_ascii();
     (!key.is_empty()).then_some(key)
 }
 
@@ -150,7 +149,7 @@ pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use http::HeaderValue;
+    use http::{HeaderMap, HeaderValue};
 
     fn table() -> KeyTable {
         let digest: [u8; 32] = Sha256::digest(b"sk-good").into();
@@ -168,16 +167,16 @@ mod tests {
         let t = table();
         let mut h = HeaderMap::new();
         h.insert("authorization", HeaderValue::from_static("Bearer sk-good"));
-        assert_eq!(t.authenticate(&h).unwrap().name, "team-a");
+        assert_eq!(t.authenticate(&h.into()).unwrap().name, "team-a");
         let mut h = HeaderMap::new();
         h.insert(
             "authorization",
             HeaderValue::from_static("bearer   sk-good "),
         );
-        assert!(t.authenticate(&h).is_ok());
+        assert!(t.authenticate(&h.into()).is_ok());
         let mut h = HeaderMap::new();
         h.insert("x-api-key", HeaderValue::from_static("sk-good"));
-        assert!(t.authenticate(&h).is_ok());
+        assert!(t.authenticate(&h.into()).is_ok());
     }
 
     #[test]
@@ -193,12 +192,12 @@ mod tests {
             let mut h = HeaderMap::new();
             h.insert(name, HeaderValue::from_static(value));
             assert_eq!(
-                t.authenticate(&h).unwrap_err(),
+                t.authenticate(&h.into()).unwrap_err(),
                 GatewayError::InvalidApiKey,
                 "{value}"
             );
         }
-        assert!(t.authenticate(&HeaderMap::new()).is_err());
+        assert!(t.authenticate(&Fields::default()).is_err());
     }
 
     #[test]

@@ -217,18 +217,18 @@ pub fn last_coding_is_chunked(v: &[u8]) -> bool {
 
 /// RFC 9110 §7.6.1's hop-by-hop fields (and the old `proxy-connection` and `keep-alive`):
 /// never passed across the gateway, either way. `name` in lower case, as `HeaderName`s are.
-pub fn is_hop_by_hop(name: &str) -> bool {
+pub fn is_hop_by_hop(name: &[u8]) -> bool {
     matches!(
         name,
-        "connection"
-            | "keep-alive"
-            | "proxy-connection"
-            | "proxy-authenticate"
-            | "proxy-authorization"
-            | "te"
-            | "trailer"
-            | "transfer-encoding"
-            | "upgrade"
+        b"connection"
+            | b"keep-alive"
+            | b"proxy-connection"
+            | b"proxy-authenticate"
+            | b"proxy-authorization"
+            | b"te"
+            | b"trailer"
+            | b"transfer-encoding"
+            | b"upgrade"
     )
 }
 

@@ -18,6 +18,7 @@ pub mod config;
 pub mod control;
 pub mod demo;
 pub mod error;
+pub mod fields;
 pub mod h1;
 pub mod health;
 pub mod limits;

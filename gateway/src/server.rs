@@ -301,7 +301,7 @@ fn hyper_service(
        + Send {
     hyper::service::service_fn(move |req: Request<Incoming>| {
         let (app, ctx) = (app.clone(), ctx.clone());
-        let req = req.map(ClientBody::Hyper);
+        let req = proxy::ClientRequest::from(req.map(ClientBody::Hyper));
         async move { Ok::<_, Infallible>(proxy::handle(app, ctx, req).await.into_response()) }
     })
 }

@@ -23,6 +23,8 @@ use std::time::Duration;
 
 use bytes::{Buf, Bytes, BytesMut};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+
+use crate::fields::Fields;
 use http::StatusCode;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
@@ -110,9 +112,9 @@ pub struct Request<'a> {
     pub method: &'a str,
     pub path: &'a str,
     pub host: &'a HeaderValue,
-    pub headers: &'a HeaderMap,
-    /// Which of `headers` are written (the rest are skipped, not removed from the map).
-    pub keep: &'a (dyn Fn(&HeaderName) -> bool + Sync),
+    pub headers: &'a Fields,
+    /// Which of `headers` are written, by lowercase name (the rest are skipped).
+    pub keep: &'a (dyn Fn(&[u8]) -> bool + Sync),
     pub extra: &'a [(&'a HeaderName, &'a HeaderValue)],
     pub authorization: Option<&'a HeaderValue>,
     pub body: &'a Bytes,
@@ -172,20 +174,19 @@ impl Conn {
         h.extend_from_slice(b" HTTP/1.1\r\nhost: ");
         h.extend_from_slice(host.as_bytes());
         h.extend_from_slice(b"\r\n");
-        let mut put = |name: &HeaderName, value: &HeaderValue| {
-            h.extend_from_slice(name.as_str().as_bytes());
+        let mut put = |name: &[u8], value: &[u8]| {
+            h.extend_from_slice(name);
             h.extend_from_slice(b": ");
-            h.extend_from_slice(value.as_bytes());
+            h.extend_from_slice(value);
             h.extend_from_slice(b"\r\n");
         };
-        for (name, value) in headers {
-            // Framing and routing are the gateway's to set, whatever the map holds.
-            if name == header::HOST
-                || name == header::CONTENT_LENGTH
-                || name == header::TRANSFER_ENCODING
-                || name == header::CONNECTION
-                || (authorization.is_some() && name == header::AUTHORIZATION)
-                || extra.iter().any(|(n, _)| *n == name)
+        for (name, value) in headers.iter() {
+            // Framing and routing are the gateway's to set, whatever the client sent.
+            if matches!(
+                name,
+                b"host" | b"content-length" | b"transfer-encoding" | b"connection"
+            ) || (authorization.is_some() && name == b"authorization")
+                || extra.iter().any(|(n, _)| n.as_str().as_bytes() == name)
                 || !keep(name)
             {
                 continue;
@@ -193,10 +194,10 @@ impl Conn {
             put(name, value);
         }
         for (name, value) in extra {
-            put(name, value);
+            put(name.as_str().as_bytes(), value.as_bytes());
         }
         if let Some(key) = authorization {
-            put(&header::AUTHORIZATION, key);
+            put(b"authorization", key.as_bytes());
         }
         if !body.is_empty() || method == "POST" {
             h.extend_from_slice(b"content-length: ");
@@ -300,7 +301,7 @@ impl Conn {
             }
             // Hop-by-hop fields are the replica's and the gateway's business only: they are
             // read above and not kept (cheaper than removing them from the map later).
-            if crate::codec::is_hop_by_hop(name.as_str()) {
+            if crate::codec::is_hop_by_hop(name.as_str().as_bytes()) {
                 if name == header::CONNECTION
                     && crate::codec::connection_named(value.as_bytes())
                         .next()
@@ -387,7 +388,7 @@ impl Conn {
             method: "GET",
             path,
             host,
-            headers: &HeaderMap::new(),
+            headers: &Fields::default(),
             keep: &|_| true,
             extra: &[(&header::USER_AGENT, &ua)],
             authorization,
@@ -507,7 +508,7 @@ mod tests {
             method: "POST",
             path,
             host: &host,
-            headers: &HeaderMap::new(),
+            headers: &Fields::default(),
             keep: &|_| true,
             extra: &[],
             authorization: None,

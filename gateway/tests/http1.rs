@@ -396,3 +396,42 @@ async fn a_client_that_stops_reading_is_cut_after_the_send_timeout() {
     let (_, closed) = read_until_close(&mut s, WAIT).await;
     assert!(closed);
 }
+
+/// Field names are case-insensitive: the key, the request id and what the client's
+/// `Connection` names are found whatever their case, and the replica gets the client's fields
+/// by name with their values as sent.
+#[tokio::test]
+async fn fields_are_found_and_forwarded_whatever_the_case_of_their_names() {
+    let key = "sk-case-0123456789";
+    let extra = format!(
+        "[auth]\nenabled = true\n[[api_keys]]\nname = \"a\"\nsha256 = \"{}\"\n",
+        sha(key)
+    );
+    let (m, gw) = setup(&extra).await;
+    let chat_body = chat(false).to_string();
+    let mut s = TcpStream::connect(gw.addr).await.unwrap();
+    let fields = format!(
+        "AUTHORIZATION: Bearer {key}\r\nX-Request-Id: Mixed-Case-1\r\nCONNECTION: X-Private\r\n\
+         X-Private: secret\r\nX-Custom: Kept As Sent\r\nAccept-Encoding: gzip\r\n"
+    );
+    s.write_all(chat_request(&fields, &chat_body).as_bytes())
+        .await
+        .unwrap();
+    let mut buf = Vec::new();
+    let (head, body) = read_response(&mut s, &mut buf).await;
+    assert!(head.starts_with("http/1.1 200"), "{head}{body}");
+    let seen = m.stats.last_headers().unwrap();
+    assert_eq!(seen["x-request-id"], "Mixed-Case-1");
+    assert_eq!(seen["x-custom"], "Kept As Sent");
+    assert!(seen.get("x-private").is_none(), "{seen:?}");
+    assert!(seen.get("accept-encoding").is_none(), "{seen:?}");
+    // The client's key is the gateway's credential: it does not reach the replica.
+    assert!(seen.get("authorization").is_none(), "{seen:?}");
+    // A wrong key in any case is refused.
+    let fields = "Authorization: Bearer sk-wrong\r\n";
+    s.write_all(chat_request(fields, &chat_body).as_bytes())
+        .await
+        .unwrap();
+    let (head, body) = read_response(&mut s, &mut buf).await;
+    assert!(head.starts_with("http/1.1 401"), "{head}{body}");
+}

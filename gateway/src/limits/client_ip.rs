@@ -3,11 +3,11 @@
 
 use std::net::IpAddr;
 
-use http::HeaderMap;
+use crate::fields::Fields;
 
 use crate::config::IpNet;
 
-pub fn client_ip(peer: IpAddr, headers: &HeaderMap, trusted: &[IpNet]) -> IpAddr {
+pub fn client_ip(peer: IpAddr, headers: &Fields, trusted: &[IpNet]) -> IpAddr {
     let is_trusted = |ip: IpAddr| trusted.iter().any(|n| n.contains(ip));
     if trusted.is_empty() || !is_trusted(peer) {
         return peer;
@@ -15,8 +15,7 @@ pub fn client_ip(peer: IpAddr, headers: &HeaderMap, trusted: &[IpNet]) -> IpAddr
     // Walk from the right (the hop closest to us); the first untrusted address is the client.
     let hops: Vec<IpAddr> = headers
         .get_all("x-forwarded-for")
-        .iter()
-        .filter_map(|v| v.to_str().ok())
+        .filter_map(|v| std::str::from_utf8(v).ok())
         .flat_map(|v| v.split(','))
         .filter_map(|h| h.trim().parse::<IpAddr>().ok())
         .collect();
@@ -34,10 +33,10 @@ mod tests {
     use crate::config::validate::parse_net;
     use http::HeaderValue;
 
-    fn h(xff: &str) -> HeaderMap {
-        let mut m = HeaderMap::new();
+    fn h(xff: &str) -> Fields {
+        let mut m = http::HeaderMap::new();
         m.insert("x-forwarded-for", HeaderValue::from_str(xff).unwrap());
-        m
+        m.into()
     }
 
     #[test]
@@ -51,7 +50,7 @@ mod tests {
             "198.51.100.7".parse::<IpAddr>().unwrap()
         );
         assert_eq!(client_ip(stranger, &xff, &trusted), stranger);
-        assert_eq!(client_ip(proxy, &HeaderMap::new(), &trusted), proxy);
+        assert_eq!(client_ip(proxy, &Fields::default(), &trusted), proxy);
         // A client cannot hide behind a spoofed left-most entry.
         let spoof = h("1.2.3.4, 198.51.100.7");
         assert_eq!(

@@ -3,7 +3,7 @@
 //! version the client pinned with `model = "name@version"`. The choice is made once, from the
 //! snapshot the request started with, and kept to the end whatever changes meanwhile.
 
-use http::HeaderMap;
+use crate::fields::Fields;
 
 use crate::auth::Principal;
 use crate::canary::split;
@@ -30,7 +30,7 @@ pub fn choose(
     route: &Route,
     pinned: Option<usize>,
     principal: &Principal,
-    headers: &HeaderMap,
+    headers: &Fields,
 ) -> VersionChoice {
     if let Some(index) = pinned {
         return VersionChoice {
@@ -48,7 +48,7 @@ pub fn choose(
     let sticky_id = match &c.sticky {
         Sticky::None => None,
         Sticky::ApiKey => principal.name().map(|n| split::bucket(n.as_bytes())),
-        Sticky::Header(h) => headers.get(h).map(|v| split::bucket(v.as_bytes())),
+        Sticky::Header(h) => headers.get(h.as_str()).map(split::bucket),
     };
     let bucket = sticky_id.unwrap_or_else(split::random_bucket);
     if split::on_canary(c.weight_percent, bucket) {

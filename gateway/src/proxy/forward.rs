@@ -6,7 +6,7 @@
 //! a response head is being forwarded: a stream cut mid-way reaches the client cut.
 
 use bytes::{Bytes, BytesMut};
-use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::header::{self, HeaderName, HeaderValue};
 use http::uri::PathAndQuery;
 use http::{Response, StatusCode};
 
@@ -33,8 +33,8 @@ const MAX_ERROR_BODY: usize = 64 * 1024;
 /// The request as it goes upstream, prepared once for every attempt.
 pub struct Outbound {
     pub path: PathAndQuery,
-    /// The client's headers as they came; `filter` says which go upstream.
-    pub headers: HeaderMap,
+    /// The client's header fields as they came; `filter` says which go upstream.
+    pub headers: crate::fields::Fields,
     pub filter: super::headers::UpstreamFilter,
     pub body: Bytes,
     pub request_id: HeaderValue,

@@ -5,16 +5,17 @@
 
 use std::time::Duration;
 
-use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::header::{HeaderMap, HeaderName, HeaderValue};
+
+use crate::fields::Fields;
 
 use super::forward::{REPLICA_HEADER, VERSION_HEADER};
 use super::request_id::HEADER as REQUEST_ID;
 
 /// The names the `Connection` headers list: hop-by-hop too. (Usually none.)
-fn connection_named(h: &HeaderMap) -> smallvec::SmallVec<[HeaderName; 2]> {
-    h.get_all(header::CONNECTION)
-        .iter()
-        .flat_map(|v| crate::codec::connection_named(v.as_bytes()))
+fn connection_named(h: &Fields) -> smallvec::SmallVec<[HeaderName; 2]> {
+    h.get_all("connection")
+        .flat_map(crate::codec::connection_named)
         .filter_map(|n| HeaderName::from_bytes(n).ok())
         .collect()
 }
@@ -32,23 +33,27 @@ pub struct UpstreamFilter {
 }
 
 impl UpstreamFilter {
-    pub fn new(client: &HeaderMap, gateway_keys: bool) -> Self {
+    pub fn new(client: &Fields, gateway_keys: bool) -> Self {
         Self {
             gateway_keys,
             connection_named: connection_named(client),
         }
     }
 
-    pub fn keeps(&self, n: &HeaderName) -> bool {
-        let gateway_set = match n.as_str() {
-            "host" | "content-length" | "expect" | "accept-encoding" => true,
-            name if name == super::request_id::HEADER.as_str() => true,
-            "authorization" | "x-api-key" => self.gateway_keys,
+    /// Whether the field called `n` (lowercase) goes upstream.
+    pub fn keeps(&self, n: &[u8]) -> bool {
+        let gateway_set = match n {
+            b"host" | b"content-length" | b"expect" | b"accept-encoding" => true,
+            name if name == REQUEST_ID.as_str().as_bytes() => true,
+            b"authorization" | b"x-api-key" => self.gateway_keys,
             _ => false,
         };
         !(gateway_set
-            || crate::codec::is_hop_by_hop(n.as_str())
-            || self.connection_named.contains(n))
+            || crate::codec::is_hop_by_hop(n)
+            || self
+                .connection_named
+                .iter()
+                .any(|c| c.as_str().as_bytes() == n))
     }
 }
 
@@ -196,6 +201,7 @@ impl Text {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use http::header;
 
     #[test]
     fn every_hop_by_hop_field_stays_here_and_nothing_else() {
@@ -221,13 +227,10 @@ mod tests {
                 HeaderValue::from_static("application/json"),
             );
             h.insert("x-trace", HeaderValue::from_static("1"));
+            let h = Fields::from(h);
             let f = UpstreamFilter::new(&h, true);
-            let kept: Vec<&str> = h
-                .keys()
-                .filter(|n| f.keeps(n))
-                .map(|n| n.as_str())
-                .collect();
-            assert_eq!(kept, ["content-type", "x-trace"], "{name}");
+            let kept: Vec<&[u8]> = h.iter().map(|(n, _)| n).filter(|n| f.keeps(n)).collect();
+            assert_eq!(kept, [&b"content-type"[..], b"x-trace"], "{name}");
         }
     }
 
@@ -261,12 +264,13 @@ mod tests {
         );
         h.insert(header::EXPECT, HeaderValue::from_static("100-continue"));
         h.insert(header::CONTENT_LENGTH, HeaderValue::from_static("2"));
+        let h = Fields::from(h);
         let kept = |keys: bool| {
             let f = UpstreamFilter::new(&h, keys);
             let mut names: Vec<&str> = h
-                .keys()
-                .filter(|n| f.keeps(n))
-                .map(|n| n.as_str())
+                .iter()
+                .map(|(n, _)| std::str::from_utf8(n).unwrap())
+                .filter(|n| f.keeps(n.as_bytes()))
                 .collect();
             names.sort_unstable();
             names

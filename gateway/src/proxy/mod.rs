@@ -29,6 +29,8 @@ pub mod record;
 pub mod request_id;
 pub mod route;
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -43,6 +45,7 @@ use self::read::ClientBody;
 use self::record::Record;
 use crate::auth::Principal;
 use crate::error::GatewayError;
+use crate::fields::Fields;
 use crate::limits::{self, Decision, Scope};
 use crate::state::{model_object, AppState};
 use crate::transport::ConnFlags;
@@ -94,9 +97,25 @@ fn classify(method: &Method, path: &str) -> Result<Operation, GatewayError> {
     Ok(op)
 }
 
-/// Header section size as a client sent it (name, value, ": " and CRLF per line).
-fn header_bytes(h: &http::HeaderMap) -> usize {
-    h.iter().map(|(n, v)| n.as_str().len() + v.len() + 4).sum()
+/// A client's request as the request path gets it: from `h1`, with its fields where they were
+/// parsed, or from hyper (h2), with its map.
+pub struct ClientRequest<'a> {
+    pub method: Method,
+    pub uri: http::Uri,
+    pub fields: Fields,
+    pub body: ClientBody<'a>,
+}
+
+impl<'a> From<Request<ClientBody<'a>>> for ClientRequest<'a> {
+    fn from(req: Request<ClientBody<'a>>) -> Self {
+        let (parts, body) = req.into_parts();
+        Self {
+            method: parts.method,
+            uri: parts.uri,
+            fields: Fields::Map(parts.headers),
+            body,
+        }
+    }
 }
 
 /// An answer of the request path: the response, and the fields the gateway adds to its head
@@ -117,25 +136,21 @@ impl Answer {
 
 /// Serves one data-plane request. Never fails: every error becomes an OpenAI-shaped answer.
 ///
-/// hyper keeps room for this future for as long as the connection lives (an open stream
+/// A connection keeps room for this future for as long as it lives (an open stream
 /// included), and the request path's state (several KiB) is needed only until the response
-/// head: it lives in a box that is freed then, so this future holds little more than the
-/// request.
-pub async fn handle(
+/// head: it lives in a box that is freed then. The box is made here, so the connection holds
+/// only a pointer, not the request besides.
+pub fn handle<'a>(
     app: Arc<AppState>,
     conn: Arc<ConnCtx>,
-    req: Request<ClientBody<'_>>,
-) -> Answer {
-    Box::pin(handle_boxed(app, conn, req)).await
+    req: ClientRequest<'a>,
+) -> Pin<Box<impl Future<Output = Answer> + Send + 'a>> {
+    Box::pin(handle_boxed(app, conn, req))
 }
 
-async fn handle_boxed(
-    app: Arc<AppState>,
-    conn: Arc<ConnCtx>,
-    req: Request<ClientBody<'_>>,
-) -> Answer {
+async fn handle_boxed(app: Arc<AppState>, conn: Arc<ConnCtx>, req: ClientRequest<'_>) -> Answer {
     let started = tokio::time::Instant::now();
-    let request_id = request_id::assign(req.headers());
+    let request_id = request_id::assign(&req.fields);
     let mut trace = Record::new(started, request_id.clone(), conn.peer, app.metrics.clone());
     let mut fields = GatewayFields::default();
     let mut resp = match serve(&app, &conn, req, &request_id, &mut trace, &mut fields).await {
@@ -166,10 +181,10 @@ async fn handle_boxed(
 async fn serve(
     app: &AppState,
     conn: &ConnCtx,
-    req: Request<ClientBody<'_>>,
+    req: ClientRequest<'_>,
     request_id: &HeaderValue,
     trace: &mut Record,
-    fields: &mut GatewayFields,
+    added: &mut GatewayFields,
 ) -> Result<Response<ResponseBody>, GatewayError> {
     if conn.flags.ambiguous_framing() {
         return Err(GatewayError::AmbiguousFraming);
@@ -177,19 +192,17 @@ async fn serve(
     let snapshot = app.snapshot();
     let config = &snapshot.config;
     let server = &config.server;
-    if req.headers().len() > server.max_headers
-        || header_bytes(req.headers()) > server.max_header_bytes
-    {
+    if req.fields.len() > server.max_headers || req.fields.wire_size() > server.max_header_bytes {
         return Err(GatewayError::HeadersTooLarge);
     }
-    let op = classify(req.method(), req.uri().path())?;
+    let op = classify(&req.method, req.uri.path())?;
     trace.op = op.as_str();
     let shared = app.shared.as_deref();
     // Stage 3a: per client IP, before auth.
     if let Some(ip_limiter) = &snapshot.ip_limiter {
         let ip = limits::client_ip::client_ip(
             conn.peer.ip(),
-            req.headers(),
+            &req.fields,
             &config.limits.trusted_proxies,
         );
         admit(app, Scope::Ip, ip_limiter.check(ip, shared).await)?;
@@ -197,7 +210,7 @@ async fn serve(
     // Stage 2: auth.
     let principal = if config.auth.enabled {
         Principal {
-            key: Some(snapshot.keys.authenticate(req.headers())?),
+            key: Some(snapshot.keys.authenticate(&req.fields)?),
         }
     } else {
         Principal::default()
@@ -224,7 +237,7 @@ async fn serve(
             return Ok(json_ok(body));
         }
         Operation::GetModel => {
-            let id = &req.uri().path()["/v1/models/".len()..];
+            let id = &req.uri.path()["/v1/models/".len()..];
             let id = percent_decode(id);
             let route = route::resolve_name(&snapshot, &id)?;
             check_access(&principal, &route.model, &id, true)?;
@@ -232,15 +245,15 @@ async fn serve(
         }
         _ => {}
     }
-    let (parts, incoming) = req.into_parts();
-    let content_length = parts
-        .headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
+    let ClientRequest {
+        uri, fields, body, ..
+    } = req;
+    let content_length = fields
+        .get("content-length")
+        .and_then(crate::codec::content_length);
     // Stage 4: body, then peek.
     let body = read::read_body(
-        incoming,
+        body,
         content_length,
         server.max_body_bytes,
         // From the moment the head was read: one clock reading less per request.
@@ -303,21 +316,20 @@ async fn serve(
         trace.started,
     ));
     // Stage 6: version.
-    let choice = canary::choose(&route, pinned, &principal, &parts.headers);
+    let choice = canary::choose(&route, pinned, &principal, &fields);
     let pool = route.versions.get(choice.index);
     trace.version = pool.map(|p| p.version.clone());
     trace.stats = pool.map(|p| p.stats.clone());
     trace.arm = Some(choice.arm);
     // Stage 7: forward.
-    let path = parts
-        .uri
+    let path = uri
         .path_and_query()
         .cloned()
         .unwrap_or_else(|| PathAndQuery::from_static("/"));
     let out = Outbound {
         path,
-        filter: headers::UpstreamFilter::new(&parts.headers, config.auth.enabled),
-        headers: parts.headers,
+        filter: headers::UpstreamFilter::new(&fields, config.auth.enabled),
+        headers: fields,
         body: forwarded_body,
         request_id: request_id.clone(),
     };
@@ -337,8 +349,8 @@ async fn serve(
             retries,
             upstream_wait,
         }) => {
-            fields.replica = Some(replica.clone());
-            fields.version = Some(version);
+            added.replica = Some(replica.clone());
+            added.version = Some(version);
             trace.replica = Some(replica);
             trace.retries = retries;
             trace.upstream_wait = upstream_wait;

@@ -1,15 +1,19 @@
 //! Stage 1: the request id. A sane `x-request-id` from the client is kept (and forwarded);
 //! otherwise a UUID is made — some replicas (llama.cpp's server) reject ids that are not UUIDs.
 
-use http::{HeaderMap, HeaderName, HeaderValue};
+use http::{HeaderName, HeaderValue};
+
+use crate::fields::Fields;
 
 pub const HEADER: HeaderName = HeaderName::from_static("x-request-id");
 
 /// The id for this request, as a header value ready to forward and echo.
-pub fn assign(headers: &HeaderMap) -> HeaderValue {
-    if let Some(v) = headers.get(&HEADER) {
-        if is_acceptable(v.as_bytes()) {
-            return v.clone();
+pub fn assign(fields: &Fields) -> HeaderValue {
+    if let Some(v) = fields.get_shared(HEADER.as_str()) {
+        if is_acceptable(&v) {
+            if let Ok(v) = HeaderValue::from_maybe_shared(v) {
+                return v;
+            }
         }
     }
     generate()
@@ -39,11 +43,11 @@ mod tests {
 
     #[test]
     fn keeps_sane_ids_and_replaces_others() {
-        let mut h = HeaderMap::new();
+        let mut h = http::HeaderMap::new();
         h.insert(HEADER, HeaderValue::from_static("abc-123"));
-        assert_eq!(assign(&h), "abc-123");
+        assert_eq!(assign(&h.clone().into()), "abc-123");
         h.insert(HEADER, HeaderValue::from_static("has space"));
-        let id = assign(&h);
+        let id = assign(&h.into());
         assert_eq!(id.len(), 36);
         assert!(uuid::Uuid::parse_str(id.to_str().unwrap()).is_ok());
         assert_ne!(generate(), generate());
