@@ -5,7 +5,7 @@
 //! makes (linear scans over a dozen fields here). An h2 request comes with hyper's map.
 
 use bytes::Bytes;
-use http::HeaderMap;
+use http::{HeaderMap, HeaderName, HeaderValue};
 
 /// Where one field lies in the head: name and value as (start, length).
 #[derive(Clone, Copy, Debug)]
@@ -97,6 +97,27 @@ impl Fields {
                 .find(|s| &head[range(s.name)] == name.as_bytes())
                 .map(|s| head.slice(range(s.value))),
             Self::Map(m) => m.get(name).map(|v| Bytes::copy_from_slice(v.as_bytes())),
+        }
+    }
+
+    /// The fields as a map: for an answer going out on h2, or one the gateway rewrites. (On
+    /// HTTP/1.1 spans are written as they are.)
+    pub fn into_map(self) -> HeaderMap {
+        match self {
+            Self::Map(m) => m,
+            Self::Spans { head, spans } => {
+                let mut m = HeaderMap::with_capacity(spans.len());
+                for s in &spans {
+                    // The parser has checked both; a field that still does not fit is left out.
+                    if let (Ok(n), Ok(v)) = (
+                        HeaderName::from_bytes(&head[range(s.name)]),
+                        HeaderValue::from_maybe_shared(head.slice(range(s.value))),
+                    ) {
+                        m.append(n, v);
+                    }
+                }
+                m
+            }
         }
     }
 

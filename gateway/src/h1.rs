@@ -38,7 +38,7 @@ use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use http::header::{self, HeaderMap, HeaderName};
+use http::header::{self, HeaderMap};
 use http::{Method, StatusCode, Uri, Version};
 use http_body::Body as _;
 use tokio::time::{Instant, Sleep};
@@ -706,10 +706,13 @@ fn frame_response(
     let no_body_allowed = status.is_informational()
         || status == StatusCode::NO_CONTENT
         || status == StatusCode::NOT_MODIFIED;
+    let replica = body.upstream_fields();
     let length = parts
         .headers
         .get(header::CONTENT_LENGTH)
-        .and_then(|v| content_length(v.as_bytes()))
+        .map(|v| v.as_bytes())
+        .or_else(|| replica.and_then(|f| f.get("content-length")))
+        .and_then(content_length)
         .or_else(|| body.size_hint().exact());
     let framing = match length {
         _ if no_body_allowed => Out::Nothing,
@@ -721,7 +724,12 @@ fn frame_response(
             Out::UntilClose
         }
     };
-    write_head(out, status, &parts.headers, fields, framing, version, keep);
+    let fields = AnswerFields {
+        map: &parts.headers,
+        replica,
+        gateway: fields,
+    };
+    write_head(out, status, &fields, framing, version, keep);
     let framing = if head_only { Out::Nothing } else { framing };
     (framing, keep)
 }
@@ -840,13 +848,30 @@ fn chunk_size_line(n: usize, buf: &mut [u8; 18]) -> &[u8] {
     &buf[i..]
 }
 
+/// An answer's fields, from where each kind lives.
+struct AnswerFields<'a> {
+    /// The answer's map: all of a gateway answer's fields; empty for a replica's answer.
+    map: &'a HeaderMap,
+    /// A replica's answer's own fields, as they came (hop-by-hop ones already left out).
+    replica: Option<&'a Fields>,
+    /// What the gateway adds to every answer.
+    gateway: &'a GatewayFields,
+}
+
+/// One `name: value` line.
+fn field_line(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
+    out.extend_from_slice(name);
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(value);
+    out.extend_from_slice(b"\r\n");
+}
+
 /// The status line and header section: the answer's fields, the gateway's, and the framing
 /// headers this connection uses.
 fn write_head(
     out: &mut Vec<u8>,
     status: StatusCode,
-    headers: &HeaderMap,
-    fields: &GatewayFields,
+    fields: &AnswerFields<'_>,
     framing: Out,
     version: Version,
     keep: bool,
@@ -858,25 +883,28 @@ fn write_head(
     out.extend_from_slice(b"\r\n");
     let mut has_date = false;
     let mut ratelimit_present = 0;
-    let mut line = |name: &HeaderName, value: &[u8]| {
-        out.extend_from_slice(name.as_str().as_bytes());
-        out.extend_from_slice(b": ");
-        out.extend_from_slice(value);
-        out.extend_from_slice(b"\r\n");
-    };
-    for (name, value) in headers {
-        if name == header::CONNECTION
-            || name == header::CONTENT_LENGTH
-            || name == header::TRANSFER_ENCODING
-            || fields.replaces(name)
+    let gateway = fields.gateway;
+    let mut pass = |out: &mut Vec<u8>, name: &[u8], value: &[u8]| {
+        if matches!(
+            name,
+            b"connection" | b"content-length" | b"transfer-encoding"
+        ) || gateway.replaces(name)
         {
-            continue;
+            return;
         }
-        has_date |= name == header::DATE;
+        has_date |= name == b"date";
         ratelimit_present |= GatewayFields::ratelimit_bit(name);
-        line(name, value.as_bytes());
+        field_line(out, name, value);
+    };
+    for (name, value) in fields.map {
+        pass(out, name.as_str().as_bytes(), value.as_bytes());
     }
-    fields.each(ratelimit_present, &mut line);
+    for (name, value) in fields.replica.into_iter().flat_map(Fields::iter) {
+        pass(out, name, value);
+    }
+    gateway.each(ratelimit_present, |name, value| {
+        field_line(out, name.as_str().as_bytes(), value);
+    });
     match framing {
         Out::Length(n) => {
             out.extend_from_slice(b"content-length: ");
@@ -1063,8 +1091,11 @@ mod tests {
         write_head(
             &mut out,
             StatusCode::OK,
-            &h,
-            &GatewayFields::default(),
+            &AnswerFields {
+                map: &h,
+                replica: None,
+                gateway: &GatewayFields::default(),
+            },
             Out::Chunked,
             Version::HTTP_11,
             true,
@@ -1084,8 +1115,11 @@ mod tests {
         write_head(
             &mut out,
             StatusCode::NOT_FOUND,
-            &HeaderMap::new(),
-            &GatewayFields::default(),
+            &AnswerFields {
+                map: &HeaderMap::new(),
+                replica: None,
+                gateway: &GatewayFields::default(),
+            },
             Out::Length(12),
             Version::HTTP_10,
             false,
@@ -1112,40 +1146,26 @@ mod tests {
         h.insert("x-gateway-replica", HeaderValue::from_static("spoofed"));
         h.insert("x-ratelimit-limit-requests", HeaderValue::from_static("7"));
         h.insert("x-ratelimit-limit-ip", HeaderValue::from_static("9"));
-        let fields = || GatewayFields {
+        let gateway = GatewayFields {
             request_id: Some(HeaderValue::from_static("req-1")),
             replica: Some(HeaderValue::from_static("10.0.0.1:8000")),
             version: Some(HeaderValue::from_static("v2")),
             requests: Some((100, 42, Duration::from_millis(250))),
             tokens: Some((60_000, 59_000)),
         };
-        let mut out = Vec::new();
-        write_head(
-            &mut out,
-            StatusCode::OK,
-            &h,
-            &fields(),
-            Out::Length(2),
-            Version::HTTP_11,
-            true,
-        );
-        let head = String::from_utf8(out).unwrap();
-        let mut written: Vec<(String, String)> = head
-            .split("\r\n")
-            .skip(1)
-            .filter_map(|l| l.split_once(": "))
-            .filter(|(n, _)| !matches!(*n, "date" | "content-length"))
-            .map(|(n, v)| (n.to_owned(), v.to_owned()))
-            .collect();
-        written.sort();
+        // The answer's fields in its map (a gateway answer) or travelling with a replica's body.
+        let replica = Fields::from(h.clone());
+        let in_map = head_fields(&h, None, &gateway);
+        let from_replica = head_fields(&HeaderMap::new(), Some(&replica), &gateway);
         let mut map = h.clone();
-        fields().insert_into(&mut map);
+        gateway.insert_into(&mut map);
         let mut mapped: Vec<(String, String)> = map
             .iter()
             .map(|(n, v)| (n.to_string(), v.to_str().unwrap().to_owned()))
             .collect();
         mapped.sort();
-        assert_eq!(written, mapped);
+        assert_eq!(in_map, mapped);
+        assert_eq!(from_replica, mapped);
         let expected = [
             ("content-type", "application/json"),
             ("x-gateway-model-version", "v2"),
@@ -1163,25 +1183,48 @@ mod tests {
             .iter()
             .map(|(n, v)| ((*n).to_owned(), (*v).to_owned()))
             .collect();
-        assert_eq!(written, expected);
-        // Without fields, an answer's own fields pass as they are.
-        let mut out = Vec::new();
+        assert_eq!(in_map, expected);
+        // Without the gateway's fields, an answer's own fields pass as they are.
         let none = GatewayFields::default();
+        for written in [
+            head_fields(&h, None, &none),
+            head_fields(&HeaderMap::new(), Some(&replica), &none),
+        ] {
+            assert!(written.contains(&("x-request-id".into(), "replica-id".into())));
+            assert!(written.contains(&("x-gateway-replica".into(), "spoofed".into())));
+        }
+    }
+
+    /// The fields `write_head` writes (but `date` and the framing), sorted.
+    fn head_fields(
+        map: &HeaderMap,
+        replica: Option<&Fields>,
+        gateway: &GatewayFields,
+    ) -> Vec<(String, String)> {
+        let mut out = Vec::new();
+        let fields = AnswerFields {
+            map,
+            replica,
+            gateway,
+        };
         write_head(
             &mut out,
             StatusCode::OK,
-            &h,
-            &none,
+            &fields,
             Out::Length(2),
             Version::HTTP_11,
             true,
         );
         let head = String::from_utf8(out).unwrap();
-        assert!(
-            head.contains("x-request-id: replica-id\r\n")
-                && head.contains("x-gateway-replica: spoofed\r\n"),
-            "{head}"
-        );
+        let mut written: Vec<(String, String)> = head
+            .split("\r\n")
+            .skip(1)
+            .filter_map(|l| l.split_once(": "))
+            .filter(|(n, _)| !matches!(*n, "date" | "content-length"))
+            .map(|(n, v)| (n.to_owned(), v.to_owned()))
+            .collect();
+        written.sort();
+        written
     }
 
     proptest::proptest! {

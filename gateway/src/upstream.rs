@@ -22,9 +22,9 @@ use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
 use bytes::{Buf, Bytes, BytesMut};
-use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::header::{self, HeaderName, HeaderValue};
 
-use crate::fields::Fields;
+use crate::fields::{Fields, Span};
 use http::StatusCode;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
@@ -123,9 +123,9 @@ pub struct Request<'a> {
 /// A response head, and where its body stands; the body follows on the connection.
 pub struct ResponseHead {
     pub status: StatusCode,
-    /// The answer's end-to-end headers: hop-by-hop ones, and those its `Connection` names,
-    /// are not kept.
-    pub headers: HeaderMap,
+    /// The answer's end-to-end fields, as spans into its head (names lowercased): hop-by-hop
+    /// ones, and those its `Connection` names, are not kept.
+    pub fields: Fields,
     pub body: Body,
 }
 
@@ -240,7 +240,7 @@ impl Conn {
         // memset per response.
         let mut spans: smallvec::SmallVec<[(usize, usize, usize, usize); 16]> =
             smallvec::SmallVec::new();
-        let (len, count, code, minor) = match httparse::ParserConfig::default()
+        let (len, code, minor) = match httparse::ParserConfig::default()
             .parse_response_with_uninit_headers(&mut resp, &self.buf, &mut slots)
         {
             Ok(httparse::Status::Complete(len)) => {
@@ -252,12 +252,7 @@ impl Conn {
                         h.value.len(),
                     )
                 }));
-                (
-                    len,
-                    resp.headers.len(),
-                    resp.code.unwrap_or(0),
-                    resp.version.unwrap_or(1),
-                )
+                (len, resp.code.unwrap_or(0), resp.version.unwrap_or(1))
             }
             Ok(httparse::Status::Partial) => return Ok(None),
             Err(httparse::Error::TooManyHeaders) => {
@@ -265,62 +260,66 @@ impl Conn {
             }
             Err(_) => return Err(UpstreamError::Malformed("bad response head")),
         };
+        // Names in lowercase where they lie (httparse has checked names and values), then the
+        // head is frozen: the kept fields are spans into it, and no map is built.
+        for &(no, nl, _, _) in &spans {
+            self.buf[no..no + nl].make_ascii_lowercase();
+        }
         let raw = self.buf.split_to(len).freeze();
         let status =
             StatusCode::from_u16(code).map_err(|_| UpstreamError::Malformed("bad status code"))?;
-        // Sized to the answer: the gateway's own fields are not put in this map on HTTP/1.1
-        // (see `proxy::headers::GatewayFields`).
-        let mut headers = HeaderMap::with_capacity(count);
+        let mut kept: smallvec::SmallVec<[Span; 8]> = smallvec::SmallVec::new();
         let mut length: Option<u64> = None;
         let mut chunked = false;
         let mut has_te = false;
         let mut close = minor == 0;
-        let mut named: smallvec::SmallVec<[HeaderValue; 1]> = smallvec::SmallVec::new();
+        let mut named = false;
         for &(no, nl, vo, vl) in &spans {
-            let name = HeaderName::from_bytes(&raw[no..no + nl])
-                .map_err(|_| UpstreamError::Malformed("bad header name"))?;
-            let value = HeaderValue::from_maybe_shared(raw.slice(vo..vo + vl))
-                .map_err(|_| UpstreamError::Malformed("bad header value"))?;
-            if name == header::CONTENT_LENGTH {
-                let n = content_length(value.as_bytes())
-                    .ok_or(UpstreamError::Malformed("bad content-length"))?;
-                if length.is_some_and(|l| l != n) {
-                    return Err(UpstreamError::Malformed("conflicting content-length"));
+            let (name, value) = (&raw[no..no + nl], &raw[vo..vo + vl]);
+            match name {
+                b"content-length" => {
+                    let n = content_length(value)
+                        .ok_or(UpstreamError::Malformed("bad content-length"))?;
+                    if length.is_some_and(|l| l != n) {
+                        return Err(UpstreamError::Malformed("conflicting content-length"));
+                    }
+                    length = Some(n);
                 }
-                length = Some(n);
-            } else if name == header::TRANSFER_ENCODING {
-                has_te = true;
-                chunked = last_coding_is_chunked(value.as_bytes());
-            } else if name == header::CONNECTION {
-                let v = value.as_bytes();
-                if has_token(v, b"close") {
-                    close = true;
-                } else if minor == 0 && has_token(v, b"keep-alive") {
-                    close = false;
+                b"transfer-encoding" => {
+                    has_te = true;
+                    chunked = last_coding_is_chunked(value);
                 }
+                b"connection" => {
+                    if has_token(value, b"close") {
+                        close = true;
+                    } else if minor == 0 && has_token(value, b"keep-alive") {
+                        close = false;
+                    }
+                    named |= crate::codec::connection_named(value).next().is_some();
+                }
+                _ => {}
             }
             // Hop-by-hop fields are the replica's and the gateway's business only: they are
-            // read above and not kept (cheaper than removing them from the map later).
-            if crate::codec::is_hop_by_hop(name.as_str().as_bytes()) {
-                if name == header::CONNECTION
-                    && crate::codec::connection_named(value.as_bytes())
-                        .next()
-                        .is_some()
-                {
-                    named.push(value);
-                }
-                continue;
+            // read above and not kept.
+            if !crate::codec::is_hop_by_hop(name) {
+                kept.push(Span {
+                    name: (no as u32, nl as u32),
+                    value: (vo as u32, vl as u32),
+                });
             }
-            headers.append(name, value);
         }
         // What `Connection` names is hop-by-hop too (rare: usually it says only `close` or
         // `keep-alive`).
-        for v in &named {
-            for n in crate::codec::connection_named(v.as_bytes()) {
-                if let Ok(n) = HeaderName::from_bytes(n) {
-                    headers.remove(n);
-                }
-            }
+        if named {
+            let connection: Vec<&[u8]> = spans
+                .iter()
+                .filter(|&&(no, nl, _, _)| &raw[no..no + nl] == b"connection")
+                .flat_map(|&(_, _, vo, vl)| crate::codec::connection_named(&raw[vo..vo + vl]))
+                .collect();
+            kept.retain(|s| {
+                let name = &raw[s.name.0 as usize..(s.name.0 + s.name.1) as usize];
+                !connection.iter().any(|c| c.eq_ignore_ascii_case(name))
+            });
         }
         let no_body = status.is_informational()
             || status == StatusCode::NO_CONTENT
@@ -344,7 +343,10 @@ impl Conn {
         let keep_alive = !close && !dec.ends_at_close();
         Ok(Some(ResponseHead {
             status,
-            headers,
+            fields: Fields::Spans {
+                head: raw,
+                spans: kept,
+            },
             body: Body { dec, keep_alive },
         }))
     }
@@ -548,7 +550,7 @@ mod tests {
         let mut conn = Conn::connect(&addr, Duration::from_secs(1)).await.unwrap();
         let (head, frames, reusable) = exchange(&mut conn).await.unwrap();
         assert_eq!(head.status, 200);
-        assert_eq!(head.headers["x-a"], "1");
+        assert_eq!(head.fields.get("x-a"), Some(&b"1"[..]));
         assert_eq!(joined(&frames), b"hello");
         assert!(reusable);
         let (_, frames, reusable) = exchange(&mut conn).await.unwrap();
@@ -578,9 +580,9 @@ mod tests {
         .await;
         let mut conn = Conn::connect(&addr, Duration::from_secs(1)).await.unwrap();
         let (head, frames, reusable) = exchange(&mut conn).await.unwrap();
-        let mut names: Vec<&str> = head.headers.keys().map(HeaderName::as_str).collect();
+        let mut names: Vec<&[u8]> = head.fields.iter().map(|(n, _)| n).collect();
         names.sort_unstable();
-        assert_eq!(names, ["content-type", "x-kept"]);
+        assert_eq!(names, [&b"content-type"[..], b"x-kept"]);
         // Read for framing all the same.
         assert_eq!(joined(&frames), b"ok");
         assert!(reusable);

@@ -253,7 +253,15 @@ async fn http2_prior_knowledge_on_the_same_port() {
         let resp = sender.send_request(req).await.unwrap();
         assert_eq!(resp.status(), 200);
         assert_eq!(resp.version(), http::Version::HTTP_2);
-        // The gateway's own fields reach h2 clients as they reach HTTP/1.1 ones.
+        // The replica's fields and the gateway's own reach h2 clients as they reach HTTP/1.1
+        // ones.
+        let content_type = if stream {
+            "text/event-stream"
+        } else {
+            "application/json"
+        };
+        let got = resp.headers()["content-type"].to_str().unwrap();
+        assert!(got.starts_with(content_type), "{got}");
         assert_eq!(resp.headers()["x-request-id"].len(), 36);
         assert_eq!(
             resp.headers()["x-gateway-replica"],

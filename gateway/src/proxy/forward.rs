@@ -220,16 +220,24 @@ async fn attempt_once(
     }
 }
 
-/// The replica's answer as the client gets it: a success passes through as it arrives.
+/// The replica's answer as the client gets it: a success passes through as it arrives. Its
+/// fields travel with its body (no map is built for them): HTTP/1.1 writes them as they came,
+/// h2 puts them in the map (`Answer::into_response`).
 fn respond(
     ctx: BodyCtx,
     head: ResponseHead,
     conn: Conn,
     guard: InflightGuard,
 ) -> Response<ResponseBody> {
-    let (parts, body) = answer_parts(head);
-    let body = ResponseBody::upstream(UpstreamBody::new(body, conn, guard, ctx));
-    Response::from_parts(parts, body)
+    let ResponseHead {
+        status,
+        fields,
+        body,
+    } = head;
+    let body = UpstreamBody::new(body, conn, guard, ctx, fields);
+    let mut response = Response::new(ResponseBody::upstream(body));
+    *response.status_mut() = status;
+    response
 }
 
 /// An error answer (4xx, 5xx): its body is read first and put in OpenAI's shape. Called
@@ -240,37 +248,31 @@ async fn respond_error(
     mut conn: Conn,
     guard: InflightGuard,
 ) -> Response<ResponseBody> {
-    let (mut parts, body) = answer_parts(head);
+    let ResponseHead {
+        status,
+        fields,
+        body,
+    } = head;
     ctx.meter.refund();
     let pool_idle = ctx.config.upstream.pool_idle_timeout;
-    let (bytes, read) = openai_error_body(ctx.idle_timeout, parts.status, body, &mut conn).await;
+    let (bytes, read) = openai_error_body(ctx.idle_timeout, status, body, &mut conn).await;
     if read.reusable {
         guard.endpoint().checkin(conn, pool_idle);
     }
     drop(guard);
+    let mut headers = fields.into_map();
     if read.replaced {
-        parts.headers.remove(header::CONTENT_ENCODING);
-        parts.headers.insert(
+        headers.remove(header::CONTENT_ENCODING);
+        headers.insert(
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/json"),
         );
     }
-    parts.headers.remove(header::CONTENT_LENGTH);
-    Response::from_parts(parts, ResponseBody::full(bytes))
-}
-
-/// The replica's status and headers (hop-by-hop ones were not kept), and where its body stands.
-fn answer_parts(head: ResponseHead) -> (http::response::Parts, upstream::Body) {
-    let ResponseHead {
-        status,
-        headers,
-        body,
-    } = head;
-    let mut response = Response::new(());
+    headers.remove(header::CONTENT_LENGTH);
+    let mut response = Response::new(ResponseBody::full(bytes));
     *response.status_mut() = status;
     *response.headers_mut() = headers;
-    let (parts, ()) = response.into_parts();
-    (parts, body)
+    response
 }
 
 /// What reading a replica's error body found.

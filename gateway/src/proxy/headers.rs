@@ -86,21 +86,23 @@ pub struct GatewayFields {
 }
 
 impl GatewayFields {
-    /// Whether the answer's own field `name` gives way to one of these (and is not written).
-    pub fn replaces(&self, name: &HeaderName) -> bool {
-        (self.request_id.is_some() && name == REQUEST_ID)
-            || (self.replica.is_some() && name == REPLICA_HEADER)
-            || (self.version.is_some() && name == VERSION_HEADER)
+    /// Whether the answer's own field `name` (lowercase) gives way to one of these (and is not
+    /// written).
+    pub fn replaces(&self, name: &[u8]) -> bool {
+        (self.request_id.is_some() && name == REQUEST_ID.as_str().as_bytes())
+            || (self.replica.is_some() && name == REPLICA_HEADER.as_str().as_bytes())
+            || (self.version.is_some() && name == VERSION_HEADER.as_str().as_bytes())
     }
 
-    /// Which rate-limit field `name` is, as a bit for `each`'s `present`; 0 for other names.
-    pub fn ratelimit_bit(name: &HeaderName) -> u8 {
-        if !name.as_str().starts_with("x-ratelimit-") {
+    /// Which rate-limit field `name` (lowercase) is, as a bit for `each`'s `present`; 0 for
+    /// other names.
+    pub fn ratelimit_bit(name: &[u8]) -> u8 {
+        if !name.starts_with(b"x-ratelimit-") {
             return 0;
         }
         RATELIMIT_NAMES
             .iter()
-            .position(|n| n == name)
+            .position(|n| n.as_str().as_bytes() == name)
             .map_or(0, |i| 1 << i)
     }
 
@@ -145,7 +147,9 @@ impl GatewayFields {
 
     /// The same fields put in a map (h2, whose heads hyper writes), by the same rule.
     pub fn insert_into(self, h: &mut HeaderMap) {
-        let present = h.keys().fold(0, |p, n| p | Self::ratelimit_bit(n));
+        let present = h
+            .keys()
+            .fold(0, |p, n| p | Self::ratelimit_bit(n.as_str().as_bytes()));
         self.ratelimit(present, |name, text| {
             if let Ok(v) = HeaderValue::from_bytes(text) {
                 h.insert(name, v);

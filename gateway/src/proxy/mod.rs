@@ -126,9 +126,13 @@ pub struct Answer {
 }
 
 impl Answer {
-    /// The response with the gateway's fields in its map (for h2, whose heads hyper writes).
+    /// The response with a replica's fields and the gateway's in its map (for h2, whose heads
+    /// hyper writes).
     pub fn into_response(self) -> Response<ResponseBody> {
         let mut response = self.response;
+        if let Some(replica) = response.body_mut().take_upstream_fields() {
+            response.headers_mut().extend(replica.into_map());
+        }
         self.fields.insert_into(response.headers_mut());
         response
     }
