@@ -123,10 +123,10 @@ impl Decoder {
         loop {
             match self.state {
                 State::ChunkSize => {
-                    let Some(line) = take_line(buf)? else {
+                    let Some(size) = take_line(buf, parse_chunk_size)? else {
                         return Ok(());
                     };
-                    let size = parse_chunk_size(&line)?;
+                    let size = size?;
                     self.state = if size == 0 {
                         State::Trailers
                     } else {
@@ -134,20 +134,20 @@ impl Decoder {
                     };
                 }
                 State::ChunkEnd => {
-                    let Some(line) = take_line(buf)? else {
+                    let Some(empty) = take_line(buf, <[u8]>::is_empty)? else {
                         return Ok(());
                     };
-                    if !line.is_empty() {
+                    if !empty {
                         return Err(Malformed("chunk longer than its size"));
                     }
                     self.state = State::ChunkSize;
                 }
                 State::Trailers => {
-                    let Some(line) = take_line(buf)? else {
+                    let Some(empty) = take_line(buf, <[u8]>::is_empty)? else {
                         return Ok(());
                     };
                     // Trailer fields are dropped: nothing downstream reads them.
-                    if line.is_empty() {
+                    if empty {
                         self.state = State::Done;
                     }
                 }
@@ -157,16 +157,16 @@ impl Decoder {
     }
 }
 
-/// One line (without CRLF or LF) off the front of the buffer, if a whole one is there.
-fn take_line(buf: &mut BytesMut) -> Result<Option<BytesMut>, Malformed> {
+/// One line off the front of the buffer, if a whole one is there: `read` gets it (without CRLF
+/// or LF) where it lies, then the buffer moves past it. (Splitting each line off as a
+/// `BytesMut` of its own cost two handles per chunk, about 100 instructions.)
+fn take_line<T>(buf: &mut BytesMut, read: impl FnOnce(&[u8]) -> T) -> Result<Option<T>, Malformed> {
     match memchr::memchr(b'\n', buf) {
         Some(i) => {
-            let mut line = buf.split_to(i + 1);
-            line.truncate(i);
-            if line.last() == Some(&b'\r') {
-                line.truncate(i - 1);
-            }
-            Ok(Some(line))
+            let line = &buf[..i];
+            let got = read(line.strip_suffix(b"\r").unwrap_or(line));
+            bytes::Buf::advance(buf, i + 1);
+            Ok(Some(got))
         }
         None if buf.len() > MAX_LINE => Err(Malformed("chunk line too long")),
         None => Ok(None),

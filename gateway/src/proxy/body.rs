@@ -248,10 +248,12 @@ pin_project! {
         // Where the body stands, read from `conn` in this task (see `crate::upstream`).
         inner: upstream::Body,
         // The idle-gap timer, armed only once the replica makes the body wait: an answer that is
-        // already buffered (most JSON answers) never touches the timer wheel.
+        // already buffered (most JSON answers) never touches the timer wheel. It is not moved
+        // for every chunk: when it fires, the time since `last_data` decides.
         #[pin]
         idle: Sleep,
         idle_armed: bool,
+        last_data: Instant,
         ctx: BodyCtx,
         first_seen: bool,
         // The connection and the replica it belongs to; given back on a clean end.
@@ -277,6 +279,7 @@ impl UpstreamBody {
             inner,
             idle: tokio::time::sleep_until(ctx.sent_at + ctx.idle_timeout),
             idle_armed: false,
+            last_data: ctx.sent_at,
             ctx,
             first_seen: false,
             conn: Some(conn),
@@ -365,9 +368,7 @@ impl Body for UpstreamBody {
         match this.inner.poll_data(conn, cx) {
             Poll::Ready(Some(Ok(data))) => {
                 let now = Instant::now();
-                if *this.idle_armed {
-                    this.idle.as_mut().reset(now + this.ctx.idle_timeout);
-                }
+                *this.last_data = now;
                 if !*this.first_seen {
                     *this.first_seen = true;
                     if this.ctx.stream {
@@ -412,13 +413,20 @@ impl Body for UpstreamBody {
                 }
             }
             Poll::Pending => {
+                let idle = this.ctx.idle_timeout;
                 if !*this.idle_armed {
                     *this.idle_armed = true;
-                    this.idle
-                        .as_mut()
-                        .reset(Instant::now() + this.ctx.idle_timeout);
+                    this.idle.as_mut().reset(Instant::now() + idle);
                 }
-                ready!(this.idle.poll(cx));
+                loop {
+                    ready!(this.idle.as_mut().poll(cx));
+                    // Set at an earlier chunk's deadline: the body may have moved since.
+                    let due = *this.last_data + idle;
+                    if due <= Instant::now() {
+                        break;
+                    }
+                    this.idle.as_mut().reset(due);
+                }
                 broken(
                     this.conn,
                     this.guard,
