@@ -39,6 +39,7 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use http::header::{self, HeaderMap};
+use http::uri::PathAndQuery;
 use http::{Method, StatusCode, Uri, Version};
 use http_body::Body as _;
 use tokio::time::{Instant, Sleep};
@@ -259,7 +260,7 @@ fn stall(
 /// A parsed request head.
 struct Head {
     method: Method,
-    uri: Uri,
+    path: PathAndQuery,
     version: Version,
     fields: Fields,
     keep_alive: bool,
@@ -269,7 +270,7 @@ impl Head {
     fn into_request(self, body: ClientBody<'_>) -> ClientRequest<'_> {
         ClientRequest {
             method: self.method,
-            uri: self.uri,
+            path: self.path,
             fields: self.fields,
             body,
         }
@@ -409,8 +410,15 @@ fn request_line(req: &httparse::Request<'_, '_>, buf: &[u8]) -> Result<Line, Gat
 /// checked the names are tokens and the values hold no control characters.)
 fn build_head(line: Line, data: &Bytes) -> Result<(Head, Framing, bool), GatewayError> {
     let bad = GatewayError::MalformedRequest;
-    let uri = Uri::from_maybe_shared(data.slice(span(line.target)))
-        .map_err(|_| bad("bad request target"))?;
+    // The usual origin-form target (`/v1/...`) is its path and query: no `Uri` is built.
+    let target = data.slice(span(line.target));
+    let path = if target.first() == Some(&b'/') {
+        PathAndQuery::from_maybe_shared(target).map_err(|_| bad("bad request target"))?
+    } else {
+        crate::proxy::path_of(
+            Uri::from_maybe_shared(target).map_err(|_| bad("bad request target"))?,
+        )
+    };
     let version = line.version;
     let mut length: Option<u64> = None;
     let mut lengths_differ = false;
@@ -457,7 +465,7 @@ fn build_head(line: Line, data: &Bytes) -> Result<(Head, Framing, bool), Gateway
     };
     let head = Head {
         method: line.method,
-        uri,
+        path,
         version,
         fields: Fields::Spans {
             head: data.clone(),
@@ -969,13 +977,36 @@ mod tests {
         .unwrap()
         .unwrap();
         assert_eq!(head.method, Method::POST);
-        assert_eq!(head.uri.path(), "/v1/chat/completions");
-        assert_eq!(head.uri.query(), Some("x=1"));
+        assert_eq!(head.path.path(), "/v1/chat/completions");
+        assert_eq!(head.path.query(), Some("x=1"));
         assert_eq!(head.fields.get("x-a"), Some(&b"b"[..]));
         assert_eq!(head.fields.get("content-length"), Some(&b"5"[..]));
         assert!(head.keep_alive);
         assert_eq!(rx.body.as_deref(), Some(&b"hello"[..]));
         assert!(rx.buf.is_empty() && rx.decoder.is_none());
+    }
+
+    #[test]
+    fn absolute_form_targets_come_down_to_their_path() {
+        for (target, path, query) in [
+            ("http://g/v1/models?x=1", "/v1/models", Some("x=1")),
+            ("http://g", "/", None),
+            ("/v1/models", "/v1/models", None),
+        ] {
+            let (head, _) = ok_pair(format!("GET {target} HTTP/1.1\r\nHost: g\r\n\r\n").as_bytes());
+            assert_eq!(
+                (head.path.path(), head.path.query()),
+                (path, query),
+                "{target}"
+            );
+        }
+        // Targets `http` refuses are 400s, in either form.
+        for bad in [
+            "GET ht!tp://x HTTP/1.1\r\n\r\n",
+            "GET /a\x7fb HTTP/1.1\r\n\r\n",
+        ] {
+            assert!(head_of(bad.as_bytes()).is_err(), "{bad:?}");
+        }
     }
 
     #[test]
@@ -1242,7 +1273,7 @@ mod tests {
             let cut = cut.min(req.len());
             let (head, mut rx, _) = parse_detached(&req[..cut], &req[cut..], 20);
             let head = head.unwrap().unwrap();
-            proptest::prop_assert_eq!(head.uri.path(), "/v1/chat/completions");
+            proptest::prop_assert_eq!(head.path.path(), "/v1/chat/completions");
             let dec = rx.decoder.as_mut().unwrap();
             let mut body = Vec::new();
             while let Some(d) = dec.next_buffered(&mut rx.buf).unwrap() {

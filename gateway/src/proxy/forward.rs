@@ -25,7 +25,7 @@ use crate::upstream::{self, Conn, ResponseHead};
 
 pub const REPLICA_HEADER: HeaderName = HeaderName::from_static("x-gateway-replica");
 pub const VERSION_HEADER: HeaderName = HeaderName::from_static("x-gateway-model-version");
-use super::request_id::HEADER as REQUEST_ID;
+use super::headers::REQUEST_ID;
 
 /// Largest replica error body the gateway reads to check (and fix) its shape.
 const MAX_ERROR_BODY: usize = 64 * 1024;

@@ -9,8 +9,11 @@ use http::header::{HeaderMap, HeaderName, HeaderValue};
 
 use crate::fields::Fields;
 
-use super::forward::{REPLICA_HEADER, VERSION_HEADER};
-use super::request_id::HEADER as REQUEST_ID;
+// Statics, not the `const`s they copy: a `const` `HeaderName` is built, and dropped again, at
+// every use (about 70 instructions for the array).
+pub(super) static REQUEST_ID: HeaderName = super::request_id::HEADER;
+static REPLICA_HEADER: HeaderName = super::forward::REPLICA_HEADER;
+static VERSION_HEADER: HeaderName = super::forward::VERSION_HEADER;
 
 /// The names the `Connection` headers list: hop-by-hop too. (Usually none.)
 fn connection_named(h: &Fields) -> smallvec::SmallVec<[HeaderName; 2]> {
@@ -58,7 +61,7 @@ impl UpstreamFilter {
 }
 
 /// OpenAI's `x-ratelimit-*` names, in the order of `GatewayFields::ratelimit_bit`'s bits.
-const RATELIMIT_NAMES: [HeaderName; 6] = [
+static RATELIMIT_NAMES: [HeaderName; 6] = [
     HeaderName::from_static("x-ratelimit-limit-requests"),
     HeaderName::from_static("x-ratelimit-remaining-requests"),
     HeaderName::from_static("x-ratelimit-reset-requests"),
@@ -156,9 +159,9 @@ impl GatewayFields {
             }
         });
         for (name, value) in [
-            (REQUEST_ID, self.request_id),
-            (REPLICA_HEADER, self.replica),
-            (VERSION_HEADER, self.version),
+            (&REQUEST_ID, self.request_id),
+            (&REPLICA_HEADER, self.replica),
+            (&VERSION_HEADER, self.version),
         ] {
             if let Some(v) = value {
                 h.insert(name, v);

@@ -101,9 +101,17 @@ fn classify(method: &Method, path: &str) -> Result<Operation, GatewayError> {
 /// parsed, or from hyper (h2), with its map.
 pub struct ClientRequest<'a> {
     pub method: Method,
-    pub uri: http::Uri,
+    /// The target's path and query (an absolute-form target is reduced to them).
+    pub path: PathAndQuery,
     pub fields: Fields,
     pub body: ClientBody<'a>,
+}
+
+/// A target's path and query: `/` when it has none (`http://host`).
+pub fn path_of(uri: http::Uri) -> PathAndQuery {
+    uri.into_parts()
+        .path_and_query
+        .unwrap_or_else(|| PathAndQuery::from_static("/"))
 }
 
 impl<'a> From<Request<ClientBody<'a>>> for ClientRequest<'a> {
@@ -111,7 +119,7 @@ impl<'a> From<Request<ClientBody<'a>>> for ClientRequest<'a> {
         let (parts, body) = req.into_parts();
         Self {
             method: parts.method,
-            uri: parts.uri,
+            path: path_of(parts.uri),
             fields: Fields::Map(parts.headers),
             body,
         }
@@ -199,7 +207,7 @@ async fn serve(
     if req.fields.len() > server.max_headers || req.fields.wire_size() > server.max_header_bytes {
         return Err(GatewayError::HeadersTooLarge);
     }
-    let op = classify(&req.method, req.uri.path())?;
+    let op = classify(&req.method, req.path.path())?;
     trace.op = op.as_str();
     let shared = app.shared.as_deref();
     // Stage 3a: per client IP, before auth.
@@ -241,7 +249,7 @@ async fn serve(
             return Ok(json_ok(body));
         }
         Operation::GetModel => {
-            let id = &req.uri.path()["/v1/models/".len()..];
+            let id = &req.path.path()["/v1/models/".len()..];
             let id = percent_decode(id);
             let route = route::resolve_name(&snapshot, &id)?;
             check_access(&principal, &route.model, &id, true)?;
@@ -250,7 +258,7 @@ async fn serve(
         _ => {}
     }
     let ClientRequest {
-        uri, fields, body, ..
+        path, fields, body, ..
     } = req;
     let content_length = fields
         .get("content-length")
@@ -326,10 +334,6 @@ async fn serve(
     trace.stats = pool.map(|p| p.stats.clone());
     trace.arm = Some(choice.arm);
     // Stage 7: forward.
-    let path = uri
-        .path_and_query()
-        .cloned()
-        .unwrap_or_else(|| PathAndQuery::from_static("/"));
     let out = Outbound {
         path,
         filter: headers::UpstreamFilter::new(&fields, config.auth.enabled),
