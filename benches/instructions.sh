@@ -1,16 +1,22 @@
 #!/usr/bin/env bash
-# Instructions per request, a measure this shared and noisy machine cannot move: nginx (one
-# worker, the same configuration as compare.sh), the gateway with auth, per-key and per-IP limits
-# on, and the gateway with them off, each run under `valgrind --tool=callgrind` behind one mock
-# replica. Each figure is the difference between a run of BIG and one of SMALL requests (8
-# connections), divided by BIG - SMALL, so start-up cancels out. Installs Debian's valgrind and
-# nginx-light when missing. Loopback only; every process is stopped by its PID.
+# Instructions per request and per stream, a measure this shared and noisy machine moves far
+# less than time: nginx (one worker, the same configuration as compare.sh), the gateway with
+# auth, per-key and per-IP limits on, and the gateway with them off, each run under
+# `valgrind --tool=callgrind` behind one mock replica. Each figure is the difference between a
+# run of BIG and one of SMALL requests (8 connections), divided by BIG - SMALL, so start-up
+# cancels out; streams likewise (20 tokens 2 ms apart, 20 at a time; nginx and the gateway with
+# everything on). How the event loop happens to batch wake-ups still moves a figure by a few
+# per cent, so each is measured REPEAT times: the median, and the range. Installs Debian's
+# valgrind and nginx-light when missing. Loopback only; every process is stopped by its PID.
 #
-#   benches/instructions.sh            (SMALL=500 BIG=3500 by default)
+#   benches/instructions.sh   (SMALL=500 BIG=3500 SMALL_STREAMS=100 BIG_STREAMS=600 REPEAT=3)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SMALL="${SMALL:-500}"
 BIG="${BIG:-3500}"
+SMALL_STREAMS="${SMALL_STREAMS:-100}"
+BIG_STREAMS="${BIG_STREAMS:-600}"
+REPEAT="${REPEAT:-3}"
 TARGET_DIR="${CARGO_TARGET_DIR:-target}"
 BIN="$TARGET_DIR/release"
 . scripts/lib.sh
@@ -28,16 +34,23 @@ fi
 echo "== building (release)"
 cargo build --release --locked -p gateway -p loadtest --bins 2>&1 | tail -1
 
-MOCK_PORT="$(free_port)"
-"$BIN/mock-replica" --listen "127.0.0.1:$MOCK_PORT" --model bench-model --ttft-ms 0 --itl-ms 0 --tokens 16 2>/dev/null &
-PIDS+=($!)
-wait_port "$MOCK_PORT"
+start_mock() { # itl-ms tokens -> its port in MOCK_PORT (not a subshell: PIDS must keep its PID)
+  MOCK_PORT="$(free_port)"
+  "$BIN/mock-replica" --listen "127.0.0.1:$MOCK_PORT" --model bench-model --ttft-ms 0 \
+    --itl-ms "$1" --tokens "$2" >/dev/null 2>&1 &
+  PIDS+=($!)
+  wait_port "$MOCK_PORT"
+}
+start_mock 0 16
+FAST_PORT=$MOCK_PORT
+start_mock 2 20
+STREAM_PORT=$MOCK_PORT
 
 KEY="sk-bench-0123456789abcdef"
 KEY_SHA="$(printf %s "$KEY" | sha256sum | cut -d' ' -f1)"
 
-write_config() { # target port -> the target's config file in $WORK
-  local target=$1 port=$2 admin
+write_config() { # target port replica-port -> the target's config file in $WORK
+  local target=$1 port=$2 mock=$3 admin
   case $target in
     nginx)
       mkdir -p "$WORK/nginx"
@@ -45,7 +58,7 @@ write_config() { # target port -> the target's config file in $WORK
 worker_processes 1; master_process off; daemon off; user root; pid $WORK/nginx/pid;
 error_log $WORK/nginx/error.log; events { worker_connections 1000; }
 http { access_log off; client_body_temp_path $WORK/nginx; proxy_temp_path $WORK/nginx;
-  upstream replicas { least_conn; server 127.0.0.1:$MOCK_PORT max_fails=0; keepalive 256; keepalive_timeout 4s; }
+  upstream replicas { least_conn; server 127.0.0.1:$mock max_fails=0; keepalive 256; keepalive_timeout 4s; }
   server { listen 127.0.0.1:$port backlog=4096; keepalive_requests 100000;
     location / { proxy_pass http://replicas; proxy_http_version 1.1; proxy_set_header Connection "";
       proxy_buffering off; proxy_read_timeout 300s; } } }
@@ -63,16 +76,17 @@ CONF
           printf '[auth]\nenabled = false\n'
         fi
         printf '[[models]]\nname = "bench-model"\nbalancer = "least_inflight"\n'
-        printf '[[models.versions]]\nname = "1"\nreplicas = [{ url = "http://127.0.0.1:%s" }]\n' "$MOCK_PORT"
+        printf '[[models.versions]]\nname = "1"\nreplicas = [{ url = "http://127.0.0.1:%s" }]\n' "$mock"
       } >"$WORK/$target.toml"
       ;;
   esac
 }
 
-instructions() { # target requests -> total instructions the target ran, start-up included
-  local target=$1 n=$2 port pid out
+instructions() { # target requests [stream] -> total instructions the target ran, start-up included
+  local target=$1 n=$2 shape=${3:-} port pid out mock=$FAST_PORT load=(--concurrency 8)
+  [ "$shape" = stream ] && mock=$STREAM_PORT && load=(--concurrency 20 --stream)
   port="$(free_port)"
-  write_config "$target" "$port"
+  write_config "$target" "$port" "$mock"
   out="$WORK/$target-$n.callgrind"
   case $target in
     nginx) valgrind --tool=callgrind --callgrind-out-file="$out" \
@@ -84,7 +98,7 @@ instructions() { # target requests -> total instructions the target ran, start-u
   PIDS+=($pid)
   wait_port "$port"
   "$BIN/loadgen" --url "http://127.0.0.1:$port" --model bench-model --api-key "$KEY" --json --quiet \
-    --concurrency 8 --requests "$n" --duration 300 >"$WORK/$target-$n.json"
+    "${load[@]}" --requests "$n" --duration 300 >"$WORK/$target-$n.json"
   # nginx ends on SIGQUIT (graceful), the gateway on SIGINT (drain); callgrind writes its file then.
   if [ "$target" = nginx ]; then kill -QUIT "$pid"; else kill -INT "$pid"; fi
   wait "$pid" || true
@@ -94,9 +108,21 @@ instructions() { # target requests -> total instructions the target ran, start-u
   awk '/^(summary|totals):/ { print $2; exit }' "$out"
 }
 
-echo "== instructions per request (callgrind; $BIG minus $SMALL requests)"
+per() { # target small big [stream] -> instructions per request (or stream): median (min-max)
+  local target=$1 small=$2 big=$3 shape=${4:-} runs=() i a b
+  for ((i = 0; i < REPEAT; i++)); do
+    a="$(instructions "$target" "$small" "$shape")"
+    b="$(instructions "$target" "$big" "$shape")"
+    runs+=($(((b - a) / (big - small))))
+  done
+  printf '%s\n' "${runs[@]}" | sort -n | awk '{ v[NR] = $1 } END { printf "%6d  (%d-%d)\n", v[int((NR + 1) / 2)], v[1], v[NR] }'
+}
+
+echo "== instructions per request (callgrind; $BIG minus $SMALL requests; median of $REPEAT)"
 for target in nginx gateway gateway-bare; do
-  small="$(instructions "$target" "$SMALL")"
-  big="$(instructions "$target" "$BIG")"
-  printf '%-13s %6d\n' "$target" $(((big - small) / (BIG - SMALL)))
+  printf '%-13s %s\n' "$target" "$(per "$target" "$SMALL" "$BIG")"
+done
+echo "== instructions per 20-token stream ($BIG_STREAMS minus $SMALL_STREAMS streams; median of $REPEAT)"
+for target in nginx gateway; do
+  printf '%-13s %s\n' "$target" "$(per "$target" "$SMALL_STREAMS" "$BIG_STREAMS" stream)"
 done
