@@ -18,7 +18,6 @@ use super::record::{BodyFacts, Record};
 use crate::balance::InflightGuard;
 use crate::canary::stats::VersionStats;
 use crate::config::Config;
-use crate::fields::Fields;
 use crate::limits::Reservation;
 use crate::sse::{json_usage, SseMeter, Usage};
 use crate::state::Route;
@@ -261,21 +260,12 @@ pin_project! {
         guard: Option<InflightGuard>,
         // An upstream error held back for one poll (see `poll_frame`).
         deferred: Option<BoxError>,
-        // The answer's fields, until its head is written.
-        fields: Fields,
     }
 }
 
 impl UpstreamBody {
-    pub fn new(
-        inner: upstream::Body,
-        conn: Conn,
-        guard: InflightGuard,
-        ctx: BodyCtx,
-        fields: Fields,
-    ) -> Self {
+    pub fn new(inner: upstream::Body, conn: Conn, guard: InflightGuard, ctx: BodyCtx) -> Self {
         let mut body = Self {
-            fields,
             inner,
             idle: tokio::time::sleep_until(ctx.sent_at + ctx.idle_timeout),
             idle_armed: false,
@@ -475,23 +465,6 @@ impl ResponseBody {
     pub fn upstream(body: UpstreamBody) -> Self {
         Self::Upstream {
             body: Box::pin(body),
-        }
-    }
-
-    /// A replica's answer's own fields (none for a gateway answer, whose fields are all in its
-    /// map).
-    pub fn upstream_fields(&self) -> Option<&Fields> {
-        match self {
-            Self::Upstream { body } => Some(&body.fields),
-            Self::Full { .. } => None,
-        }
-    }
-
-    /// Takes a replica's answer's fields out (to put them in a map).
-    pub fn take_upstream_fields(&mut self) -> Option<Fields> {
-        match self {
-            Self::Upstream { body } => Some(std::mem::take(body.as_mut().project().fields)),
-            Self::Full { .. } => None,
         }
     }
 

@@ -44,6 +44,8 @@ pub struct Outbound {
 pub struct Forwarded {
     /// The replica's answer; the gateway's own fields are added as it is written.
     pub response: Response<ResponseBody>,
+    /// The answer's own fields when they are not in its map (see `respond`).
+    pub fields: Option<crate::fields::Fields>,
     pub replica: HeaderValue,
     /// The model version's `x-gateway-model-version` value.
     pub version: HeaderValue,
@@ -162,13 +164,15 @@ pub async fn forward(
         meter,
         stats: pool.stats.clone(),
     };
-    let response = if resp.status.as_u16() >= 400 {
-        Box::pin(respond_error(ctx, resp, conn, guard)).await
+    let (response, fields) = if resp.status.as_u16() >= 400 {
+        (Box::pin(respond_error(ctx, resp, conn, guard)).await, None)
     } else {
-        respond(ctx, resp, conn, guard)
+        let (response, fields) = respond(ctx, resp, conn, guard);
+        (response, Some(fields))
     };
     Ok(Forwarded {
         response,
+        fields,
         replica,
         version: pool.version_header.clone(),
         retries,
@@ -221,23 +225,23 @@ async fn attempt_once(
 }
 
 /// The replica's answer as the client gets it: a success passes through as it arrives. Its
-/// fields travel with its body (no map is built for them): HTTP/1.1 writes them as they came,
-/// h2 puts them in the map (`Answer::into_response`).
+/// fields are returned beside it, not put in its map: HTTP/1.1 writes them as they came, h2
+/// puts them in the map (`Answer::into_response`).
 fn respond(
     ctx: BodyCtx,
     head: ResponseHead,
     conn: Conn,
     guard: InflightGuard,
-) -> Response<ResponseBody> {
+) -> (Response<ResponseBody>, crate::fields::Fields) {
     let ResponseHead {
         status,
         fields,
         body,
     } = head;
-    let body = UpstreamBody::new(body, conn, guard, ctx, fields);
+    let body = UpstreamBody::new(body, conn, guard, ctx);
     let mut response = Response::new(ResponseBody::upstream(body));
     *response.status_mut() = status;
-    response
+    (response, fields)
 }
 
 /// An error answer (4xx, 5xx): its body is read first and put in OpenAI's shape. Called
