@@ -1,8 +1,9 @@
-//! A request's header fields as the request path reads them. An HTTP/1.1 request keeps them
-//! where its parser found them: spans into the head's bytes, names lowercased in place. No map
-//! is built and nothing is copied: a `HeaderMap` cost about 3k instructions and two
-//! allocations per request to build, search and drop, for the five or six lookups the path
-//! makes (linear scans over a dozen fields here). An h2 request comes with hyper's map.
+//! Header fields as the gateway reads them: a client's request's, and a replica's answer's. An
+//! HTTP/1.1 head keeps them where its parser found them: spans into the head's bytes, names
+//! lowercased in place. No map is built and nothing is copied: a `HeaderMap` cost about 3k
+//! instructions and two allocations per request and leg to build, search and drop, for the five
+//! or six lookups the request path makes (linear scans over a dozen fields here). An h2 request
+//! comes with hyper's map.
 
 use bytes::Bytes;
 use http::{HeaderMap, HeaderName, HeaderValue};
@@ -14,7 +15,7 @@ pub struct Span {
     pub value: (u32, u32),
 }
 
-/// The fields of a request, read through names in lowercase.
+/// The fields of a head, read through names in lowercase.
 pub enum Fields {
     /// HTTP/1.1: the head's bytes and each field's span (names already lowercase).
     Spans {
@@ -39,6 +40,13 @@ impl From<HeaderMap> for Fields {
 
 fn range((start, len): (u32, u32)) -> std::ops::Range<usize> {
     start as usize..start as usize + len as usize
+}
+
+/// The span of the first field called `name`.
+fn first<'a>(head: &[u8], spans: &'a [Span], name: &str) -> Option<&'a Span> {
+    spans
+        .iter()
+        .find(|s| &head[range(s.name)] == name.as_bytes())
 }
 
 impl Fields {
@@ -81,10 +89,7 @@ impl Fields {
     /// The first value of the field called `name` (lowercase).
     pub fn get(&self, name: &str) -> Option<&[u8]> {
         match self {
-            Self::Spans { head, spans } => spans
-                .iter()
-                .find(|s| &head[range(s.name)] == name.as_bytes())
-                .map(|s| &head[range(s.value)]),
+            Self::Spans { head, spans } => first(head, spans, name).map(|s| &head[range(s.value)]),
             Self::Map(m) => m.get(name).map(|v| v.as_bytes()),
         }
     }
@@ -92,10 +97,9 @@ impl Fields {
     /// Like `get`, as bytes that share the head's buffer (no copy on HTTP/1.1).
     pub fn get_shared(&self, name: &str) -> Option<Bytes> {
         match self {
-            Self::Spans { head, spans } => spans
-                .iter()
-                .find(|s| &head[range(s.name)] == name.as_bytes())
-                .map(|s| head.slice(range(s.value))),
+            Self::Spans { head, spans } => {
+                first(head, spans, name).map(|s| head.slice(range(s.value)))
+            }
             Self::Map(m) => m.get(name).map(|v| Bytes::copy_from_slice(v.as_bytes())),
         }
     }
@@ -136,7 +140,6 @@ impl Fields {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use http::HeaderValue;
 
     fn spans(head: &'static [u8], fields: &[(&str, &str)]) -> Fields {
         // Spans of `fields` found in `head` (test heads hold each name and value once).
