@@ -264,18 +264,30 @@ pin_project! {
 }
 
 impl UpstreamBody {
-    pub fn new(inner: upstream::Body, conn: Conn, guard: InflightGuard, ctx: BodyCtx) -> Self {
-        let mut body = Self {
-            inner,
-            idle: tokio::time::sleep_until(ctx.sent_at + ctx.idle_timeout),
-            idle_armed: false,
-            last_data: ctx.sent_at,
-            ctx,
-            first_seen: false,
-            conn: Some(conn),
-            guard: Some(guard),
-            deferred: None,
-        };
+    /// The body, in its box: it is written there where it is made (boxing a finished value
+    /// copied its 864 bytes).
+    pub fn boxed(
+        inner: upstream::Body,
+        conn: Conn,
+        guard: InflightGuard,
+        ctx: BodyCtx,
+    ) -> Pin<Box<Self>> {
+        let idle = tokio::time::sleep_until(ctx.sent_at + ctx.idle_timeout);
+        let last_data = ctx.sent_at;
+        let mut body = Box::write(
+            Box::new_uninit(),
+            Self {
+                inner,
+                idle,
+                idle_armed: false,
+                last_data,
+                ctx,
+                first_seen: false,
+                conn: Some(conn),
+                guard: Some(guard),
+                deferred: None,
+            },
+        );
         // Nothing to read (a 204, Content-Length: 0): hyper never polls a body that reports
         // its end, so it ends here.
         if body.inner.is_end() {
@@ -288,7 +300,7 @@ impl UpstreamBody {
                 now,
             );
         }
-        body
+        Box::into_pin(body)
     }
 
     /// Hands the request's record to the body, which finishes it when the body ends.
@@ -462,10 +474,8 @@ impl ResponseBody {
     pub fn empty() -> Self {
         Self::Full { data: None }
     }
-    pub fn upstream(body: UpstreamBody) -> Self {
-        Self::Upstream {
-            body: Box::pin(body),
-        }
+    pub fn upstream(body: Pin<Box<UpstreamBody>>) -> Self {
+        Self::Upstream { body }
     }
 
     /// Hands the record to a pass-through body (returned back if this is a gateway answer).

@@ -238,7 +238,7 @@ fn respond(
         fields,
         body,
     } = head;
-    let body = UpstreamBody::new(body, conn, guard, ctx);
+    let body = UpstreamBody::boxed(body, conn, guard, ctx);
     let mut response = Response::new(ResponseBody::upstream(body));
     *response.status_mut() = status;
     (response, fields)

@@ -159,7 +159,9 @@ pub fn handle<'a>(
     conn: Arc<ConnCtx>,
     req: ClientRequest<'a>,
 ) -> Pin<Box<impl Future<Output = Answer> + Send + 'a>> {
-    Box::pin(handle_boxed(app, conn, req))
+    // Written into the box's memory where it is made: `Box::pin(future)` built the future
+    // on the stack and copied all of it (4.4 KB, the first state's unused room included).
+    Box::into_pin(Box::write(Box::new_uninit(), handle_boxed(app, conn, req)))
 }
 
 async fn handle_boxed(app: Arc<AppState>, conn: Arc<ConnCtx>, req: ClientRequest<'_>) -> Answer {
