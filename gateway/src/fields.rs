@@ -38,15 +38,48 @@ impl From<HeaderMap> for Fields {
     }
 }
 
-fn range((start, len): (u32, u32)) -> std::ops::Range<usize> {
+impl Span {
+    /// The span of a field whose name and value are pieces of `buf` (as httparse gives them).
+    pub fn within(buf: &[u8], name: &[u8], value: &[u8]) -> Self {
+        Self {
+            name: place(buf, name),
+            value: place(buf, value),
+        }
+    }
+
+    pub fn name_in<'a>(&self, head: &'a [u8]) -> &'a [u8] {
+        &head[range(self.name)]
+    }
+
+    pub fn value_in<'a>(&self, head: &'a [u8]) -> &'a [u8] {
+        &head[range(self.value)]
+    }
+}
+
+/// Where `piece`, a part of `buf`, lies in it: (start, length). Heads are far shorter than 4 GiB.
+pub fn place(buf: &[u8], piece: &[u8]) -> (u32, u32) {
+    (
+        (piece.as_ptr() as usize - buf.as_ptr() as usize) as u32,
+        piece.len() as u32,
+    )
+}
+
+/// The bytes a (start, length) pair covers.
+pub fn range((start, len): (u32, u32)) -> std::ops::Range<usize> {
     start as usize..start as usize + len as usize
+}
+
+/// Lowercases the spans' names where they lie, before the head is frozen: fields are then
+/// looked up by lowercase name (names are case-insensitive; values are left as sent).
+pub fn lowercase_names(head: &mut [u8], spans: &[Span]) {
+    for s in spans {
+        head[range(s.name)].make_ascii_lowercase();
+    }
 }
 
 /// The span of the first field called `name`.
 fn first<'a>(head: &[u8], spans: &'a [Span], name: &str) -> Option<&'a Span> {
-    spans
-        .iter()
-        .find(|s| &head[range(s.name)] == name.as_bytes())
+    spans.iter().find(|s| s.name_in(head) == name.as_bytes())
 }
 
 impl Fields {
@@ -71,7 +104,7 @@ impl Fields {
         };
         let spans = spans
             .into_iter()
-            .flat_map(|(head, spans)| spans.map(|s| (&head[range(s.name)], &head[range(s.value)])));
+            .flat_map(|(head, spans)| spans.map(|s| (s.name_in(head), s.value_in(head))));
         let map = map
             .into_iter()
             .flatten()
@@ -89,7 +122,7 @@ impl Fields {
     /// The first value of the field called `name` (lowercase).
     pub fn get(&self, name: &str) -> Option<&[u8]> {
         match self {
-            Self::Spans { head, spans } => first(head, spans, name).map(|s| &head[range(s.value)]),
+            Self::Spans { head, spans } => first(head, spans, name).map(|s| s.value_in(head)),
             Self::Map(m) => m.get(name).map(|v| v.as_bytes()),
         }
     }
@@ -114,7 +147,7 @@ impl Fields {
                 for s in &spans {
                     // The parser has checked both; a field that still does not fit is left out.
                     if let (Ok(n), Ok(v)) = (
-                        HeaderName::from_bytes(&head[range(s.name)]),
+                        HeaderName::from_bytes(s.name_in(&head)),
                         HeaderValue::from_maybe_shared(head.slice(range(s.value))),
                     ) {
                         m.append(n, v);

@@ -48,7 +48,7 @@ use tokio_util::sync::CancellationToken;
 use crate::codec::{content_length, decimal, has_token, last_coding_is_chunked, Decoder};
 use crate::config::validate::MAX_HEADERS_CEILING;
 use crate::error::GatewayError;
-use crate::fields::{Fields, Span};
+use crate::fields::{place, range, Fields, Span};
 use crate::proxy::body::ResponseBody;
 use crate::proxy::headers::GatewayFields;
 use crate::proxy::read::ClientBody;
@@ -332,9 +332,7 @@ fn parse_head(rx: &mut Rx, max_fields: usize, ctx: &ConnCtx) -> Result<Option<He
     };
     // Names in lowercase where they lie, as the request path looks them up. Then the buffer is
     // frozen: field values and the body share its bytes.
-    for s in &line.spans {
-        rx.buf[span(s.name)].make_ascii_lowercase();
-    }
+    crate::fields::lowercase_names(&mut rx.buf, &line.spans);
     let data = std::mem::take(&mut rx.buf).freeze();
     let (head, framing, expect_continue) = build_head(line, &data)?;
     let rest = data.slice(len..);
@@ -370,20 +368,9 @@ fn parse_head(rx: &mut Rx, max_fields: usize, ctx: &ConnCtx) -> Result<Option<He
     Ok(Some(head))
 }
 
-fn span((start, len): (u32, u32)) -> std::ops::Range<usize> {
-    start as usize..start as usize + len as usize
-}
-
 /// The request line, and the spans of the fields, from a complete parse of `buf`.
 fn request_line(req: &httparse::Request<'_, '_>, buf: &[u8]) -> Result<Line, GatewayError> {
     let bad = GatewayError::MalformedRequest;
-    // Where a piece of `buf` lies in it (heads are far shorter than 4 GiB).
-    let at = |piece: &[u8]| {
-        (
-            (piece.as_ptr() as usize - buf.as_ptr() as usize) as u32,
-            piece.len() as u32,
-        )
-    };
     let method = Method::from_bytes(req.method.unwrap_or_default().as_bytes())
         .map_err(|_| bad("bad method"))?;
     let version = if req.version == Some(0) {
@@ -393,15 +380,12 @@ fn request_line(req: &httparse::Request<'_, '_>, buf: &[u8]) -> Result<Line, Gat
     };
     Ok(Line {
         method,
-        target: at(req.path.unwrap_or_default().as_bytes()),
+        target: place(buf, req.path.unwrap_or_default().as_bytes()),
         version,
         spans: req
             .headers
             .iter()
-            .map(|h| Span {
-                name: at(h.name.as_bytes()),
-                value: at(h.value),
-            })
+            .map(|h| Span::within(buf, h.name.as_bytes(), h.value))
             .collect(),
     })
 }
@@ -411,7 +395,7 @@ fn request_line(req: &httparse::Request<'_, '_>, buf: &[u8]) -> Result<Line, Gat
 fn build_head(line: Line, data: &Bytes) -> Result<(Head, Framing, bool), GatewayError> {
     let bad = GatewayError::MalformedRequest;
     // The usual origin-form target (`/v1/...`) is its path and query: no `Uri` is built.
-    let target = data.slice(span(line.target));
+    let target = data.slice(range(line.target));
     let path = if target.first() == Some(&b'/') {
         PathAndQuery::from_maybe_shared(target).map_err(|_| bad("bad request target"))?
     } else {
@@ -426,8 +410,8 @@ fn build_head(line: Line, data: &Bytes) -> Result<(Head, Framing, bool), Gateway
     let mut close = version == Version::HTTP_10;
     let mut expect_continue = false;
     for s in &line.spans {
-        let value = &data[span(s.value)];
-        match &data[span(s.name)] {
+        let value = s.value_in(data);
+        match s.name_in(data) {
             b"content-length" => {
                 // A list of equal values is one length (RFC 9110 §8.6); anything else is not.
                 for part in value.split(|&b| b == b',') {

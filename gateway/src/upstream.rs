@@ -234,24 +234,20 @@ impl Conn {
         }
         let mut slots = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
         let mut resp = httparse::Response::new(&mut []);
-        let base = self.buf.as_ptr() as usize;
-        // Offsets of each name and value in the buffer, so the values can share its bytes.
+        // Where each name and value lies in the buffer, so the fields can share its bytes.
         // A `SmallVec`, not an array: a zeroed array of `MAX_HEADERS` spans cost a 3 KiB
         // memset per response.
-        let mut spans: smallvec::SmallVec<[(usize, usize, usize, usize); 16]> =
-            smallvec::SmallVec::new();
+        let mut spans: smallvec::SmallVec<[Span; 8]> = smallvec::SmallVec::new();
         let (len, code, minor) = match httparse::ParserConfig::default()
             .parse_response_with_uninit_headers(&mut resp, &self.buf, &mut slots)
         {
             Ok(httparse::Status::Complete(len)) => {
-                spans.extend(resp.headers.iter().map(|h| {
-                    (
-                        h.name.as_ptr() as usize - base,
-                        h.name.len(),
-                        h.value.as_ptr() as usize - base,
-                        h.value.len(),
-                    )
-                }));
+                let buf = &self.buf[..];
+                spans.extend(
+                    resp.headers
+                        .iter()
+                        .map(|h| Span::within(buf, h.name.as_bytes(), h.value)),
+                );
                 (len, resp.code.unwrap_or(0), resp.version.unwrap_or(1))
             }
             Ok(httparse::Status::Partial) => return Ok(None),
@@ -262,20 +258,17 @@ impl Conn {
         };
         // Names in lowercase where they lie (httparse has checked names and values), then the
         // head is frozen: the kept fields are spans into it, and no map is built.
-        for &(no, nl, _, _) in &spans {
-            self.buf[no..no + nl].make_ascii_lowercase();
-        }
+        crate::fields::lowercase_names(&mut self.buf, &spans);
         let raw = self.buf.split_to(len).freeze();
         let status =
             StatusCode::from_u16(code).map_err(|_| UpstreamError::Malformed("bad status code"))?;
-        let mut kept: smallvec::SmallVec<[Span; 8]> = smallvec::SmallVec::new();
         let mut length: Option<u64> = None;
         let mut chunked = false;
         let mut has_te = false;
         let mut close = minor == 0;
         let mut named = false;
-        for &(no, nl, vo, vl) in &spans {
-            let (name, value) = (&raw[no..no + nl], &raw[vo..vo + vl]);
+        for s in &spans {
+            let (name, value) = (s.name_in(&raw), s.value_in(&raw));
             match name {
                 b"content-length" => {
                     let n = content_length(value)
@@ -299,28 +292,24 @@ impl Conn {
                 }
                 _ => {}
             }
-            // Hop-by-hop fields are the replica's and the gateway's business only: they are
-            // read above and not kept.
-            if !crate::codec::is_hop_by_hop(name) {
-                kept.push(Span {
-                    name: (no as u32, nl as u32),
-                    value: (vo as u32, vl as u32),
-                });
-            }
         }
-        // What `Connection` names is hop-by-hop too (rare: usually it says only `close` or
-        // `keep-alive`).
-        if named {
-            let connection: Vec<&[u8]> = spans
+        // Hop-by-hop fields are the replica's and the gateway's business only: they are read
+        // above and not kept; nor is what `Connection` names (rare: usually it says only
+        // `close` or `keep-alive`).
+        let connection: Vec<&[u8]> = if named {
+            spans
                 .iter()
-                .filter(|&&(no, nl, _, _)| &raw[no..no + nl] == b"connection")
-                .flat_map(|&(_, _, vo, vl)| crate::codec::connection_named(&raw[vo..vo + vl]))
-                .collect();
-            kept.retain(|s| {
-                let name = &raw[s.name.0 as usize..(s.name.0 + s.name.1) as usize];
-                !connection.iter().any(|c| c.eq_ignore_ascii_case(name))
-            });
-        }
+                .filter(|s| s.name_in(&raw) == b"connection")
+                .flat_map(|s| crate::codec::connection_named(s.value_in(&raw)))
+                .collect()
+        } else {
+            Vec::new()
+        };
+        spans.retain(|s| {
+            let name = s.name_in(&raw);
+            !crate::codec::is_hop_by_hop(name)
+                && !connection.iter().any(|c| c.eq_ignore_ascii_case(name))
+        });
         let no_body = status.is_informational()
             || status == StatusCode::NO_CONTENT
             || status == StatusCode::NOT_MODIFIED;
@@ -343,10 +332,7 @@ impl Conn {
         let keep_alive = !close && !dec.ends_at_close();
         Ok(Some(ResponseHead {
             status,
-            fields: Fields::Spans {
-                head: raw,
-                spans: kept,
-            },
+            fields: Fields::Spans { head: raw, spans },
             body: Body { dec, keep_alive },
         }))
     }
