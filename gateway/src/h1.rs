@@ -590,10 +590,8 @@ async fn exchange<T: Transport>(
             return;
         };
         out.clear();
-        // The head's parts go into a function that consumes them: borrowed here, they would
-        // keep room in this future while the body is sent.
         let head = (parts, upstream, fields);
-        let (framing, keep) = frame_answer(&mut out, head, &body, version, head_only, keep);
+        let (framing, keep) = frame_response(&mut out, head, &body, version, head_only, keep);
         let sent = send(io, &out, body, framing, caps.send_timeout).await;
         // The body goes now: a pass-through body finishes its request's record when dropped.
         body_slot.set(None);
@@ -680,29 +678,31 @@ enum Out {
 }
 
 /// Chooses the body's framing and writes the head into `out`. Returns the framing and
-/// whether the connection stays open after this answer.
+/// whether the connection stays open after this answer. The head's parts are consumed, not
+/// borrowed: borrowed by the connection's future, they would keep their room there while the
+/// body is sent.
 fn frame_response(
     out: &mut Vec<u8>,
-    status: StatusCode,
-    fields: &AnswerFields<'_>,
+    (parts, upstream, gateway): (http::response::Parts, Option<Fields>, GatewayFields),
     body: &ResponseBody,
     version: Version,
     head_only: bool,
     keep_alive: bool,
 ) -> (Out, bool) {
+    let status = parts.status;
     let mut keep = keep_alive
-        && !fields
-            .map
+        && !parts
+            .headers
             .get(header::CONNECTION)
             .is_some_and(|v| has_token(v.as_bytes(), b"close"));
     let no_body_allowed = status.is_informational()
         || status == StatusCode::NO_CONTENT
         || status == StatusCode::NOT_MODIFIED;
-    let length = fields
-        .map
+    let length = parts
+        .headers
         .get(header::CONTENT_LENGTH)
         .map(|v| v.as_bytes())
-        .or_else(|| fields.replica.and_then(|f| f.get("content-length")))
+        .or_else(|| upstream.as_ref().and_then(|f| f.get("content-length")))
         .and_then(content_length)
         .or_else(|| body.size_hint().exact());
     let framing = match length {
@@ -715,34 +715,14 @@ fn frame_response(
             Out::UntilClose
         }
     };
-    write_head(out, status, fields, framing, version, keep);
-    let framing = if head_only { Out::Nothing } else { framing };
-    (framing, keep)
-}
-
-/// `frame_response` for an answer's head parts, which it consumes.
-fn frame_answer(
-    out: &mut Vec<u8>,
-    (parts, upstream, gateway): (http::response::Parts, Option<Fields>, GatewayFields),
-    body: &ResponseBody,
-    version: Version,
-    head_only: bool,
-    keep_alive: bool,
-) -> (Out, bool) {
     let fields = AnswerFields {
         map: &parts.headers,
         replica: upstream.as_ref(),
         gateway: &gateway,
     };
-    frame_response(
-        out,
-        parts.status,
-        &fields,
-        body,
-        version,
-        head_only,
-        keep_alive,
-    )
+    write_head(out, status, &fields, framing, version, keep);
+    let framing = if head_only { Out::Nothing } else { framing };
+    (framing, keep)
 }
 
 /// Writes the head and the body; `Ok(true)` if the body was sent whole and framed (the
