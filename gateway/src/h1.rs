@@ -1161,7 +1161,9 @@ mod tests {
         h.insert("x-ratelimit-limit-requests", HeaderValue::from_static("7"));
         h.insert("x-ratelimit-limit-ip", HeaderValue::from_static("9"));
         let gateway = GatewayFields {
-            request_id: Some(HeaderValue::from_static("req-1")),
+            request_id: Some(crate::proxy::request_id::RequestId::Given(
+                bytes::Bytes::from_static(b"req-1"),
+            )),
             replica: Some(HeaderValue::from_static("10.0.0.1:8000")),
             version: Some(HeaderValue::from_static("v2")),
             requests: Some((100, 42, Duration::from_millis(250))),

@@ -115,7 +115,7 @@ pub struct Request<'a> {
     pub headers: &'a Fields,
     /// Which of `headers` are written, by lowercase name (the rest are skipped).
     pub keep: &'a (dyn Fn(&[u8]) -> bool + Sync),
-    pub extra: &'a [(&'a HeaderName, &'a HeaderValue)],
+    pub extra: &'a [(&'a HeaderName, &'a [u8])],
     pub authorization: Option<&'a HeaderValue>,
     pub body: &'a Bytes,
 }
@@ -194,7 +194,7 @@ impl Conn {
             put(name, value);
         }
         for (name, value) in extra {
-            put(name.as_str().as_bytes(), value.as_bytes());
+            put(name.as_str().as_bytes(), value);
         }
         if let Some(key) = authorization {
             put(b"authorization", key.as_bytes());
@@ -371,14 +371,13 @@ impl Conn {
         authorization: Option<&HeaderValue>,
         limit: usize,
     ) -> Result<(StatusCode, Bytes), UpstreamError> {
-        let ua = HeaderValue::from_static("inference-gateway-health");
         self.send(&Request {
             method: "GET",
             path,
             host,
             headers: &Fields::default(),
             keep: &|_| true,
-            extra: &[(&header::USER_AGENT, &ua)],
+            extra: &[(&header::USER_AGENT, b"inference-gateway-health")],
             authorization,
             body: &Bytes::new(),
         })

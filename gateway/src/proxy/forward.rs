@@ -37,7 +37,7 @@ pub struct Outbound {
     pub headers: crate::fields::Fields,
     pub filter: super::headers::UpstreamFilter,
     pub body: Bytes,
-    pub request_id: HeaderValue,
+    pub request_id: super::request_id::RequestId,
 }
 
 /// A replica's answer on its way to the client.
@@ -206,7 +206,7 @@ async fn attempt_once(
             host: &endpoint.host_header,
             headers: &out.headers,
             keep: &|n| out.filter.keeps(n),
-            extra: &[(&REQUEST_ID, &out.request_id)],
+            extra: &[(&REQUEST_ID, out.request_id.as_bytes())],
             authorization: cfg.authorization.as_ref(),
             body: &out.body,
         })

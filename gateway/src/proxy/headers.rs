@@ -79,7 +79,7 @@ static RATELIMIT_NAMES: [HeaderName; 6] = [
 /// 429 naming the limit it hit) stays, and the key's figure for that name is left out.
 #[derive(Default)]
 pub struct GatewayFields {
-    pub request_id: Option<HeaderValue>,
+    pub request_id: Option<super::request_id::RequestId>,
     pub replica: Option<HeaderValue>,
     pub version: Option<HeaderValue>,
     /// The key's request limit after this request: (limit, remaining, reset).
@@ -112,8 +112,10 @@ impl GatewayFields {
     /// Each field's name and value, but the rate-limit fields whose bit is in `present`.
     /// Numbers and durations are written on the stack: nothing is allocated.
     pub fn each(&self, present: u8, mut field: impl FnMut(&HeaderName, &[u8])) {
+        if let Some(id) = &self.request_id {
+            field(&REQUEST_ID, id.as_bytes());
+        }
         for (name, value) in [
-            (&REQUEST_ID, &self.request_id),
             (&REPLICA_HEADER, &self.replica),
             (&VERSION_HEADER, &self.version),
         ] {
@@ -159,7 +161,7 @@ impl GatewayFields {
             }
         });
         for (name, value) in [
-            (&REQUEST_ID, self.request_id),
+            (&REQUEST_ID, self.request_id.map(|id| id.to_header_value())),
             (&REPLICA_HEADER, self.replica),
             (&VERSION_HEADER, self.version),
         ] {

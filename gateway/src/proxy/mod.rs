@@ -209,7 +209,7 @@ async fn serve(
     app: &AppState,
     conn: &ConnCtx,
     req: ClientRequest<'_>,
-    request_id: &HeaderValue,
+    request_id: &request_id::RequestId,
     trace: &mut Record,
     added: &mut GatewayFields,
     upstream: &mut Option<Fields>,

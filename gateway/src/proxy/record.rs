@@ -17,7 +17,7 @@ use crate::sse::Usage;
 /// Facts about one request, filled in by the stages as they run.
 pub struct Record {
     pub started: Instant,
-    pub request_id: HeaderValue,
+    pub request_id: super::request_id::RequestId,
     pub peer: std::net::SocketAddr,
     pub op: &'static str,
     pub key: Option<std::sync::Arc<crate::auth::KeyEntry>>,
@@ -53,7 +53,7 @@ pub struct BodyFacts {
 impl Record {
     pub fn new(
         started: Instant,
-        request_id: HeaderValue,
+        request_id: super::request_id::RequestId,
         peer: std::net::SocketAddr,
         metrics: Arc<Metrics>,
     ) -> Self {
@@ -126,7 +126,7 @@ impl Record {
         }
         tracing::info!(
             target: "access",
-            request_id = self.request_id.to_str().unwrap_or(""),
+            request_id = self.request_id.as_str(),
             peer = %self.peer,
             key = self.key.as_ref().map_or("-", |k| k.name.as_str()),
             op = self.op,
