@@ -232,6 +232,35 @@ fn sse_metering(c: &mut Criterion) {
     g.finish();
 }
 
+/// Reading `usage` from a whole JSON answer (every non-streaming request), against serde's typed
+/// read of the same document.
+fn json_usage(c: &mut Criterion) {
+    #[derive(serde::Deserialize)]
+    struct Answer {
+        usage: Option<Counts>,
+    }
+    #[derive(serde::Deserialize)]
+    struct Counts {
+        prompt_tokens: u64,
+        completion_tokens: u64,
+    }
+    let answer: &[u8] = br#"{"choices":[{"finish_reason":"stop","index":0,"logprobs":null,"message":{"content":"tok0 tok1 tok2 tok3 tok4 tok5 tok6 tok7 tok8 tok9 tok10 tok11 tok12 tok13 tok14 tok15 ","role":"assistant","tool_calls":[]},"stop_reason":null}],"created":1796023740,"id":"chatcmpl-0","model":"bench-model","object":"chat.completion","usage":{"completion_tokens":16,"prompt_tokens":20,"total_tokens":36}}"#;
+    let mut g = c.benchmark_group("json_usage");
+    g.throughput(Throughput::Bytes(answer.len() as u64));
+    g.bench_function("usage_of_a_387_byte_answer", |b| {
+        b.iter(|| gateway::sse::json_usage(black_box(answer)))
+    });
+    g.bench_function("baseline_serde_typed_read", |b| {
+        b.iter(|| {
+            serde_json::from_slice::<Answer>(black_box(answer))
+                .ok()
+                .and_then(|a| a.usage)
+                .map(|u| u.prompt_tokens + u.completion_tokens)
+        })
+    });
+    g.finish();
+}
+
 /// The canary split of one request: the sticky hash of a key name into 10,000 buckets and the
 /// weight test, against drawing a random bucket (the non-sticky split).
 fn canary_split(c: &mut Criterion) {
@@ -254,6 +283,7 @@ criterion_group!(
     snapshot_load,
     auth_and_limit,
     sse_metering,
+    json_usage,
     canary_split
 );
 criterion_main!(benches);
