@@ -20,6 +20,7 @@ use super::canary::VersionChoice;
 use crate::balance::{AcquireError, Endpoint, InflightGuard};
 use crate::config::{Config, UpstreamConfig};
 use crate::error::{error_body, GatewayError};
+use crate::limits::Reservation;
 use crate::state::Route;
 use crate::upstream::{self, Conn, ResponseHead};
 
@@ -68,13 +69,22 @@ enum Attempt {
     Done(ResponseHead, Conn),
 }
 
+/// How the answer's body is to be metered (see `Meter::new`), lent by the request path: the
+/// meter is made only where it is kept, in the body's box. Made earlier and moved in, its
+/// 520 bytes were copied four times per request.
+pub struct MeterSpec {
+    pub reservation: Option<Reservation>,
+    pub strip_usage: bool,
+    pub request_started: Instant,
+}
+
 pub async fn forward(
     config: &Arc<Config>,
     route: &Arc<Route>,
     choice: VersionChoice,
     out: &Outbound,
     stream: bool,
-    meter: &mut Option<Meter>,
+    meter: &mut MeterSpec,
 ) -> Result<Forwarded, Failed> {
     let unavailable = |retries| Failed {
         error: GatewayError::UpstreamUnavailable {
@@ -94,11 +104,19 @@ pub async fn forward(
     };
     let waiting_since = Instant::now();
     let mut tried: smallvec::SmallVec<[usize; 4]> = smallvec::SmallVec::new();
-    let mut held: Option<(ResponseHead, Conn, InflightGuard, Instant)> = None;
-    for attempt in 0..=cfg.retries {
+    // A replica that refused (502/503) while retries were left: its answer is what the client
+    // gets if no other replica answers.
+    let mut refused_answer: Option<(ResponseHead, Conn, InflightGuard, Instant)> = None;
+    let mut attempt = 0;
+    let (resp, conn, guard, sent_at) = loop {
+        if attempt > cfg.retries {
+            break refused_answer.ok_or_else(|| unavailable(attempt.saturating_sub(1)))?;
+        }
         let (i, guard) = match pool.acquire(&tried).await {
             Ok(x) => x,
-            Err(AcquireError::NoReplica) => break,
+            Err(AcquireError::NoReplica) => {
+                break refused_answer.ok_or_else(|| unavailable(attempt.saturating_sub(1)))?
+            }
             Err(AcquireError::QueueFull) => {
                 return Err(Failed {
                     error: GatewayError::QueueFull {
@@ -117,6 +135,7 @@ pub async fn forward(
             }
         };
         tried.push(i);
+        attempt += 1;
         let endpoint = guard.endpoint().clone();
         let sent_at = Instant::now();
         let (resp, conn) = match attempt_once(cfg, &endpoint, out, sent_at).await {
@@ -126,7 +145,7 @@ pub async fn forward(
                     error: GatewayError::UpstreamTimeout {
                         model: route.model.to_string(),
                     },
-                    retries: attempt,
+                    retries: attempt - 1,
                 });
             }
             Ok(Attempt::Retry(why)) => {
@@ -143,17 +162,14 @@ pub async fn forward(
             status,
             StatusCode::BAD_GATEWAY | StatusCode::SERVICE_UNAVAILABLE
         );
-        held = Some((resp, conn, guard, sent_at));
-        if refused && attempt < cfg.retries {
+        if refused && attempt <= cfg.retries {
+            refused_answer = Some((resp, conn, guard, sent_at));
             continue;
         }
-        break;
-    }
+        break (resp, conn, guard, sent_at);
+    };
     let retries = (tried.len() as u32).saturating_sub(1);
     let upstream_wait = waiting_since.elapsed();
-    let (Some((resp, conn, guard, sent_at)), Some(meter)) = (held, meter.take()) else {
-        return Err(unavailable(retries));
-    };
     let replica = guard.endpoint().host_header.clone();
     let ctx = BodyCtx {
         idle_timeout: cfg.idle_chunk_timeout,
@@ -161,7 +177,12 @@ pub async fn forward(
         sent_at,
         route: route.clone(),
         config: config.clone(),
-        meter,
+        meter: Meter::new(
+            meter.reservation.take(),
+            stream,
+            meter.strip_usage,
+            meter.request_started,
+        ),
         stats: pool.stats.clone(),
     };
     let (response, fields) = if resp.status.as_u16() >= 400 {

@@ -337,12 +337,11 @@ async fn serve(
     }
     // Held here and lent to `forward` (as is `out`): a value moved into an async call is
     // stored twice in the request's future.
-    let mut meter = Some(forward::Meter::new(
+    let mut meter = forward::MeterSpec {
         reservation,
-        peek.stream,
-        strip,
-        trace.started,
-    ));
+        strip_usage: strip,
+        request_started: trace.started,
+    };
     // Stage 6: version.
     let choice = canary::choose(&route, pinned, &principal, &fields);
     let pool = route.versions.get(choice.index);
