@@ -76,6 +76,9 @@ pub struct Rx {
     expect_continue: bool,
     /// The framing cannot be trusted (or a read failed): close after the answer.
     poisoned: bool,
+    /// What is left of the buffer the last head was read into, given back for reuse once its
+    /// request is over (`crate::transport::spare`).
+    spent: Option<BytesMut>,
 }
 
 impl Rx {
@@ -333,7 +336,8 @@ fn parse_head(rx: &mut Rx, max_fields: usize, ctx: &ConnCtx) -> Result<Option<He
     // Names in lowercase where they lie, as the request path looks them up. Then the buffer is
     // frozen: field values and the body share its bytes.
     crate::fields::lowercase_names(&mut rx.buf, &line.spans);
-    let data = std::mem::take(&mut rx.buf).freeze();
+    let data = rx.buf.split().freeze();
+    rx.spent = Some(std::mem::take(&mut rx.buf));
     let (head, framing, expect_continue) = build_head(line, &data)?;
     let rest = data.slice(len..);
     rx.expect_continue = expect_continue && head.version == Version::HTTP_11;
@@ -592,6 +596,12 @@ async fn exchange<T: Transport>(
         out.clear();
         let head = (parts, upstream, fields);
         let (framing, keep) = frame_response(&mut out, head, &body, version, head_only, keep);
+        // The request and the answer's head are done with the read buffer (a client's own
+        // request id may still hold it): it can serve another request while this body is
+        // sent, which for a stream can take minutes.
+        if let Some(spent) = rx.spent.take() {
+            crate::transport::spare::give_back(spent);
+        }
         let sent = send(io, &out, body, framing, caps.send_timeout).await;
         // The body goes now: a pass-through body finishes its request's record when dropped.
         body_slot.set(None);
