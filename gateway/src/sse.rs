@@ -83,9 +83,9 @@ impl SseMeter {
             // The usual case: the chunk starts at an event boundary. Read its whole events
             // where they are, and keep only an unfinished tail.
             let mut at = 0;
-            while let Some(end) = event_end(&chunk[at..]) {
+            while let Some((end, one_line)) = event_end(&chunk[at..]) {
                 let event = &chunk[at..at + end];
-                let usage_only = self.inspect(event);
+                let usage_only = self.inspect(event, one_line);
                 if let Some(k) = kept.as_mut() {
                     if !usage_only {
                         k.extend_from_slice(event);
@@ -96,9 +96,9 @@ impl SseMeter {
             self.partial.extend_from_slice(&chunk[at..]);
         } else {
             self.partial.extend_from_slice(&chunk);
-            while let Some(end) = event_end(&self.partial) {
+            while let Some((end, one_line)) = event_end(&self.partial) {
                 let event = self.partial.split_to(end);
-                let usage_only = self.inspect(&event);
+                let usage_only = self.inspect(&event, one_line);
                 if let Some(k) = kept.as_mut() {
                     if !usage_only {
                         k.extend_from_slice(&event);
@@ -116,7 +116,7 @@ impl SseMeter {
     pub fn finish(&mut self) -> Bytes {
         let rest = self.partial.split().freeze();
         if !rest.is_empty() {
-            self.inspect(&rest);
+            self.inspect(&rest, false);
         }
         if self.strip_usage {
             rest
@@ -125,9 +125,14 @@ impl SseMeter {
         }
     }
 
-    /// Reads one event; returns whether it is a usage-only event (no choices).
-    fn inspect(&mut self, event: &[u8]) -> bool {
-        let data = event_data(event);
+    /// Reads one event; returns whether it is a usage-only event (no choices). `one_line`:
+    /// `event_end` found it to be a single line and its blank line (the line search is not
+    /// repeated for its data).
+    fn inspect(&mut self, event: &[u8], one_line: bool) -> bool {
+        let data = match one_line_data(event, one_line) {
+            Some(one) => Cow::Borrowed(one),
+            None => event_data(event),
+        };
         if &*data == b"[DONE]" {
             self.done = true;
             return false;
@@ -154,32 +159,42 @@ fn has_content(data: &[u8]) -> bool {
         (finder(&TEXT_KEY, b"\"text\":"), 7),
     ];
     for (key, len) in keys {
-        for at in key.find_iter(data) {
-            let rest = &data[at + len..];
+        // `find` in a loop: an iterator is built (and copied) per event otherwise.
+        let mut from = 0;
+        while let Some(at) = key.find(&data[from..]) {
+            let rest = &data[from + at + len..];
             let rest = &rest[rest.iter().take_while(|b| b.is_ascii_whitespace()).count()..];
             if rest.first() == Some(&b'"') && rest.get(1).is_some_and(|b| *b != b'"') {
                 return true;
             }
+            from += at + 1;
         }
     }
     false
 }
 
-/// End (exclusive) of the first complete event: after a blank line (`\n\n` or `\r\n\r\n`).
-fn event_end(buf: &[u8]) -> Option<usize> {
+/// End (exclusive) of the first complete event: after a blank line (`\n\n` or `\r\n\r\n`);
+/// and whether the event is one line ending `\n\n` (the first line end found ends it).
+fn event_end(buf: &[u8]) -> Option<(usize, bool)> {
     let mut i = 0;
     while let Some(off) = memchr::memchr(b'\n', &buf[i..]) {
         let nl = i + off;
         let next = nl + 1;
         // A blank line follows this line end?
         match buf.get(next) {
-            Some(b'\n') => return Some(next + 1),
-            Some(b'\r') if buf.get(next + 1) == Some(&b'\n') => return Some(next + 2),
+            Some(b'\n') => return Some((next + 1, i == 0)),
+            Some(b'\r') if buf.get(next + 1) == Some(&b'\n') => return Some((next + 2, false)),
             _ => {}
         }
         i = next;
     }
     None
+}
+
+/// The data of a one-line event `data: ...\n\n` (see `event_end`), taken as it is.
+fn one_line_data(event: &[u8], one_line: bool) -> Option<&[u8]> {
+    let one = event.strip_prefix(b"data: ")?.strip_suffix(b"\n\n")?;
+    (one_line && one.last() != Some(&b'\r')).then_some(one)
 }
 
 /// Searchers built once (building one costs more than a search through an event).
@@ -521,6 +536,14 @@ mod tests {
             prop_assert_eq!(event_data(event.as_bytes()), event_data_lines(event.as_bytes()));
             let framed = format!("data: {event}\n\n");
             prop_assert_eq!(event_data(framed.as_bytes()), event_data_lines(framed.as_bytes()));
+            // And so does the shortcut `event_end` allows, for the event it finds first.
+            for text in [event.as_bytes(), framed.as_bytes()] {
+                if let Some((end, one_line)) = event_end(text) {
+                    if let Some(one) = one_line_data(&text[..end], one_line) {
+                        prop_assert_eq!(one, &*event_data_lines(&text[..end]));
+                    }
+                }
+            }
         }
 
         /// The SIMD line split gives what `split` gives.
