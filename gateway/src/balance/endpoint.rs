@@ -170,14 +170,14 @@ impl Endpoint {
         let now = now_ns();
         let rtt = sample.as_nanos() as f64;
         let at = self.ewma_at.load(Ordering::Relaxed);
-        // Start from the estimate as the balancers see it now (faded while idle), so a replica
-        // that recovered is judged by its new samples, not by a stale peak.
-        let prev = self.ewma_ns(now, decay);
+        // Start from the estimate as the balancers see it now (faded while idle, as `ewma_ns`
+        // fades it: by the same weight, computed once), so a replica that recovered is judged
+        // by its new samples, not by a stale peak.
+        let w = fade(now.saturating_sub(at), decay);
+        let prev = f64::from_bits(self.ewma_bits.load(Ordering::Relaxed)) * w;
         let next = if at == 0 || rtt > prev {
             rtt
         } else {
-            let elapsed = now.saturating_sub(at) as f64;
-            let w = (-elapsed / decay.as_nanos().max(1) as f64).exp();
             prev * w + rtt * (1.0 - w)
         };
         self.ewma_bits.store(next.to_bits(), Ordering::Relaxed);
@@ -192,8 +192,7 @@ impl Endpoint {
         if at == 0 {
             return 0.0;
         }
-        let idle = now.saturating_sub(at) as f64;
-        est * (-idle / decay.as_nanos().max(1) as f64).exp()
+        est * fade(now.saturating_sub(at), decay)
     }
 
     /// p2c cost: (in-flight + 1) × latency estimate ÷ weight.
@@ -370,6 +369,11 @@ impl Endpoint {
             }
         }
     }
+}
+
+/// The weight left to an estimate `elapsed_ns` old: `e^(-elapsed / decay)`.
+fn fade(elapsed_ns: u64, decay: Duration) -> f64 {
+    (-(elapsed_ns as f64) / decay.as_nanos().max(1) as f64).exp()
 }
 
 /// Counts a request against its replica from send until its response body ends or is dropped.
