@@ -140,7 +140,7 @@ impl SseMeter {
         if has_content(&data) {
             self.content_events += 1;
         }
-        if finder(&USAGE_KEY, b"\"usage\"").find(&data).is_none() {
+        if !has_usage_object(&data) {
             return false;
         }
         let Some((usage, usage_only)) = read_usage(&data) else {
@@ -168,6 +168,26 @@ fn has_content(data: &[u8]) -> bool {
                 return true;
             }
             from += at + 1;
+        }
+    }
+    false
+}
+
+/// Whether an event's data has a `"usage"` key with an object value, the only kind read.
+/// OpenAI's own stream, once usage is asked for (as the gateway does for token budgets), has
+/// `"usage":null` in every content event: those are not parsed. A `"usage"` that is a value
+/// (`"object":"usage"`) is passed over: the key may still follow.
+fn has_usage_object(data: &[u8]) -> bool {
+    let key = finder(&USAGE_KEY, b"\"usage\"");
+    let mut from = 0;
+    while let Some(at) = key.find(&data[from..]) {
+        from += at + 7;
+        let value = data[from..]
+            .trim_ascii_start()
+            .strip_prefix(b":")
+            .map(<[u8]>::trim_ascii_start);
+        if value.is_some_and(|v| v.starts_with(b"{")) {
+            return true;
         }
     }
     false
@@ -553,6 +573,25 @@ mod tests {
             let std: Vec<&[u8]> = buf.split(|&b| b == b'\n').collect();
             prop_assert_eq!(ours, std);
         }
+    }
+
+    #[test]
+    fn only_usage_objects_are_parsed() {
+        assert!(has_usage_object(
+            br#"{"choices":[],"usage":{"prompt_tokens":1}}"#
+        ));
+        assert!(has_usage_object(br#"{"object":"usage","usage" : {"a":1}}"#));
+        assert!(!has_usage_object(
+            br#"{"choices":[{"delta":{"content":"x"}}],"usage":null}"#
+        ));
+        assert!(!has_usage_object(br#"{"object":"usage"}"#));
+        assert!(!has_usage_object(br#"{"choices":[]}"#));
+        // OpenAI's content events with usage asked for: counted, and no usage read from them.
+        let mut m = SseMeter::new(false);
+        m.feed(Bytes::from_static(
+            b"data: {\"choices\":[{\"delta\":{\"content\":\"hi\"}}],\"usage\":null}\n\n",
+        ));
+        assert_eq!((m.content_events, m.usage), (1, None));
     }
 
     #[test]
