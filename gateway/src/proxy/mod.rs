@@ -195,7 +195,7 @@ async fn handle_boxed(app: Arc<AppState>, conn: Arc<ConnCtx>, req: ClientRequest
     trace.head_sent();
     // A replica's body finishes the record when it ends; a gateway answer is complete now.
     let status = resp.status().as_u16();
-    if let Some(trace) = resp.body_mut().attach(trace, status) {
+    if let Some(mut trace) = resp.body_mut().attach(trace, status) {
         trace.finish(resp_status_str(status), record::BodyFacts::default());
     }
     Answer {

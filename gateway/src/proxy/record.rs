@@ -91,8 +91,10 @@ impl Record {
 
     /// Writes the metrics and the access-log line. `status` is the HTTP code, or
     /// `client_closed` / `stream_error`.
-    pub fn finish(mut self, status: &str, facts: BodyFacts) {
-        self.write(status, facts);
+    pub fn finish(&mut self, status: &str, facts: BodyFacts) {
+        if !self.written {
+            self.write(status, facts);
+        }
     }
 
     fn write(&mut self, status: &str, facts: BodyFacts) {
