@@ -3,7 +3,7 @@
 //! looked up in a table built at config load, and the digest compared in constant time. The
 //! key itself is never stored, logged, counted or echoed.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::sync::Arc;
 
 use crate::fields::Fields;
@@ -81,7 +81,7 @@ impl Principal {
 /// Keys by digest, built once per config.
 #[derive(Default)]
 pub struct KeyTable {
-    by_digest: HashMap<[u8; 32], Arc<KeyEntry>>,
+    by_digest: crate::lookup::DigestMap<Arc<KeyEntry>>,
 }
 
 impl KeyTable {

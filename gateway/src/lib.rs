@@ -22,6 +22,7 @@ pub mod fields;
 pub mod h1;
 pub mod health;
 pub mod limits;
+pub mod lookup;
 pub mod metrics;
 pub mod proxy;
 pub mod server;

@@ -40,7 +40,7 @@ pub struct RouteCanary {
 pub struct Snapshot {
     pub config: Arc<Config>,
     /// Model names and aliases to their route.
-    pub routes: HashMap<String, Arc<Route>>,
+    pub routes: crate::lookup::NameMap<Arc<Route>>,
     /// The `GET /v1/models` answer for callers who may use every model, rendered once.
     pub models_body: Bytes,
     pub keys: KeyTable,
@@ -56,7 +56,7 @@ impl Snapshot {
         stats: &crate::canary::stats::StatsRegistry,
     ) -> Self {
         let instances = config.limits.redis.as_ref().map_or(1, |r| r.instances);
-        let mut routes = HashMap::new();
+        let mut routes = crate::lookup::NameMap::default();
         let mut listed = Vec::new();
         let mut expected: HashMap<String, Vec<String>> = HashMap::new();
         for m in &config.models {
