@@ -234,10 +234,13 @@ pub fn has_token(v: &[u8], token: &[u8]) -> bool {
 /// surrounding whitespace is allowed.
 pub fn content_length(v: &[u8]) -> Option<u64> {
     let v = v.trim_ascii();
-    if v.is_empty() || v.len() > 15 || !v.iter().all(u8::is_ascii_digit) {
+    if v.is_empty() || v.len() > 15 {
         return None;
     }
-    Some(v.iter().fold(0, |n, &d| n * 10 + u64::from(d - b'0')))
+    // One pass: check and add up each digit.
+    v.iter().try_fold(0u64, |n, &d| {
+        d.is_ascii_digit().then(|| n * 10 + u64::from(d - b'0'))
+    })
 }
 
 /// Whether a `Transfer-Encoding` value ends with `chunked`: only the final coding decides the
