@@ -813,18 +813,17 @@ async fn send<T: Transport>(
             (b"", b"")
         };
         let last: &[u8] = if chunked && end { b"0\r\n\r\n" } else { b"" };
-        write_all(
-            io,
-            &mut [
-                IoSlice::new(head),
-                IoSlice::new(size_line),
-                IoSlice::new(&data),
-                IoSlice::new(chunk_end),
-                IoSlice::new(last),
-            ],
-            send_timeout,
-        )
-        .await?;
+        // Only the pieces that hold bytes go to `writev`: the kernel copies and walks every
+        // entry it is given (a JSON answer is two pieces, not five).
+        let mut slices = [IoSlice::new(&[]); 5];
+        let mut n = 0;
+        for piece in [head, size_line, &data[..], chunk_end, last] {
+            if !piece.is_empty() {
+                slices[n] = IoSlice::new(piece);
+                n += 1;
+            }
+        }
+        write_all(io, &mut slices[..n], send_timeout).await?;
         if end {
             return Ok(left_ok(framing, left));
         }
