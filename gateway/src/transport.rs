@@ -63,8 +63,10 @@ pub mod spare {
 
     use bytes::BytesMut;
 
-    /// At most this many per thread: 128 KiB.
+    /// At most this many per thread: 128 KiB of 4 KiB buffers (512 KiB if all were grown).
     const KEEP: usize = 32;
+    /// A buffer grown past this (a long head read in many pieces) is not kept.
+    const LARGEST: usize = 4 * super::READ_SIZE;
 
     thread_local! {
         static SPARE: RefCell<Vec<BytesMut>> = const { RefCell::new(Vec::new()) };
@@ -79,7 +81,7 @@ pub mod spare {
     /// for another request if nothing holds those bytes any more; otherwise it is dropped. It
     /// stays a shared buffer, so splitting it again costs a count, not an allocation.
     pub fn give_back(mut spent: BytesMut) {
-        if !spent.is_empty() || !spent.try_reclaim(super::READ_SIZE) {
+        if !spent.is_empty() || !spent.try_reclaim(super::READ_SIZE) || spent.capacity() > LARGEST {
             return;
         }
         SPARE.with(|s| {
@@ -90,7 +92,8 @@ pub mod spare {
         });
     }
 
-    /// Spare buffers on this thread (for tests).
+    /// Spare buffers on this thread.
+    #[cfg(test)]
     pub fn count() -> usize {
         SPARE.with(|s| s.borrow().len())
     }
@@ -353,6 +356,12 @@ mod tests {
         // A handle with bytes still unread is not a spare.
         buf.extend_from_slice(b"x");
         spare::give_back(buf);
+        assert_eq!(spare::count(), 0);
+        // Nor is a buffer grown large by a long head.
+        let mut big = BytesMut::with_capacity(64 * 1024);
+        big.extend_from_slice(b"GET / HTTP/1.1\r\n\r\n");
+        drop(big.split().freeze());
+        spare::give_back(big);
         assert_eq!(spare::count(), 0);
     }
 }
