@@ -155,6 +155,51 @@ async fn a_replica_that_goes_silent_mid_stream_is_cut_by_the_idle_chunk_timeout(
     assert!(text.contains("tok0") && !text.contains("[DONE]"), "{text}");
 }
 
+/// The idle timer is polled once and then only checked while tokens flow: a replica that sends
+/// several quick events and then goes silent is still cut, `idle_chunk_timeout` after its last
+/// event.
+#[tokio::test]
+async fn a_replica_silent_after_quick_events_is_cut_after_its_last_one() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let replica = tokio::spawn(async move {
+        let (mut s, _) = listener.accept().await.unwrap();
+        let mut buf = vec![0u8; 8192];
+        let _ = s.read(&mut buf).await.unwrap();
+        s.write_all(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n")
+            .await
+            .unwrap();
+        for i in 0..6 {
+            let event = format!(
+                "data: {{\"choices\":[{{\"index\":0,\"delta\":{{\"content\":\"tok{i}\"}}}}]}}\n\n"
+            );
+            let chunk = format!("{:x}\r\n{event}\r\n", event.len());
+            s.write_all(chunk.as_bytes()).await.unwrap();
+            tokio::time::sleep(Duration::from_millis(40)).await;
+        }
+        // Silent, the connection held open.
+        tokio::time::sleep(Duration::from_secs(30)).await;
+        drop(s);
+    });
+    let gw = TestGateway::start(&config(
+        &[url],
+        &format!("{NO_PROBES}[upstream]\nidle_chunk_timeout = \"300ms\"\n"),
+    ))
+    .await;
+    let resp = open_stream(gw.addr).await;
+    assert_eq!(resp.status(), 200);
+    let started = Instant::now();
+    let (got, clean) = read_all(resp.into_body()).await;
+    let took = started.elapsed();
+    assert!(!clean);
+    let text = String::from_utf8(got).unwrap();
+    assert!(text.contains("tok5") && !text.contains("[DONE]"), "{text}");
+    // Six events 40 ms apart, then 300 ms of silence: cut well before a second timeout.
+    assert!(took < Duration::from_millis(1500), "took {took:?}");
+    replica.abort();
+}
+
 #[tokio::test]
 async fn slow_streams_are_not_cut_by_any_total_timeout() {
     let m = mock(MockConfig {

@@ -422,6 +422,11 @@ impl Body for UpstreamBody {
                 if !*this.idle_armed {
                     *this.idle_armed = true;
                     this.idle.as_mut().reset(Instant::now() + idle);
+                } else if !this.idle.is_elapsed() {
+                    // Polled once already with this task's waker, which it keeps until it
+                    // fires: polling it again for every token event (about 150 instructions)
+                    // would only say so again.
+                    return Poll::Pending;
                 }
                 loop {
                     ready!(this.idle.as_mut().poll(cx));
