@@ -323,6 +323,31 @@ async fn tokens_per_minute_reserve_the_worst_case_and_settle_to_usage() {
     assert!(String::from_utf8_lossy(&r.body).contains("\"usage\""));
 }
 
+/// A request no replica took (here: none reachable) generated nothing: its token reservation
+/// is given back, so failures do not use up a key's budget.
+#[tokio::test]
+async fn a_request_no_replica_took_gives_its_tokens_back() {
+    let gw = TestGateway::start(&keys_config(
+        &[refused_url()],
+        NO_PROBES,
+        "tokens_per_minute = 3000",
+        "",
+    ))
+    .await;
+    // Each reserves about 1,000 tokens: without the refund the third would be refused (429).
+    let body = serde_json::json!({"model": MODEL, "max_tokens": 1000,
+        "messages": [{"role": "user", "content": "Hi"}]});
+    for i in 0..10 {
+        let r = with_key(gw.addr, KEY_A, body.clone()).await;
+        assert!(
+            r.status == 502 || r.status == 503,
+            "request {i}: status {} {}",
+            r.status,
+            String::from_utf8_lossy(&r.body)
+        );
+    }
+}
+
 #[tokio::test]
 async fn per_ip_limits_use_the_socket_address_or_trusted_forwarded_for() {
     let m = mock(fast()).await;

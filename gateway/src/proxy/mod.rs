@@ -383,6 +383,20 @@ async fn serve(
         }
         Err(Failed { error, retries }) => {
             trace.retries = retries;
+            // No replica took the request (queue full, queue timeout, none reachable or all
+            // broke before answering): nothing was generated, so the key's token reservation
+            // is given back. After `response_head_timeout` a replica may still be generating:
+            // that reservation stays spent, as a stream cut short keeps its own.
+            if matches!(
+                error,
+                GatewayError::QueueFull { .. }
+                    | GatewayError::QueueTimeout { .. }
+                    | GatewayError::UpstreamUnavailable { .. }
+            ) {
+                if let Some(r) = meter.reservation.take() {
+                    r.settle(Some(0));
+                }
+            }
             Err(error)
         }
     }
