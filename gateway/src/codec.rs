@@ -182,26 +182,20 @@ fn take_line<T>(buf: &mut BytesMut, read: impl FnOnce(&[u8]) -> T) -> Result<Opt
     }
 }
 
-/// The usual chunk-size line, hex digits and CRLF (`1a3f\r\n`), read and consumed in place
-/// (a line search, a split on `;` and a trim cost about 150 instructions per chunk, and a
-/// stream has a chunk per token). `None` for anything else, which `parse_chunk_size` reads.
+/// The usual chunk-size line, hex digits and CRLF (`1a3f\r\n`), read and consumed in place,
+/// without a line search (a stream has a chunk per token). `None` for anything else
+/// (extensions, spaces, a bare LF, a line not all there yet), which `take_line` reads.
 fn plain_chunk_size(buf: &mut BytesMut) -> Option<u64> {
     let digits = buf
         .iter()
         .take(16)
         .take_while(|b| b.is_ascii_hexdigit())
         .count();
-    if digits == 0 || digits > 15 || buf.get(digits..digits + 2) != Some(b"\r\n") {
+    if buf.get(digits..digits + 2) != Some(b"\r\n") {
         return None;
     }
-    let size = buf[..digits].iter().fold(0u64, |n, &b| {
-        let d = match b {
-            b'0'..=b'9' => b - b'0',
-            b'a'..=b'f' => b - b'a' + 10,
-            _ => b - b'A' + 10,
-        };
-        n * 16 + u64::from(d)
-    });
+    // The digits' value (and the limits on their number) as for any size line.
+    let size = parse_chunk_size(&buf[..digits]).ok()?;
     bytes::Buf::advance(buf, digits + 2);
     Some(size)
 }
