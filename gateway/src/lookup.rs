@@ -27,29 +27,10 @@ impl Hasher for DigestHasher {
     }
 }
 
-/// FNV-1a, for short names.
-pub struct NameHasher(u64);
-
-impl Default for NameHasher {
-    fn default() -> Self {
-        Self(0xcbf2_9ce4_8422_2325)
-    }
-}
-
-impl Hasher for NameHasher {
-    fn write(&mut self, bytes: &[u8]) {
-        for &b in bytes {
-            self.0 = (self.0 ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
-        }
-    }
-
-    fn finish(&self) -> u64 {
-        self.0
-    }
-}
-
 pub type DigestMap<V> = std::collections::HashMap<[u8; 32], V, BuildHasherDefault<DigestHasher>>;
-pub type NameMap<V> = std::collections::HashMap<String, V, BuildHasherDefault<NameHasher>>;
+
+/// FNV-1a (the `fnv` crate, already in the tree through `h2`), for short names.
+pub type NameMap<V> = fnv::FnvHashMap<String, V>;
 
 #[cfg(test)]
 mod tests {
@@ -80,7 +61,7 @@ mod tests {
         assert_eq!(names.get("llama-3-8"), None);
         // Different names hash differently (FNV-1a over the bytes and the 0xff str ends).
         let h = |s: &str| {
-            let mut h = NameHasher::default();
+            let mut h = fnv::FnvHasher::default();
             std::hash::Hash::hash(s, &mut h);
             h.finish()
         };
