@@ -39,15 +39,19 @@ struct Counts {
     completion_tokens: u64,
 }
 
+impl From<Counts> for Usage {
+    fn from(c: Counts) -> Self {
+        Self {
+            prompt_tokens: c.prompt_tokens,
+            completion_tokens: c.completion_tokens,
+        }
+    }
+}
+
 /// `usage` of a JSON document, and whether its `choices` are an empty list.
 fn read_usage(json: &[u8]) -> Option<(Usage, bool)> {
     let w: WithUsage = serde_json::from_slice(json).ok()?;
-    let u = w.usage?;
-    let usage = Usage {
-        prompt_tokens: u.prompt_tokens,
-        completion_tokens: u.completion_tokens,
-    };
-    Some((usage, w.choices.is_some_and(|c| c.is_empty())))
+    Some((w.usage?.into(), w.choices.is_some_and(|c| c.is_empty())))
 }
 
 /// Reads SSE events as they pass.
@@ -182,15 +186,20 @@ fn has_usage_object(data: &[u8]) -> bool {
     let mut from = 0;
     while let Some(at) = key.find(&data[from..]) {
         from += at + 7;
-        let value = data[from..]
-            .trim_ascii_start()
-            .strip_prefix(b":")
-            .map(<[u8]>::trim_ascii_start);
-        if value.is_some_and(|v| v.starts_with(b"{")) {
+        if value_after_key(&data[from..]).is_some_and(|v| v.starts_with(b"{")) {
             return true;
         }
     }
     false
+}
+
+/// What follows a key (`after` starts just past its closing quote): the value after the colon,
+/// from its first byte; `None` if no colon follows (the quoted text was a value).
+fn value_after_key(after: &[u8]) -> Option<&[u8]> {
+    after
+        .trim_ascii_start()
+        .strip_prefix(b":")
+        .map(<[u8]>::trim_ascii_start)
 }
 
 /// End (exclusive) of the first complete event: after a blank line (`\n\n` or `\r\n\r\n`);
@@ -291,19 +300,13 @@ pub fn json_usage(body: &[u8]) -> Option<Usage> {
     let last_key = memchr::memrchr_iter(b'g', body)
         .filter_map(|g| g.checked_sub(4))
         .find(|&at| body[at..].starts_with(b"\"usage\""));
-    if let Some(at) = last_key {
-        let rest = body[at + 7..].trim_ascii_start();
-        if let Some(value) = rest.strip_prefix(b":") {
-            if let Some(u) = flat_counts(value) {
-                return Some(u);
-            }
-            let mut de = serde_json::Deserializer::from_slice(value);
-            if let Ok(u) = <Counts as serde::Deserialize>::deserialize(&mut de) {
-                return Some(Usage {
-                    prompt_tokens: u.prompt_tokens,
-                    completion_tokens: u.completion_tokens,
-                });
-            }
+    if let Some(value) = last_key.and_then(|at| value_after_key(&body[at + 7..])) {
+        if let Some(u) = flat_counts(value) {
+            return Some(u);
+        }
+        let mut de = serde_json::Deserializer::from_slice(value);
+        if let Ok(u) = <Counts as serde::Deserialize>::deserialize(&mut de) {
+            return Some(u.into());
         }
     }
     read_usage(body).map(|(u, _)| u)
@@ -619,10 +622,7 @@ mod tests {
         let mut de = serde_json::Deserializer::from_slice(value);
         <Counts as serde::Deserialize>::deserialize(&mut de)
             .ok()
-            .map(|c| Usage {
-                prompt_tokens: c.prompt_tokens,
-                completion_tokens: c.completion_tokens,
-            })
+            .map(Usage::from)
     }
 
     #[test]
