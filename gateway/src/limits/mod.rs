@@ -610,23 +610,29 @@ pub struct OpenAiDuration(pub Duration);
 impl OpenAiDuration {
     /// Writes the text to `out`; under a second (the usual case) without `fmt`.
     pub fn write_to(&self, out: &mut impl std::io::Write) -> std::io::Result<()> {
-        match u64::try_from(self.0.as_millis()) {
-            Ok(ms) if ms < 1000 => {
+        match self.under_a_second() {
+            Some(ms) => {
                 let mut digits = [0u8; 20];
                 out.write_all(crate::codec::decimal(ms, &mut digits))?;
                 out.write_all(b"ms")
             }
-            _ => write!(out, "{self}"),
+            None => write!(out, "{self}"),
         }
+    }
+
+    /// The milliseconds of a duration under a second, which is written as `{ms}ms`. (A u64,
+    /// not the u128 `as_millis` gives: its formatting is several times slower.)
+    fn under_a_second(&self) -> Option<u64> {
+        u64::try_from(self.0.as_millis())
+            .ok()
+            .filter(|&ms| ms < 1000)
     }
 }
 
 impl std::fmt::Display for OpenAiDuration {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let d = self.0;
-        // u64, not the u128 `as_millis` gives: its formatting is several times slower.
-        let ms = u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
-        if ms < 1000 {
+        if let Some(ms) = self.under_a_second() {
             return write!(f, "{ms}ms");
         }
         if d < Duration::from_secs(60) {
