@@ -40,6 +40,8 @@ impl RequestId {
     }
 }
 
+/// For tests that compare an id with its text.
+#[cfg(test)]
 impl PartialEq<&str> for RequestId {
     fn eq(&self, other: &&str) -> bool {
         self.as_bytes() == other.as_bytes()
