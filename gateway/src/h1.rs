@@ -645,7 +645,7 @@ async fn read_head<T: Transport>(
             Some(r) => r,
             None => {
                 let deadline =
-                    *deadline.get_or_insert_with(|| Instant::now() + caps.header_read_timeout);
+                    *deadline.get_or_insert_with(|| crate::clock::now() + caps.header_read_timeout);
                 // The timer moves on lazily: left at an earlier request's deadline, it is
                 // re-armed only when it fires before this one's (or when this one is earlier,
                 // after a reload shortened the timeout). A busy keep-alive connection then
@@ -658,7 +658,7 @@ async fn read_head<T: Transport>(
                         biased;
                         r = read_some(io, &mut rx.buf) => break r,
                         () = &mut timer => {
-                            if Instant::now() < deadline {
+                            if crate::clock::now() < deadline {
                                 timer.as_mut().reset(deadline);
                                 continue;
                             }

@@ -6,13 +6,14 @@
 //! TCP or TLS), `codec` (HTTP/1.1 wire rules), `proxy` (the request path, one file per
 //! stage), `balance` (replica choice, live per-replica state, wait queues), `health` (active
 //! probes), `auth` (API keys), `limits` (rate limits and token budgets, local or in Redis),
-//! `sse` (reading usage from responses), `metrics`, `admin` (the admin listener's API),
+//! `sse` (reading usage from responses), `clock` (one clock read per poll), `metrics`, `admin` (the admin listener's API),
 //! `error`, `demo`.
 
 pub mod admin;
 pub mod auth;
 pub mod balance;
 pub mod canary;
+pub mod clock;
 pub mod codec;
 pub mod config;
 pub mod control;

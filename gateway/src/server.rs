@@ -10,7 +10,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use http::Request;
 use hyper::body::Incoming;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
@@ -172,14 +172,29 @@ impl Gateway {
 
 /// hyper's HTTP/2 settings for the data port (HTTP/1.1 is `crate::h1`'s). The protocol is
 /// chosen per connection before hyper sees it (ALPN, or the h2 preface).
-type H2Builder = hyper::server::conn::http2::Builder<TokioExecutor>;
+type H2Builder = hyper::server::conn::http2::Builder<PerPollExecutor>;
 
 fn h2_builder() -> H2Builder {
-    let mut h2 = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+    let mut h2 = hyper::server::conn::http2::Builder::new(PerPollExecutor);
     h2.timer(TokioTimer::new())
         .max_concurrent_streams(1024)
         .max_header_list_size((MAX_HEADER_BYTES_CEILING + 16 * 1024) as u32);
     h2
+}
+
+/// Runs hyper's tasks (each HTTP/2 stream's request) as `tokio::spawn` does, each poll
+/// sharing one clock reading (`crate::clock`), as a connection's own task does.
+#[derive(Clone, Copy)]
+pub struct PerPollExecutor;
+
+impl<F> hyper::rt::Executor<F> for PerPollExecutor
+where
+    F: std::future::Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    fn execute(&self, fut: F) {
+        tokio::spawn(crate::clock::per_poll(fut));
+    }
 }
 
 /// The HTTP/2 connection preface (prior knowledge, h2c).
@@ -243,7 +258,7 @@ async fn accept_data(
         let app = app.clone();
         if let Some(tls) = &app.tls {
             let acceptor = tls.acceptor();
-            conns.spawn(async move {
+            conns.spawn(crate::clock::per_poll(async move {
                 // The handshake has the header deadline too: a silent client is not kept, and
                 // one still shaking hands when draining starts does not hold the drain up.
                 let handshake = tokio::time::timeout(first_byte_timeout, acceptor.accept(stream));
@@ -261,10 +276,10 @@ async fn accept_data(
                 } else {
                     crate::h1::serve(Tls::new(tls_stream), app, ctx, stop).await;
                 }
-            });
+            }));
             continue;
         }
-        conns.spawn(async move {
+        conns.spawn(crate::clock::per_poll(async move {
             // A connection that sends nothing before the header deadline is closed unanswered
             // (and one still silent when draining starts does not hold the drain up).
             let sniff = tokio::time::timeout(first_byte_timeout, is_h2_preface(&stream));
@@ -281,7 +296,7 @@ async fn accept_data(
                 Ok(Some(false)) => crate::h1::serve(stream, app, ctx, stop).await,
                 _ => {}
             }
-        });
+        }));
     }
 }
 

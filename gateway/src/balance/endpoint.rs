@@ -35,7 +35,10 @@ const EWMA_FLOOR_NS: f64 = 100_000.0;
 pub fn now_ns() -> u64 {
     static BASE: OnceLock<Instant> = OnceLock::new();
     let base = *BASE.get_or_init(Instant::now);
-    Instant::now().saturating_duration_since(base).as_nanos() as u64 + 1
+    crate::clock::now()
+        .saturating_duration_since(base)
+        .as_nanos() as u64
+        + 1
 }
 
 struct IdleConn {
@@ -338,7 +341,9 @@ impl Endpoint {
     ) -> Result<Conn, ConnectError> {
         if let Ok(mut q) = self.idle.lock() {
             while let Some(idle) = q.pop_back() {
-                if idle.since.elapsed() < pool_idle_timeout && idle.conn.is_idle_usable() {
+                if crate::clock::now() - idle.since < pool_idle_timeout
+                    && idle.conn.is_idle_usable()
+                {
                     return Ok(idle.conn);
                 }
             }
@@ -356,7 +361,7 @@ impl Endpoint {
     /// Gives back a connection whose response body ended cleanly at a message boundary.
     /// Connections idle past `pool_idle_timeout` at the cold end of the pool are closed here.
     pub fn checkin(&self, conn: Conn, pool_idle_timeout: Duration) {
-        let now = Instant::now();
+        let now = crate::clock::now();
         if let Ok(mut q) = self.idle.lock() {
             while q
                 .front()

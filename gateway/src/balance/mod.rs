@@ -199,7 +199,7 @@ impl Pool {
             return Err(AcquireError::QueueFull);
         };
         self.queue.wake_head();
-        let deadline = tokio::time::Instant::now() + self.queue_config.timeout;
+        let deadline = crate::clock::now() + self.queue_config.timeout;
         loop {
             if ticket.is_head() {
                 match self.try_acquire(tried) {

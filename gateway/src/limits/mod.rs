@@ -341,7 +341,7 @@ struct Bucket {
 
 impl Bucket {
     fn refill(&mut self, capacity: f64) {
-        let now = Instant::now();
+        let now = crate::clock::now();
         let per_s = capacity / 60.0;
         self.tokens =
             (self.tokens + now.duration_since(self.at).as_secs_f64() * per_s).min(capacity);

@@ -294,7 +294,7 @@ impl UpstreamBody {
         // Nothing to read (a 204, Content-Length: 0): hyper never polls a body that reports
         // its end, so it ends here.
         if body.inner.is_end() {
-            let now = Instant::now();
+            let now = crate::clock::now();
             finish(
                 &body.inner,
                 &mut body.conn,
@@ -372,7 +372,7 @@ impl Body for UpstreamBody {
         };
         match this.inner.poll_data(conn, cx) {
             Poll::Ready(Some(Ok(data))) => {
-                let now = Instant::now();
+                let now = crate::clock::now();
                 *this.last_data = now;
                 if !*this.first_seen {
                     *this.first_seen = true;
@@ -410,7 +410,13 @@ impl Body for UpstreamBody {
             }
             Poll::Ready(None) => {
                 let tail = this.ctx.meter.tail();
-                finish(this.inner, this.conn, this.guard, this.ctx, Instant::now());
+                finish(
+                    this.inner,
+                    this.conn,
+                    this.guard,
+                    this.ctx,
+                    crate::clock::now(),
+                );
                 if tail.is_empty() {
                     Poll::Ready(None)
                 } else {
@@ -421,7 +427,7 @@ impl Body for UpstreamBody {
                 let idle = this.ctx.idle_timeout;
                 if !*this.idle_armed {
                     *this.idle_armed = true;
-                    this.idle.as_mut().reset(Instant::now() + idle);
+                    this.idle.as_mut().reset(crate::clock::now() + idle);
                 } else if !this.idle.is_elapsed() {
                     // Polled once already with this task's waker, which it keeps until it
                     // fires: polling it again for every token event (about 150 instructions)
@@ -432,7 +438,7 @@ impl Body for UpstreamBody {
                     ready!(this.idle.as_mut().poll(cx));
                     // Set at an earlier chunk's deadline: the body may have moved since.
                     let due = *this.last_data + idle;
-                    if due <= Instant::now() {
+                    if due <= crate::clock::now() {
                         break;
                     }
                     this.idle.as_mut().reset(due);

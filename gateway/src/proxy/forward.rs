@@ -102,7 +102,9 @@ pub async fn forward(
             route.may_eject_one_more(health.max_ejection_percent)
         });
     };
-    let waiting_since = Instant::now();
+    // Fresh clock reads here and at the response head: the time between is the replica's, the
+    // rest the gateway's own (`gateway_overhead_seconds`).
+    let waiting_since = crate::clock::fresh();
     let mut tried: smallvec::SmallVec<[usize; 4]> = smallvec::SmallVec::new();
     // A replica that refused (502/503) while retries were left: its answer is what the client
     // gets if no other replica answers.
@@ -137,7 +139,7 @@ pub async fn forward(
         tried.push(i);
         attempt += 1;
         let endpoint = guard.endpoint().clone();
-        let sent_at = Instant::now();
+        let sent_at = crate::clock::now();
         let (resp, conn) = match attempt_once(cfg, &endpoint, out, sent_at).await {
             Err(Timeout) => {
                 fail(&endpoint, "no response head within response_head_timeout");
@@ -169,7 +171,7 @@ pub async fn forward(
         break (resp, conn, guard, sent_at);
     };
     let retries = (tried.len() as u32).saturating_sub(1);
-    let upstream_wait = waiting_since.elapsed();
+    let upstream_wait = crate::clock::fresh() - waiting_since;
     let replica = guard.endpoint().host_header.clone();
     let ctx = BodyCtx {
         idle_timeout: cfg.idle_chunk_timeout,
@@ -319,7 +321,7 @@ async fn openai_error_body(
 ) -> (Bytes, ErrorBodyRead) {
     let mut buf = BytesMut::new();
     let mut complete = false;
-    let deadline = tokio::time::Instant::now() + idle_timeout;
+    let deadline = crate::clock::now() + idle_timeout;
     while buf.len() <= MAX_ERROR_BODY {
         let next = std::future::poll_fn(|cx| body.poll_data(conn, cx));
         match tokio::time::timeout_at(deadline, next).await {

@@ -165,7 +165,7 @@ pub fn handle<'a>(
 }
 
 async fn handle_boxed(app: Arc<AppState>, conn: Arc<ConnCtx>, req: ClientRequest<'_>) -> Answer {
-    let started = tokio::time::Instant::now();
+    let started = crate::clock::fresh();
     let request_id = request_id::assign(&req.fields);
     let mut trace = Record::new(started, request_id.clone(), conn.peer, app.metrics.clone());
     let mut fields = GatewayFields::default();

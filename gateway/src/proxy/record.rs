@@ -81,7 +81,7 @@ impl Record {
 
     /// The response head is going out: the gateway's own share of the time so far.
     pub fn head_sent(&self) {
-        let own = self.started.elapsed().saturating_sub(self.upstream_wait);
+        let own = (crate::clock::fresh() - self.started).saturating_sub(self.upstream_wait);
         self.metrics.overhead.observe(own.as_secs_f64());
     }
 
@@ -102,7 +102,7 @@ impl Record {
         let model = self.model.as_deref().unwrap_or("unknown");
         let version = self.version.as_deref().unwrap_or("none");
         let m = &self.metrics;
-        let duration = self.started.elapsed();
+        let duration = crate::clock::now() - self.started;
         let (prompt, completion) = match facts.usage {
             Some(u) => (Some(u.prompt_tokens), Some(u.completion_tokens)),
             // A stream without a usage event: one content event is (about) one token.
