@@ -161,14 +161,23 @@ fn on_signals(token: CancellationToken) {
     });
 }
 
-/// The runtime: one worker thread per core unless `--workers` says otherwise. (A
-/// single-threaded scheduler for `--workers 1` measured the same CPU per request.)
+/// The runtime: one worker thread per core unless `--workers` says otherwise. One worker (the
+/// flag, or a machine or container with one core) is tokio's single-threaded scheduler: the
+/// multi-threaded one with one worker still pays for work stealing it cannot do, about 750
+/// instructions per request (callgrind), and measured 8-12 % more CPU per request in
+/// alternating rounds on the test host (benches/RESULTS.md).
 fn runtime(workers: Option<usize>) -> std::io::Result<tokio::runtime::Runtime> {
-    let mut b = tokio::runtime::Builder::new_multi_thread();
-    if let Some(n) = workers {
-        b.worker_threads(n.max(1));
+    let cores = || std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
+    let n = workers.unwrap_or_else(cores).max(1);
+    if n == 1 {
+        return tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build();
     }
-    b.enable_all().build()
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(n)
+        .enable_all()
+        .build()
 }
 
 fn main() -> ExitCode {

@@ -106,8 +106,13 @@ impl Gateway {
             data,
             admin,
         } = self;
-        let workers = tokio::runtime::Handle::current().metrics().num_workers();
-        tracing::info!(addr = %addrs.data, workers, "data listener ready");
+        let runtime = tokio::runtime::Handle::current();
+        let workers = runtime.metrics().num_workers();
+        let scheduler = match runtime.runtime_flavor() {
+            tokio::runtime::RuntimeFlavor::CurrentThread => "current_thread",
+            _ => "multi_thread",
+        };
+        tracing::info!(addr = %addrs.data, workers, scheduler, "data listener ready");
         tracing::info!(addr = %addrs.admin, "admin listener ready");
         let graceful = Arc::new(GracefulShutdown::new());
         // Every data connection's task. HTTP/1.1 (our own server) drains on `shutdown` itself;

@@ -133,6 +133,13 @@ fn workers_sets_the_number_of_runtime_threads() {
             .expect("gateway did not start");
         let v: serde_json::Value = serde_json::from_str(&ready).unwrap();
         assert_eq!(v["workers"], workers, "{ready}");
+        // One worker is tokio's single-threaded scheduler (no work stealing to pay for).
+        let scheduler = if workers == 1 {
+            "current_thread"
+        } else {
+            "multi_thread"
+        };
+        assert_eq!(v["scheduler"], scheduler, "{ready}");
     }
 }
 
