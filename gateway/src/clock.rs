@@ -12,6 +12,10 @@
 //! arrival, the end of its checks, its response head, its end), where the microseconds spent
 //! in one poll are the figure itself.
 //!
+//! A loop that re-arms a timer until the clock passes its deadline must use [`fresh`]: a
+//! reading kept from earlier in the same poll never moves, and the timer would fire again at
+//! once, for ever.
+//!
 //! Outside a wrapped poll (the health prober, the admin API, tests) both read the clock.
 //! Times are `tokio::time::Instant`, so tests with a paused clock still see theirs.
 

@@ -658,7 +658,9 @@ async fn read_head<T: Transport>(
                         biased;
                         r = read_some(io, &mut rx.buf) => break r,
                         () = &mut timer => {
-                            if crate::clock::now() < deadline {
+                            // A fresh read: a reading kept from earlier in this poll could
+                            // be older than the timer's firing and re-arm it forever.
+                            if crate::clock::fresh() < deadline {
                                 timer.as_mut().reset(deadline);
                                 continue;
                             }

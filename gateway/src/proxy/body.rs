@@ -438,7 +438,9 @@ impl Body for UpstreamBody {
                     ready!(this.idle.as_mut().poll(cx));
                     // Set at an earlier chunk's deadline: the body may have moved since.
                     let due = *this.last_data + idle;
-                    if due <= crate::clock::now() {
+                    // A fresh read, as in `h1::read_head`: the timer fired, and a reading
+                    // kept from earlier in this poll could be older than that.
+                    if due <= crate::clock::fresh() {
                         break;
                     }
                     this.idle.as_mut().reset(due);
