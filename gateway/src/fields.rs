@@ -16,25 +16,30 @@ pub struct Span {
 }
 
 /// The fields of a head, read through names in lowercase.
+///
+/// A pointer wide, with what it reads in a box: a head's fields travel from the parser
+/// through every stage to the writer, and inline (176 bytes) they were copied about fifteen
+/// times per request and leg, more bytes moved than the box's allocation costs.
+#[derive(Default)]
 pub enum Fields {
     /// HTTP/1.1: the head's bytes and each field's span (names already lowercase).
-    Spans {
-        head: Bytes,
-        spans: smallvec::SmallVec<[Span; 8]>,
-    },
+    Spans(Box<Spanned>),
     /// h2: hyper's map.
-    Map(HeaderMap),
+    Map(Box<HeaderMap>),
+    /// No fields (nothing to allocate).
+    #[default]
+    Empty,
 }
 
-impl Default for Fields {
-    fn default() -> Self {
-        Self::Map(HeaderMap::new())
-    }
+/// An HTTP/1.1 head's bytes and where its fields lie in them.
+pub struct Spanned {
+    head: Bytes,
+    spans: smallvec::SmallVec<[Span; 8]>,
 }
 
 impl From<HeaderMap> for Fields {
     fn from(map: HeaderMap) -> Self {
-        Self::Map(map)
+        Self::Map(Box::new(map))
     }
 }
 
@@ -83,11 +88,18 @@ fn first<'a>(head: &[u8], spans: &'a [Span], name: &str) -> Option<&'a Span> {
 }
 
 impl Fields {
+    /// The fields of an HTTP/1.1 head: `head`'s bytes, and where each field lies in them
+    /// (names already lowercase).
+    pub fn spans(head: Bytes, spans: smallvec::SmallVec<[Span; 8]>) -> Self {
+        Self::Spans(Box::new(Spanned { head, spans }))
+    }
+
     /// How many fields the request has.
     pub fn len(&self) -> usize {
         match self {
-            Self::Spans { spans, .. } => spans.len(),
+            Self::Spans(s) => s.spans.len(),
             Self::Map(m) => m.len(),
+            Self::Empty => 0,
         }
     }
 
@@ -99,8 +111,9 @@ impl Fields {
     /// only compared, and checking them as UTF-8 on every pass cost more than the lookups.)
     pub fn iter(&self) -> impl Iterator<Item = (&[u8], &[u8])> {
         let (spans, map) = match self {
-            Self::Spans { head, spans } => (Some((head, spans.iter())), None),
+            Self::Spans(s) => (Some((&s.head, s.spans.iter())), None),
             Self::Map(m) => (None, Some(m.iter())),
+            Self::Empty => (None, None),
         };
         let spans = spans
             .into_iter()
@@ -122,18 +135,18 @@ impl Fields {
     /// The first value of the field called `name` (lowercase).
     pub fn get(&self, name: &str) -> Option<&[u8]> {
         match self {
-            Self::Spans { head, spans } => first(head, spans, name).map(|s| s.value_in(head)),
+            Self::Spans(s) => first(&s.head, &s.spans, name).map(|f| f.value_in(&s.head)),
             Self::Map(m) => m.get(name).map(|v| v.as_bytes()),
+            Self::Empty => None,
         }
     }
 
     /// Like `get`, as bytes that share the head's buffer (no copy on HTTP/1.1).
     pub fn get_shared(&self, name: &str) -> Option<Bytes> {
         match self {
-            Self::Spans { head, spans } => {
-                first(head, spans, name).map(|s| head.slice(range(s.value)))
-            }
+            Self::Spans(s) => first(&s.head, &s.spans, name).map(|f| s.head.slice(range(f.value))),
             Self::Map(m) => m.get(name).map(|v| Bytes::copy_from_slice(v.as_bytes())),
+            Self::Empty => None,
         }
     }
 
@@ -141,8 +154,10 @@ impl Fields {
     /// HTTP/1.1 spans are written as they are.)
     pub fn into_map(self) -> HeaderMap {
         match self {
-            Self::Map(m) => m,
-            Self::Spans { head, spans } => {
+            Self::Map(m) => *m,
+            Self::Empty => HeaderMap::new(),
+            Self::Spans(spanned) => {
+                let Spanned { head, spans } = *spanned;
                 let mut m = HeaderMap::with_capacity(spans.len());
                 for s in &spans {
                     // The parser has checked both; a field that still does not fit is left out.
@@ -161,11 +176,13 @@ impl Fields {
     /// The header section's size as the client sent it (name, value, ": " and CRLF per line).
     pub fn wire_size(&self) -> usize {
         match self {
-            Self::Spans { spans, .. } => spans
+            Self::Spans(s) => s
+                .spans
                 .iter()
                 .map(|s| s.name.1 as usize + s.value.1 as usize + 4)
                 .sum(),
             Self::Map(m) => m.iter().map(|(n, v)| n.as_str().len() + v.len() + 4).sum(),
+            Self::Empty => 0,
         }
     }
 }
@@ -180,16 +197,16 @@ mod tests {
             let at = memchr::memmem::find(head, s.as_bytes()).unwrap() as u32;
             (at, s.len() as u32)
         };
-        Fields::Spans {
-            head: Bytes::from_static(head),
-            spans: fields
+        Fields::spans(
+            Bytes::from_static(head),
+            fields
                 .iter()
                 .map(|(n, v)| Span {
                     name: find(n),
                     value: find(v),
                 })
                 .collect(),
-        }
+        )
     }
 
     #[test]
@@ -227,5 +244,9 @@ mod tests {
             );
         }
         assert!(Fields::default().is_empty());
+        assert_eq!(Fields::default().iter().count(), 0);
+        assert!(Fields::default().into_map().is_empty());
+        // A pointer and its variant: the fields move through every stage of a request.
+        assert!(std::mem::size_of::<Fields>() <= 16);
     }
 }

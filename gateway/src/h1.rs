@@ -455,10 +455,7 @@ fn build_head(line: Line, data: &Bytes) -> Result<(Head, Framing, bool), Gateway
         method: line.method,
         path,
         version,
-        fields: Fields::Spans {
-            head: data.clone(),
-            spans: line.spans,
-        },
+        fields: Fields::spans(data.clone(), line.spans),
         keep_alive: !close,
     };
     Ok((head, framing, expect_continue))

@@ -332,7 +332,7 @@ impl Conn {
         let keep_alive = !close && !dec.ends_at_close();
         Ok(Some(ResponseHead {
             status,
-            fields: Fields::Spans { head: raw, spans },
+            fields: Fields::spans(raw, spans),
             body: Body { dec, keep_alive },
         }))
     }

@@ -120,7 +120,7 @@ impl<'a> From<Request<ClientBody<'a>>> for ClientRequest<'a> {
         Self {
             method: parts.method,
             path: path_of(parts.uri),
-            fields: Fields::Map(parts.headers),
+            fields: Fields::from(parts.headers),
             body,
         }
     }
