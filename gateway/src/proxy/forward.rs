@@ -78,6 +78,15 @@ pub struct MeterSpec {
     pub request_started: Instant,
 }
 
+impl MeterSpec {
+    /// The replica refused the request: nothing was generated, give everything back.
+    fn refund(&mut self) {
+        if let Some(r) = self.reservation.take() {
+            r.settle(Some(0));
+        }
+    }
+}
+
 pub async fn forward(
     config: &Arc<Config>,
     route: &Arc<Route>,
@@ -179,18 +188,14 @@ pub async fn forward(
         sent_at,
         route: route.clone(),
         config: config.clone(),
-        meter: Meter::new(
-            meter.reservation.take(),
-            stream,
-            meter.strip_usage,
-            meter.request_started,
-        ),
         stats: pool.stats.clone(),
     };
     let (response, fields) = if resp.status.as_u16() >= 400 {
+        // An error answer: the replica generated nothing the key should pay for.
+        meter.refund();
         (Box::pin(respond_error(ctx, resp, conn, guard)).await, None)
     } else {
-        let (response, fields) = respond(ctx, resp, conn, guard);
+        let (response, fields) = respond(ctx, resp, conn, guard, meter);
         (response, Some(fields))
     };
     Ok(Forwarded {
@@ -255,13 +260,14 @@ fn respond(
     head: ResponseHead,
     conn: Conn,
     guard: InflightGuard,
+    meter: &mut MeterSpec,
 ) -> (Response<ResponseBody>, crate::fields::Fields) {
     let ResponseHead {
         status,
         fields,
         body,
     } = head;
-    let body = UpstreamBody::boxed(body, conn, guard, ctx);
+    let body = UpstreamBody::boxed(body, conn, guard, ctx, meter);
     let mut response = Response::new(ResponseBody::upstream(body));
     *response.status_mut() = status;
     (response, fields)
@@ -270,7 +276,7 @@ fn respond(
 /// An error answer (4xx, 5xx): its body is read first and put in OpenAI's shape. Called
 /// boxed: it is rare, and its state would otherwise widen every request's future.
 async fn respond_error(
-    mut ctx: BodyCtx,
+    ctx: BodyCtx,
     head: ResponseHead,
     mut conn: Conn,
     guard: InflightGuard,
@@ -280,7 +286,6 @@ async fn respond_error(
         fields,
         body,
     } = head;
-    ctx.meter.refund();
     let pool_idle = ctx.config.upstream.pool_idle_timeout;
     let (bytes, read) = openai_error_body(ctx.idle_timeout, status, body, &mut conn).await;
     if read.reusable {
