@@ -9,8 +9,8 @@
 //!
 //! [`fresh`] always reads the clock (and later [`now`]s of the same poll then see that
 //! reading): for the few moments the gateway's own overhead is measured between (a request's
-//! arrival, the end of its checks, its response head, its end), where the microseconds spent
-//! in one poll are the figure itself.
+//! arrival, the end of its checks, the replica's response head, the answer's head going out),
+//! where the microseconds spent in one poll are the figure itself.
 //!
 //! A loop that re-arms a timer until the clock passes its deadline must use [`fresh`]: a
 //! reading kept from earlier in the same poll never moves, and the timer would fire again at

@@ -163,9 +163,9 @@ fn on_signals(token: CancellationToken) {
 
 /// The runtime: one worker thread per core unless `--workers` says otherwise. One worker (the
 /// flag, or a machine or container with one core) is tokio's single-threaded scheduler: the
-/// multi-threaded one with one worker still pays for work stealing it cannot do, about 750
-/// instructions per request (callgrind), and measured 8-12 % more CPU per request in
-/// alternating rounds on the test host (benches/RESULTS.md).
+/// multi-threaded one with one worker still pays for work stealing it cannot do: about 750
+/// instructions per request (callgrind), and 15-17 % more CPU per request by the medians of
+/// two sets of alternating rounds on the test host, 9 % by their means (benches/RESULTS.md).
 fn runtime(workers: Option<usize>) -> std::io::Result<tokio::runtime::Runtime> {
     let cores = || std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
     let n = workers.unwrap_or_else(cores).max(1);

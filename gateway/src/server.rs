@@ -190,7 +190,7 @@ fn h2_builder() -> H2Builder {
 /// Runs hyper's tasks (each HTTP/2 stream's request) as `tokio::spawn` does, each poll
 /// sharing one clock reading (`crate::clock`), as a connection's own task does.
 #[derive(Clone, Copy)]
-pub struct PerPollExecutor;
+struct PerPollExecutor;
 
 impl<F> hyper::rt::Executor<F> for PerPollExecutor
 where
