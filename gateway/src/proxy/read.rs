@@ -6,7 +6,6 @@ use std::borrow::Cow;
 use bytes::{Bytes, BytesMut};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
-use serde::Deserialize;
 
 use crate::error::GatewayError;
 
@@ -82,54 +81,14 @@ pub struct Peek<'a> {
     pub has_stream_options: bool,
 }
 
-#[derive(Deserialize)]
-struct RawPeek<'a> {
-    #[serde(borrow, default)]
-    model: Option<BorrowedStr<'a>>,
-    #[serde(default)]
-    stream: Option<bool>,
-    #[serde(default)]
-    max_tokens: Option<u64>,
-    #[serde(default)]
-    max_completion_tokens: Option<u64>,
-    #[serde(default, deserialize_with = "present")]
-    stream_options: bool,
-}
-
-/// True for any value, `null` included: a present key must not be added a second time.
-fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<bool, D::Error> {
-    serde::de::IgnoredAny::deserialize(d).map(|_| true)
-}
-
-/// A string that borrows from the body unless it has escapes. (serde's own `Cow<str>` always
-/// copies when nested in an `Option`.)
-struct BorrowedStr<'a>(Cow<'a, str>);
-
-impl<'de: 'a, 'a> Deserialize<'de> for BorrowedStr<'a> {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V<'a>(std::marker::PhantomData<&'a ()>);
-        impl<'de: 'a, 'a> serde::de::Visitor<'de> for V<'a> {
-            type Value = BorrowedStr<'a>;
-            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-                f.write_str("a string")
-            }
-            fn visit_borrowed_str<E: serde::de::Error>(
-                self,
-                v: &'de str,
-            ) -> Result<Self::Value, E> {
-                Ok(BorrowedStr(Cow::Borrowed(v)))
-            }
-            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Self::Value, E> {
-                Ok(BorrowedStr(Cow::Owned(v.to_owned())))
-            }
-        }
-        d.deserialize_str(V(std::marker::PhantomData))
-    }
-}
-
-/// Parses just enough of the body. The whole document is still checked for well-formedness,
-/// and a repeated `model` key is rejected, so the gateway and the replica can never disagree
-/// about which model a request is for.
+/// Reads just enough of the body: `model`, `stream`, the token limits and whether
+/// `stream_options` is there. The whole document is still checked for well-formedness, and a
+/// repeated known key is rejected, so the gateway and the replica can never disagree about
+/// which model a request is for.
+///
+/// A hand scanner, held to what `serde_json` accepts by a proptest (`peek_serde` is the
+/// reference in the tests): serde spent about 2,000 instructions on a small chat request,
+/// most of it skipping the messages, which this does with one SIMD search per string.
 pub fn peek(body: &[u8]) -> Result<Peek<'_>, GatewayError> {
     let first = body.iter().find(|b| !b.is_ascii_whitespace());
     if first != Some(&b'{') {
@@ -137,21 +96,20 @@ pub fn peek(body: &[u8]) -> Result<Peek<'_>, GatewayError> {
             "expected a JSON object".to_owned(),
         ));
     }
-    // JSON is UTF-8. Checked once for the whole body (word at a time over ASCII): serde then
-    // reads a `str` and skips its own check of each string it parses, about 100 instructions
-    // each. A body with invalid UTF-8 in a string serde only skips (a message's content) was
-    // forwarded before; the replica's JSON parser would refuse it, so now the gateway does.
+    // JSON is UTF-8. Checked once for the whole body (word at a time over ASCII), so that the
+    // scanner's strings, cut at ASCII quotes and backslashes, are text. A body with invalid
+    // UTF-8 in a string the peek only skips (a message's content) is refused too: the
+    // replica's JSON parser would refuse it.
     let text = std::str::from_utf8(body).map_err(|e| {
         GatewayError::InvalidBody(format!(
             "not valid UTF-8 at byte {} (JSON text must be UTF-8)",
             e.valid_up_to()
         ))
     })?;
-    let raw: RawPeek<'_> = serde_json::from_str(text).map_err(|e| {
-        let msg = e.to_string();
-        GatewayError::InvalidBody(msg.replace("struct RawPeek", "a JSON object"))
-    })?;
-    let model = raw.model.ok_or(GatewayError::MissingModel)?.0;
+    let raw = Scanner { text, at: 0 }
+        .top()
+        .map_err(|(what, at)| GatewayError::InvalidBody(format!("{what} at byte {at}")))?;
+    let model = raw.model.ok_or(GatewayError::MissingModel)?;
     if model.is_empty() {
         return Err(GatewayError::MissingModel);
     }
@@ -163,9 +121,680 @@ pub fn peek(body: &[u8]) -> Result<Peek<'_>, GatewayError> {
     })
 }
 
+/// What the scanner found at the top level. Each known key may come once (a second one is an
+/// error even after a `null`, as serde's derived structs have it).
+#[derive(Default)]
+struct Found<'a> {
+    model: Option<Cow<'a, str>>,
+    stream: Option<bool>,
+    max_tokens: Option<u64>,
+    max_completion_tokens: Option<u64>,
+    stream_options: bool,
+}
+
+/// An error: what was wrong, and at which byte.
+type ScanError = (&'static str, usize);
+
+/// A JSON scanner over the body's text (RFC 8259, as `serde_json` reads it).
+struct Scanner<'a> {
+    text: &'a str,
+    at: usize,
+}
+
+impl<'a> Scanner<'a> {
+    fn bytes(&self) -> &'a [u8] {
+        self.text.as_bytes()
+    }
+
+    fn peek(&self) -> Option<u8> {
+        self.bytes().get(self.at).copied()
+    }
+
+    fn fail<T>(&self, what: &'static str) -> Result<T, ScanError> {
+        Err((what, self.at))
+    }
+
+    fn ws(&mut self) {
+        while let Some(b' ' | b'\n' | b'\t' | b'\r') = self.peek() {
+            self.at += 1;
+        }
+    }
+
+    /// Skips whitespace and takes `byte`, or fails with `what`.
+    fn eat(&mut self, byte: u8, what: &'static str) -> Result<(), ScanError> {
+        self.ws();
+        if self.peek() != Some(byte) {
+            return self.fail(if self.peek().is_none() {
+                "EOF while parsing"
+            } else {
+                what
+            });
+        }
+        self.at += 1;
+        Ok(())
+    }
+
+    /// The top-level object.
+    fn top(mut self) -> Result<Found<'a>, ScanError> {
+        let mut found = Found::default();
+        let (mut model, mut stream, mut max, mut max_completion, mut options) =
+            (false, false, false, false, false);
+        self.eat(b'{', "expected `{`")?;
+        self.ws();
+        if self.peek() == Some(b'}') {
+            self.at += 1;
+        } else {
+            loop {
+                self.eat(b'"', "key must be a string")?;
+                let key = self.string(true)?;
+                self.eat(b':', "expected `:`")?;
+                self.ws();
+                let seen = match &*key {
+                    "model" => &mut model,
+                    "stream" => &mut stream,
+                    "max_tokens" => &mut max,
+                    "max_completion_tokens" => &mut max_completion,
+                    "stream_options" => &mut options,
+                    _ => {
+                        self.skip_value()?;
+                        if self.next_member()? {
+                            continue;
+                        }
+                        break;
+                    }
+                };
+                if std::mem::replace(seen, true) {
+                    return self.fail("duplicate field");
+                }
+                match &*key {
+                    "model" => found.model = self.null_or(|s| s.string_value())?,
+                    "stream" => found.stream = self.null_or(Self::boolean)?,
+                    "max_tokens" => found.max_tokens = self.null_or(Self::count)?,
+                    "max_completion_tokens" => {
+                        found.max_completion_tokens = self.null_or(Self::count)?;
+                    }
+                    _ => {
+                        self.skip_value()?;
+                        found.stream_options = true;
+                    }
+                }
+                if !self.next_member()? {
+                    break;
+                }
+            }
+        }
+        self.ws();
+        if self.at != self.text.len() {
+            return self.fail("trailing characters");
+        }
+        Ok(found)
+    }
+
+    /// After a member of the top-level object: `true` at a comma, `false` at its end.
+    fn next_member(&mut self) -> Result<bool, ScanError> {
+        self.ws();
+        match self.peek() {
+            Some(b',') => {
+                self.at += 1;
+                Ok(true)
+            }
+            Some(b'}') => {
+                self.at += 1;
+                Ok(false)
+            }
+            None => self.fail("EOF while parsing an object"),
+            Some(_) => self.fail("expected `,` or `}`"),
+        }
+    }
+
+    /// `null`, or what `value` reads.
+    fn null_or<T>(
+        &mut self,
+        value: impl FnOnce(&mut Self) -> Result<T, ScanError>,
+    ) -> Result<Option<T>, ScanError> {
+        if self.peek() == Some(b'n') {
+            self.literal(b"null")?;
+            return Ok(None);
+        }
+        value(self).map(Some)
+    }
+
+    fn literal(&mut self, word: &[u8]) -> Result<(), ScanError> {
+        for &b in word {
+            if self.peek() != Some(b) {
+                return self.fail("expected ident");
+            }
+            self.at += 1;
+        }
+        Ok(())
+    }
+
+    fn boolean(&mut self) -> Result<bool, ScanError> {
+        match self.peek() {
+            Some(b't') => self.literal(b"true").map(|()| true),
+            Some(b'f') => self.literal(b"false").map(|()| false),
+            _ => self.fail("invalid type: expected a boolean"),
+        }
+    }
+
+    /// A token count: an integer from 0 to `u64::MAX` (a fraction, an exponent or a sign is a
+    /// type error, as for serde's `u64`).
+    fn count(&mut self) -> Result<u64, ScanError> {
+        let start = self.at;
+        self.number()?;
+        let digits = &self.bytes()[start..self.at];
+        if !digits.iter().all(u8::is_ascii_digit) {
+            self.at = start;
+            return self.fail("invalid type: expected a non-negative integer");
+        }
+        digits
+            .iter()
+            .try_fold(0u64, |n, d| {
+                n.checked_mul(10)?.checked_add(u64::from(d - b'0'))
+            })
+            .map_or_else(|| self.fail("invalid type: integer too large"), Ok)
+    }
+
+    /// A string value read as text (escapes resolved, surrogates paired).
+    fn string_value(&mut self) -> Result<Cow<'a, str>, ScanError> {
+        if self.peek() != Some(b'"') {
+            return self.fail("invalid type: expected a string");
+        }
+        self.at += 1;
+        self.string(true)
+    }
+
+    /// A number, as JSON's grammar has it.
+    fn number(&mut self) -> Result<(), ScanError> {
+        if self.peek() == Some(b'-') {
+            self.at += 1;
+        }
+        match self.peek() {
+            Some(b'0') => {
+                self.at += 1;
+                if self.peek().is_some_and(|b| b.is_ascii_digit()) {
+                    return self.fail("invalid number");
+                }
+            }
+            Some(b'1'..=b'9') => self.digits(),
+            _ => return self.fail("invalid number"),
+        }
+        if self.peek() == Some(b'.') {
+            self.at += 1;
+            if !self.peek().is_some_and(|b| b.is_ascii_digit()) {
+                return self.fail("invalid number");
+            }
+            self.digits();
+        }
+        if let Some(b'e' | b'E') = self.peek() {
+            self.at += 1;
+            if let Some(b'+' | b'-') = self.peek() {
+                self.at += 1;
+            }
+            if !self.peek().is_some_and(|b| b.is_ascii_digit()) {
+                return self.fail("invalid number");
+            }
+            self.digits();
+        }
+        Ok(())
+    }
+
+    fn digits(&mut self) {
+        while self.peek().is_some_and(|b| b.is_ascii_digit()) {
+            self.at += 1;
+        }
+    }
+
+    /// A string's contents, its opening quote already taken. `text`: it is read as text
+    /// (a key, the model), so a `\u` escape of half a surrogate pair is an error; a skipped
+    /// string only needs well-formed escapes.
+    #[inline(always)]
+    fn string(&mut self, text: bool) -> Result<Cow<'a, str>, ScanError> {
+        let start = self.at;
+        let mut escaped = false;
+        loop {
+            let i = self.quote_or_escape()?;
+            self.at = i + 1;
+            if self.bytes()[i] == b'"' {
+                let raw = &self.text[start..i];
+                return Ok(if escaped && text {
+                    Cow::Owned(unescape(raw))
+                } else {
+                    Cow::Borrowed(raw)
+                });
+            }
+            escaped = true;
+            self.escape(text)?;
+        }
+    }
+
+    /// Where the next `"` or `\\` is; a control character before it is an error.
+    #[inline(always)]
+    fn quote_or_escape(&mut self) -> Result<usize, ScanError> {
+        let bytes = self.bytes();
+        let mut i = self.at;
+        // Keys, roles and model names end within a few bytes: eight at a time in a word
+        // (serde_json scans its strings so) finds their end before a SIMD search has set up.
+        let near = bytes.len().min(self.at + 32);
+        while let Some(word) = bytes.get(i..near).and_then(<[u8]>::first_chunk::<8>) {
+            let found = special_bytes(u64::from_le_bytes(*word));
+            if found != 0 {
+                // The lowest flagged byte is exact (higher ones may be borrows).
+                i += (found.trailing_zeros() / 8) as usize;
+                break;
+            }
+            i += 8;
+        }
+        if i + 8 > near
+            || bytes
+                .get(i)
+                .is_some_and(|&b| matches!(b, b'"' | b'\\' | 0..0x20))
+        {
+            // Found, or fewer than eight bytes left before `near`: byte by byte.
+            while let Some(&b) = bytes.get(i) {
+                match b {
+                    b'"' | b'\\' => return Ok(i),
+                    0..0x20 => {
+                        self.at = i;
+                        return self.fail("control character in a string");
+                    }
+                    _ if i >= near => break,
+                    _ => i += 1,
+                }
+            }
+        }
+        // A long string (a message's content): one SIMD search, and a reduction for control
+        // characters, which runs 32 bytes at a time (a search that stops at the first hit goes
+        // byte by byte). The hit is looked for only when there is one.
+        let rest = &bytes[i..];
+        let Some(end) = memchr::memchr2(b'"', b'\\', rest) else {
+            self.at = bytes.len();
+            return self.fail("EOF while parsing a string");
+        };
+        if rest[..end].iter().fold(0xFF, |m, &b| m.min(b)) < 0x20 {
+            self.at = i + rest[..end].iter().position(|&b| b < 0x20).unwrap_or(0);
+            return self.fail("control character in a string");
+        }
+        Ok(i + end)
+    }
+
+    /// One escape, its backslash already taken.
+    fn escape(&mut self, text: bool) -> Result<(), ScanError> {
+        match self.peek() {
+            Some(b'"' | b'\\' | b'/' | b'b' | b'f' | b'n' | b'r' | b't') => {
+                self.at += 1;
+                Ok(())
+            }
+            Some(b'u') => {
+                self.at += 1;
+                let n = self.hex4()?;
+                if !text {
+                    return Ok(());
+                }
+                if (0xDC00..=0xDFFF).contains(&n) {
+                    return self.fail("lone surrogate in hex escape");
+                }
+                if (0xD800..=0xDBFF).contains(&n) {
+                    if !self.bytes()[self.at..].starts_with(b"\\u") {
+                        return self.fail("unexpected end of hex escape");
+                    }
+                    self.at += 2;
+                    if !(0xDC00..=0xDFFF).contains(&self.hex4()?) {
+                        return self.fail("lone surrogate in hex escape");
+                    }
+                }
+                Ok(())
+            }
+            None => self.fail("EOF while parsing a string"),
+            Some(_) => self.fail("invalid escape"),
+        }
+    }
+
+    fn hex4(&mut self) -> Result<u16, ScanError> {
+        let mut n = 0u16;
+        for _ in 0..4 {
+            let Some(d) = self.peek().and_then(|b| (b as char).to_digit(16)) else {
+                return self.fail(if self.peek().is_none() {
+                    "EOF while parsing a string"
+                } else {
+                    "invalid escape"
+                });
+            };
+            n = n << 4 | d as u16;
+            self.at += 1;
+        }
+        Ok(n)
+    }
+
+    /// Skips one value of any depth (without recursion: nesting is bounded only by the body).
+    fn skip_value(&mut self) -> Result<(), ScanError> {
+        let mut open: smallvec::SmallVec<[u8; 16]> = smallvec::SmallVec::new();
+        loop {
+            self.ws();
+            match self.peek() {
+                Some(b'"') => {
+                    self.at += 1;
+                    self.string(false)?;
+                }
+                Some(b'n') => self.literal(b"null")?,
+                Some(b't') => self.literal(b"true")?,
+                Some(b'f') => self.literal(b"false")?,
+                Some(b'-' | b'0'..=b'9') => self.number()?,
+                Some(b @ (b'[' | b'{')) => {
+                    self.at += 1;
+                    self.ws();
+                    let close = if b == b'[' { b']' } else { b'}' };
+                    if self.peek() == Some(close) {
+                        self.at += 1;
+                    } else {
+                        open.push(b);
+                        if b == b'{' {
+                            self.member_key()?;
+                        }
+                        continue;
+                    }
+                }
+                None => return self.fail("EOF while parsing a value"),
+                Some(_) => return self.fail("expected value"),
+            }
+            // A value ended: close what it ends, or go on after a comma.
+            loop {
+                let Some(&b) = open.last() else {
+                    return Ok(());
+                };
+                self.ws();
+                match (self.peek(), b) {
+                    (Some(b','), _) => {
+                        self.at += 1;
+                        if b == b'{' {
+                            self.member_key()?;
+                        }
+                        break;
+                    }
+                    (Some(b']'), b'[') | (Some(b'}'), b'{') => {
+                        self.at += 1;
+                        open.pop();
+                    }
+                    (None, _) => return self.fail("EOF while parsing a list or object"),
+                    _ => return self.fail("expected `,` or the end of a list or object"),
+                }
+            }
+        }
+    }
+
+    /// A key and its colon inside a skipped object.
+    fn member_key(&mut self) -> Result<(), ScanError> {
+        self.eat(b'"', "key must be a string")?;
+        self.string(false)?;
+        self.eat(b':', "expected `:`")
+    }
+}
+
+/// A word's bytes that end or escape a string or may not be in one (`"`, `\\`, below 0x20),
+/// flagged in their high bits. The lowest flag is exact; a borrow may flag bytes above it.
+#[inline(always)]
+fn special_bytes(w: u64) -> u64 {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGH: u64 = 0x8080_8080_8080_8080;
+    let zero = |x: u64| x.wrapping_sub(ONES) & !x & HIGH;
+    zero(w ^ (ONES * u64::from(b'"')))
+        | zero(w ^ (ONES * u64::from(b'\\')))
+        | (w.wrapping_sub(ONES * 0x20) & !w & HIGH)
+}
+
+/// A checked string's text with its escapes resolved (`Scanner::string` has checked them, and
+/// paired every surrogate).
+fn unescape(raw: &str) -> String {
+    let mut out = String::with_capacity(raw.len());
+    let mut rest = raw;
+    while let Some(i) = rest.find('\\') {
+        out.push_str(&rest[..i]);
+        let esc = &rest[i + 1..];
+        let hex = |s: &str| u32::from_str_radix(s.get(..4).unwrap_or(""), 16).unwrap_or(0xFFFD);
+        let (c, used) = match esc.as_bytes().first() {
+            Some(b'b') => ('\u{8}', 1),
+            Some(b'f') => ('\u{c}', 1),
+            Some(b'n') => ('\n', 1),
+            Some(b'r') => ('\r', 1),
+            Some(b't') => ('\t', 1),
+            Some(b'u') => {
+                let n = hex(&esc[1..]);
+                if (0xD800..=0xDBFF).contains(&n) {
+                    let low = hex(esc.get(7..).unwrap_or(""));
+                    let c = 0x1_0000 + ((n - 0xD800) << 10) + (low.wrapping_sub(0xDC00) & 0x3FF);
+                    (char::from_u32(c).unwrap_or('\u{FFFD}'), 11)
+                } else {
+                    (char::from_u32(n).unwrap_or('\u{FFFD}'), 5)
+                }
+            }
+            // `"`, `\\`, `/`: the character itself.
+            Some(&b) => (char::from(b), 1),
+            None => break,
+        };
+        out.push(c);
+        rest = esc.get(used..).unwrap_or("");
+    }
+    out.push_str(rest);
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+    use serde::Deserialize;
+
+    /// The reference: what `peek` did with serde before the hand scanner.
+    fn peek_serde(body: &[u8]) -> Result<Peek<'_>, GatewayError> {
+        #[derive(Deserialize)]
+        struct RawPeek<'a> {
+            #[serde(borrow, default)]
+            model: Option<BorrowedStr<'a>>,
+            #[serde(default)]
+            stream: Option<bool>,
+            #[serde(default)]
+            max_tokens: Option<u64>,
+            #[serde(default)]
+            max_completion_tokens: Option<u64>,
+            #[serde(default, deserialize_with = "present")]
+            stream_options: bool,
+        }
+        fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<bool, D::Error> {
+            serde::de::IgnoredAny::deserialize(d).map(|_| true)
+        }
+        struct BorrowedStr<'a>(Cow<'a, str>);
+        impl<'de: 'a, 'a> Deserialize<'de> for BorrowedStr<'a> {
+            fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                struct V<'a>(std::marker::PhantomData<&'a ()>);
+                impl<'de: 'a, 'a> serde::de::Visitor<'de> for V<'a> {
+                    type Value = BorrowedStr<'a>;
+                    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                        f.write_str("a string")
+                    }
+                    fn visit_borrowed_str<E: serde::de::Error>(
+                        self,
+                        v: &'de str,
+                    ) -> Result<Self::Value, E> {
+                        Ok(BorrowedStr(Cow::Borrowed(v)))
+                    }
+                    fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Self::Value, E> {
+                        Ok(BorrowedStr(Cow::Owned(v.to_owned())))
+                    }
+                }
+                d.deserialize_str(V(std::marker::PhantomData))
+            }
+        }
+        let first = body.iter().find(|b| !b.is_ascii_whitespace());
+        if first != Some(&b'{') {
+            return Err(GatewayError::InvalidBody(String::new()));
+        }
+        let text =
+            std::str::from_utf8(body).map_err(|_| GatewayError::InvalidBody(String::new()))?;
+        let raw: RawPeek<'_> =
+            serde_json::from_str(text).map_err(|e| GatewayError::InvalidBody(e.to_string()))?;
+        let model = raw.model.ok_or(GatewayError::MissingModel)?.0;
+        if model.is_empty() {
+            return Err(GatewayError::MissingModel);
+        }
+        Ok(Peek {
+            model,
+            stream: raw.stream.unwrap_or(false),
+            max_tokens: raw.max_completion_tokens.or(raw.max_tokens),
+            has_stream_options: raw.stream_options,
+        })
+    }
+
+    /// The scanner and serde agree: the same fields, or an error with the same code.
+    fn agree(body: &[u8]) -> Result<(), TestCaseError> {
+        let (ours, theirs) = (peek(body), peek_serde(body));
+        let text = String::from_utf8_lossy(body);
+        match (&ours, &theirs) {
+            (Ok(a), Ok(b)) => prop_assert_eq!(a, b, "{}", text),
+            (Err(a), Err(b)) => prop_assert_eq!(a.code(), b.code(), "{} / {:?}", text, b.message()),
+            _ => prop_assert!(
+                false,
+                "{}: scanner {:?}, serde {:?}",
+                text,
+                ours.as_ref().map_err(GatewayError::message),
+                theirs.as_ref().map_err(GatewayError::message)
+            ),
+        }
+        Ok(())
+    }
+
+    /// Pieces JSON is made of, valid and not, for the scanner and serde to disagree on.
+    fn piece() -> impl Strategy<Value = String> {
+        let scalar = prop::sample::select(vec![
+            "null",
+            "true",
+            "false",
+            "nul",
+            "tru",
+            "0",
+            "-0",
+            "1",
+            "16",
+            "00",
+            "01",
+            "-",
+            "1.",
+            "1.5",
+            ".5",
+            "1e3",
+            "1E+2",
+            "1e",
+            "-1",
+            "0.0",
+            "18446744073709551615",
+            "18446744073709551616",
+            "\"\"",
+            "\"m\"",
+            "\"a\\\"b\"",
+            "\"\\u0041\"",
+            "\"\\ud83d\\ude00\"",
+            "\"\\ud800\"",
+            "\"\\udc00\"",
+            "\"\\ud800\\n\"",
+            "\"\\ud800\\u0041\"",
+            "\"\\u00zz\"",
+            "\"\\x\"",
+            "\"\\/\"",
+            "\"\u{1}\"",
+            "\"\t\"",
+            "\"é\"",
+            "[]",
+            "{}",
+            "[1,]",
+            "[,1]",
+            "{\"a\":}",
+            "{\"a\" 1}",
+            "{1:2}",
+            "[[[[]]]]",
+            "{\"a\":[{\"b\":null}]}",
+            "\"\\u004",
+            "\"abc",
+            "[1}",
+            "{\"a\":1]",
+            "[{]}",
+            "{\"a\":[}]",
+            "[[]",
+            "[]]",
+            "{\"a\":{}}}",
+            "[\"]\"]",
+            "{\"}\":1}",
+            "\"lorem ipsum lorem ipsum lorem ipsum lorem ipsum lorem\"",
+            "\"lorem ipsum lorem ipsum lorem ipsum\\\"lorem\\n ipsum\\u00e9 lorem\"",
+            "\"lorem ipsum lorem ipsum lorem ipsum \u{1f} lorem\"",
+            "\"lorem ipsum lorem ipsum lorem ipsum lorem ipsum lorem",
+            "\"0123456\\\"abcdefg\\\\hijklmnopqrstuvwxyz0123456789\"",
+        ]);
+        let key = prop::sample::select(vec![
+            "model",
+            "stream",
+            "max_tokens",
+            "max_completion_tokens",
+            "stream_options",
+            "messages",
+            "mod\\u0065l",
+            "stream\\u005f",
+            "\\ud800",
+            "x",
+        ]);
+        (key, scalar, prop::sample::select(vec![" ", "", "\n", "\t"]))
+            .prop_map(|(k, v, ws)| format!("\"{k}\"{ws}:{ws}{v}"))
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(4000))]
+
+        /// Objects of the pieces above, with their members in any order and repeated.
+        #[test]
+        fn the_scanner_reads_bodies_as_serde_does(
+            members in prop::collection::vec(piece(), 0..6),
+            sep in prop::sample::select(vec![",", ", ", " ,", ",,", ""]),
+            tail in prop::sample::select(vec!["", " ", "\n", " x", "}", ","]),
+        ) {
+            let body = format!("{{{}}}{tail}", members.join(sep));
+            agree(body.as_bytes())?;
+        }
+
+        /// Real requests, cut or with one byte changed anywhere.
+        #[test]
+        fn a_damaged_request_is_refused_as_serde_refuses_it(
+            which in 0usize..4,
+            at in any::<prop::sample::Index>(),
+            byte in prop::sample::select(b"{}[],:\"\\ 0-.eEtfnu\x01x".to_vec()),
+            how in 0u8..3,
+        ) {
+            let bodies = [
+                r#"{"model":"m","messages":[{"role":"user","content":"hi \"there\" \u00e9"}],"stream":true,"max_tokens":16}"#,
+                r#"{"model":"bench-model","stream":false,"max_tokens":16,"messages":[{"role":"user","content":"lorem ipsum lorem ipsum lorem ipsum lorem ipsum lorem ipsum lorem ipsum lorem ipsum lorem ipsum lorem"}]}"#,
+                r#"{ "messages" : [ { "role" : "system" , "content" : [ { "type" : "text" , "text" : "x" } ] } ] , "model" : "org/m-1" , "stream_options" : { "include_usage" : true } , "temperature" : 0.7e-1 }"#,
+                r#"{"model":"a\/b","max_completion_tokens":0,"stop":["\n",null,-1.5E+3],"n":1}"#,
+            ];
+            let mut body = bodies[which].as_bytes().to_vec();
+            let i = at.index(body.len());
+            match how {
+                0 => body[i] = byte,
+                1 => { body.remove(i); }
+                _ => body.truncate(i),
+            }
+            agree(&body)?;
+        }
+    }
+
+    #[test]
+    fn deep_nesting_is_skipped_without_recursion() {
+        let depth = 100_000;
+        let body = format!(
+            "{{\"model\":\"m\",\"x\":{}{}}}",
+            "[".repeat(depth),
+            "]".repeat(depth)
+        );
+        assert_eq!(peek(body.as_bytes()).unwrap().model, "m");
+        let open = format!("{{\"model\":\"m\",\"x\":{}}}", "[{\"a\":".repeat(depth));
+        assert_eq!(peek(open.as_bytes()).unwrap_err().code(), "invalid_body");
+    }
 
     #[test]
     fn peeks_model_and_stream_borrowing() {
