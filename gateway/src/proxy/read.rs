@@ -106,19 +106,10 @@ pub fn peek(body: &[u8]) -> Result<Peek<'_>, GatewayError> {
             e.valid_up_to()
         ))
     })?;
-    let raw = Scanner { text, at: 0 }
+    Scanner { text, at: 0 }
         .top()
-        .map_err(|(what, at)| GatewayError::InvalidBody(format!("{what} at byte {at}")))?;
-    let model = raw.model.ok_or(GatewayError::MissingModel)?;
-    if model.is_empty() {
-        return Err(GatewayError::MissingModel);
-    }
-    Ok(Peek {
-        model,
-        stream: raw.stream.unwrap_or(false),
-        max_tokens: raw.max_completion_tokens.or(raw.max_tokens),
-        has_stream_options: raw.stream_options,
-    })
+        .map_err(|(what, at)| GatewayError::InvalidBody(format!("{what} at byte {at}")))?
+        .into_peek()
 }
 
 /// What the scanner found at the top level. Each known key may come once (a second one is an
@@ -130,6 +121,22 @@ struct Found<'a> {
     max_tokens: Option<u64>,
     max_completion_tokens: Option<u64>,
     stream_options: bool,
+}
+
+impl<'a> Found<'a> {
+    /// The request's peek: a model is required, and `max_completion_tokens` wins.
+    fn into_peek(self) -> Result<Peek<'a>, GatewayError> {
+        let model = self.model.ok_or(GatewayError::MissingModel)?;
+        if model.is_empty() {
+            return Err(GatewayError::MissingModel);
+        }
+        Ok(Peek {
+            model,
+            stream: self.stream.unwrap_or(false),
+            max_tokens: self.max_completion_tokens.or(self.max_tokens),
+            has_stream_options: self.stream_options,
+        })
+    }
 }
 
 /// An error: what was wrong, and at which byte.
@@ -632,16 +639,14 @@ mod tests {
             std::str::from_utf8(body).map_err(|_| GatewayError::InvalidBody(String::new()))?;
         let raw: RawPeek<'_> =
             serde_json::from_str(text).map_err(|e| GatewayError::InvalidBody(e.to_string()))?;
-        let model = raw.model.ok_or(GatewayError::MissingModel)?.0;
-        if model.is_empty() {
-            return Err(GatewayError::MissingModel);
+        Found {
+            model: raw.model.map(|m| m.0),
+            stream: raw.stream,
+            max_tokens: raw.max_tokens,
+            max_completion_tokens: raw.max_completion_tokens,
+            stream_options: raw.stream_options,
         }
-        Ok(Peek {
-            model,
-            stream: raw.stream.unwrap_or(false),
-            max_tokens: raw.max_completion_tokens.or(raw.max_tokens),
-            has_stream_options: raw.stream_options,
-        })
+        .into_peek()
     }
 
     /// The scanner and serde agree: the same fields, or an error with the same code.
