@@ -6,7 +6,7 @@
 //! TCP or TLS), `codec` (HTTP/1.1 wire rules), `proxy` (the request path, one file per
 //! stage), `balance` (replica choice, live per-replica state, wait queues), `health` (active
 //! probes), `auth` (API keys), `limits` (rate limits and token budgets, local or in Redis),
-//! `sse` (reading usage from responses), `clock` (one clock read per poll), `metrics`, `admin` (the admin listener's API),
+//! `sse` (reading usage from responses), `json` (finding a JSON string's end), `clock` (one clock read per poll), `metrics`, `admin` (the admin listener's API),
 //! `error`, `demo`.
 
 pub mod admin;
@@ -22,6 +22,7 @@ pub mod error;
 pub mod fields;
 pub mod h1;
 pub mod health;
+pub mod json;
 pub mod limits;
 pub mod lookup;
 pub mod metrics;

@@ -333,17 +333,15 @@ fn flat_counts(value: &[u8]) -> Option<Usage> {
         *at += usize::from(hit);
         hit
     };
-    // An unescaped string's contents; `at` is just past its opening quote.
+    // An unescaped string's contents; `at` is just past its opening quote. (One with an
+    // escape, a control character or bad UTF-8 is left to serde.)
     let string = |at: &mut usize| -> Option<&[u8]> {
-        let len = memchr::memchr2(b'"', b'\\', &value[*at..])?;
-        let s = &value[*at..*at + len];
-        let printable_ascii = s.iter().all(|&b| (0x20..0x80).contains(&b));
-        if value[*at + len] != b'"'
-            || !printable_ascii && (s.iter().any(|&b| b < 0x20) || std::str::from_utf8(s).is_err())
-        {
+        let end = crate::json::quote_or_escape(value, *at).ok()?;
+        let s = &value[*at..end];
+        if value[end] != b'"' || !s.is_ascii() && std::str::from_utf8(s).is_err() {
             return None;
         }
-        *at += len + 1;
+        *at = end + 1;
         Some(s)
     };
     let (mut prompt, mut completion) = (None, None);

@@ -378,51 +378,14 @@ impl<'a> Scanner<'a> {
     /// Where the next `"` or `\\` is; a control character before it is an error.
     #[inline(always)]
     fn quote_or_escape(&mut self) -> Result<usize, ScanError> {
-        let bytes = self.bytes();
-        let mut i = self.at;
-        // Keys, roles and model names end within a few bytes: eight at a time in a word
-        // (serde_json scans its strings so) finds their end before a SIMD search has set up.
-        let near = bytes.len().min(self.at + 32);
-        while let Some(word) = bytes.get(i..near).and_then(<[u8]>::first_chunk::<8>) {
-            let found = special_bytes(u64::from_le_bytes(*word));
-            if found != 0 {
-                // The lowest flagged byte is exact (higher ones may be borrows).
-                i += (found.trailing_zeros() / 8) as usize;
-                break;
-            }
-            i += 8;
-        }
-        if i + 8 > near
-            || bytes
-                .get(i)
-                .is_some_and(|&b| matches!(b, b'"' | b'\\' | 0..0x20))
-        {
-            // Found, or fewer than eight bytes left before `near`: byte by byte.
-            while let Some(&b) = bytes.get(i) {
-                match b {
-                    b'"' | b'\\' => return Ok(i),
-                    0..0x20 => {
-                        self.at = i;
-                        return self.fail("control character in a string");
-                    }
-                    _ if i >= near => break,
-                    _ => i += 1,
-                }
-            }
-        }
-        // A long string (a message's content): one SIMD search, and a reduction for control
-        // characters, which runs 32 bytes at a time (a search that stops at the first hit goes
-        // byte by byte). The hit is looked for only when there is one.
-        let rest = &bytes[i..];
-        let Some(end) = memchr::memchr2(b'"', b'\\', rest) else {
-            self.at = bytes.len();
-            return self.fail("EOF while parsing a string");
-        };
-        if rest[..end].iter().fold(0xFF, |m, &b| m.min(b)) < 0x20 {
-            self.at = i + rest[..end].iter().position(|&b| b < 0x20).unwrap_or(0);
-            return self.fail("control character in a string");
-        }
-        Ok(i + end)
+        crate::json::quote_or_escape(self.bytes(), self.at).or_else(|i| {
+            self.at = i;
+            self.fail(if i == self.text.len() {
+                "EOF while parsing a string"
+            } else {
+                "control character in a string"
+            })
+        })
     }
 
     /// One escape, its backslash already taken.
@@ -535,18 +498,6 @@ impl<'a> Scanner<'a> {
         self.string(false)?;
         self.eat(b':', "expected `:`")
     }
-}
-
-/// A word's bytes that end or escape a string or may not be in one (`"`, `\\`, below 0x20),
-/// flagged in their high bits. The lowest flag is exact; a borrow may flag bytes above it.
-#[inline(always)]
-fn special_bytes(w: u64) -> u64 {
-    const ONES: u64 = 0x0101_0101_0101_0101;
-    const HIGH: u64 = 0x8080_8080_8080_8080;
-    let zero = |x: u64| x.wrapping_sub(ONES) & !x & HIGH;
-    zero(w ^ (ONES * u64::from(b'"')))
-        | zero(w ^ (ONES * u64::from(b'\\')))
-        | (w.wrapping_sub(ONES * 0x20) & !w & HIGH)
 }
 
 /// A checked string's text with its escapes resolved (`Scanner::string` has checked them, and
