@@ -14,13 +14,11 @@ use std::sync::Arc;
 
 use tokio::time::Instant;
 
-pub use super::body::Meter;
-use super::body::{BodyCtx, ResponseBody, UpstreamBody};
+use super::body::{BodyCtx, MeterSpec, ResponseBody, UpstreamBody};
 use super::canary::VersionChoice;
 use crate::balance::{AcquireError, Endpoint, InflightGuard};
 use crate::config::{Config, UpstreamConfig};
 use crate::error::{error_body, GatewayError};
-use crate::limits::Reservation;
 use crate::state::Route;
 use crate::upstream::{self, Conn, ResponseHead};
 
@@ -67,24 +65,6 @@ enum Attempt {
     /// Nothing reached the replica or it broke before answering: try another.
     Retry(String),
     Done(ResponseHead, Conn),
-}
-
-/// How the answer's body is to be metered (see `Meter::new`), lent by the request path: the
-/// meter is made only where it is kept, in the body's box. Made earlier and moved in, its
-/// 520 bytes were copied four times per request.
-pub struct MeterSpec {
-    pub reservation: Option<Reservation>,
-    pub strip_usage: bool,
-    pub request_started: Instant,
-}
-
-impl MeterSpec {
-    /// The replica refused the request: nothing was generated, give everything back.
-    fn refund(&mut self) {
-        if let Some(r) = self.reservation.take() {
-            r.settle(Some(0));
-        }
-    }
 }
 
 pub async fn forward(

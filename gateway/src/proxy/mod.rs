@@ -337,7 +337,7 @@ async fn serve(
     }
     // Held here and lent to `forward` (as is `out`): a value moved into an async call is
     // stored twice in the request's future.
-    let mut meter = forward::MeterSpec {
+    let mut meter = body::MeterSpec {
         reservation,
         strip_usage: strip,
         request_started: trace.started,
@@ -393,9 +393,7 @@ async fn serve(
                     | GatewayError::QueueTimeout { .. }
                     | GatewayError::UpstreamUnavailable { .. }
             ) {
-                if let Some(r) = meter.reservation.take() {
-                    r.settle(Some(0));
-                }
+                meter.refund();
             }
             Err(error)
         }
