@@ -133,10 +133,7 @@ impl SseMeter {
     /// `event_end` found it to be a single line and its blank line (the line search is not
     /// repeated for its data).
     fn inspect(&mut self, event: &[u8], one_line: bool) -> bool {
-        let data = match one_line_data(event, one_line) {
-            Some(one) => Cow::Borrowed(one),
-            None => event_data(event),
-        };
+        let data = event_data(event, one_line);
         if &*data == b"[DONE]" {
             self.done = true;
             return false;
@@ -220,9 +217,11 @@ fn event_end(buf: &[u8]) -> Option<(usize, bool)> {
     None
 }
 
-/// The data of a one-line event `data: ...\n\n` (see `event_end`), taken as it is.
-fn one_line_data(event: &[u8], one_line: bool) -> Option<&[u8]> {
+/// The data of a one-line event `data: ...\n\n`, taken as it is: one search for a line end
+/// inside, unless `known_one_line` (`event_end` found its first line end to end it).
+fn one_line_data(event: &[u8], known_one_line: bool) -> Option<&[u8]> {
     let one = event.strip_prefix(b"data: ")?.strip_suffix(b"\n\n")?;
+    let one_line = known_one_line || memchr::memchr(b'\n', one).is_none();
     (one_line && one.last() != Some(&b'\r')).then_some(one)
 }
 
@@ -239,20 +238,12 @@ fn finder(
 }
 
 /// The data of an event: its `data:` lines joined by `\n`, comments and other fields skipped —
-/// borrowed when there is one line
-/// (every event an OpenAI-compatible server sends), so reading it copies nothing.
-fn event_data(event: &[u8]) -> Cow<'_, [u8]> {
-    // That one shape, `data: ...` and a blank line, is taken as it is: one search for a line
-    // end inside, instead of splitting the event into lines.
-    if let Some(one) = event
-        .strip_prefix(b"data: ")
-        .and_then(|rest| rest.strip_suffix(b"\n\n"))
-    {
-        if one.last() != Some(&b'\r') && memchr::memchr(b'\n', one).is_none() {
-            return Cow::Borrowed(one);
-        }
-    }
-    event_data_lines(event)
+/// borrowed when there is one line (every event an OpenAI-compatible server sends), so reading
+/// it copies nothing. `known_one_line`: see `one_line_data`.
+fn event_data(event: &[u8], known_one_line: bool) -> Cow<'_, [u8]> {
+    // That one shape, `data: ...` and a blank line, is taken as it is instead of splitting
+    // the event into lines.
+    one_line_data(event, known_one_line).map_or_else(|| event_data_lines(event), Cow::Borrowed)
 }
 
 /// `event_data` for any event: line by line.
@@ -539,14 +530,14 @@ mod tests {
     #[test]
     fn event_data_joins_data_lines_and_borrows_a_single_one() {
         assert!(matches!(
-            event_data(b"data: {\"a\":1}\n\n"),
+            event_data(b"data: {\"a\":1}\n\n", false),
             Cow::Borrowed(b"{\"a\":1}")
         ));
         assert_eq!(
-            &*event_data(b": comment\r\ndata: a\r\nevent: x\ndata:b\n\n"),
+            &*event_data(b": comment\r\ndata: a\r\nevent: x\ndata:b\n\n", false),
             b"a\nb"
         );
-        assert_eq!(&*event_data(b"event: ping\n\n"), b"");
+        assert_eq!(&*event_data(b"event: ping\n\n", false), b"");
     }
 
     proptest! {
@@ -554,9 +545,9 @@ mod tests {
         #[test]
         fn event_data_shortcut_agrees(parts in proptest::collection::vec(proptest::sample::select(vec!["data: ", "data:", "x", "\r", "\n", ":", "event: y", " "]), 0..12)) {
             let event = parts.concat();
-            prop_assert_eq!(event_data(event.as_bytes()), event_data_lines(event.as_bytes()));
+            prop_assert_eq!(event_data(event.as_bytes(), false), event_data_lines(event.as_bytes()));
             let framed = format!("data: {event}\n\n");
-            prop_assert_eq!(event_data(framed.as_bytes()), event_data_lines(framed.as_bytes()));
+            prop_assert_eq!(event_data(framed.as_bytes(), false), event_data_lines(framed.as_bytes()));
             // And so does the shortcut `event_end` allows, for the event it finds first.
             for text in [event.as_bytes(), framed.as_bytes()] {
                 if let Some((end, one_line)) = event_end(text) {
