@@ -184,8 +184,8 @@ impl<'a> Scanner<'a> {
     /// The top-level object.
     fn top(mut self) -> Result<Found<'a>, ScanError> {
         let mut found = Found::default();
-        let (mut model, mut stream, mut max, mut max_completion, mut options) =
-            (false, false, false, false, false);
+        // The known keys met so far, a bit each.
+        let mut seen = 0u8;
         self.eat(b'{', "expected `{`")?;
         self.ws();
         if self.peek() == Some(b'}') {
@@ -196,23 +196,18 @@ impl<'a> Scanner<'a> {
                 let key = self.string(true)?;
                 self.eat(b':', "expected `:`")?;
                 self.ws();
-                let seen = match &*key {
-                    "model" => &mut model,
-                    "stream" => &mut stream,
-                    "max_tokens" => &mut max,
-                    "max_completion_tokens" => &mut max_completion,
-                    "stream_options" => &mut options,
-                    _ => {
-                        self.skip_value()?;
-                        if self.next_member()? {
-                            continue;
-                        }
-                        break;
-                    }
+                let bit = match &*key {
+                    "model" => 1,
+                    "stream" => 2,
+                    "max_tokens" => 4,
+                    "max_completion_tokens" => 8,
+                    "stream_options" => 16,
+                    _ => 0,
                 };
-                if std::mem::replace(seen, true) {
+                if seen & bit != 0 {
                     return self.fail("duplicate field");
                 }
+                seen |= bit;
                 match &*key {
                     "model" => found.model = self.null_or(|s| s.string_value())?,
                     "stream" => found.stream = self.null_or(Self::boolean)?,
@@ -220,10 +215,11 @@ impl<'a> Scanner<'a> {
                     "max_completion_tokens" => {
                         found.max_completion_tokens = self.null_or(Self::count)?;
                     }
-                    _ => {
+                    "stream_options" => {
                         self.skip_value()?;
                         found.stream_options = true;
                     }
+                    _ => self.skip_value()?,
                 }
                 if !self.next_member()? {
                     break;
@@ -352,9 +348,9 @@ impl<'a> Scanner<'a> {
         }
     }
 
-    /// A string's contents, its opening quote already taken. `text`: it is read as text
-    /// (a key, the model), so a `\u` escape of half a surrogate pair is an error; a skipped
-    /// string only needs well-formed escapes.
+    /// A string's contents, its opening quote already taken. `text`: it is read as text (a
+    /// key, the model): one with escapes is decoded by serde_json, which also refuses a `\u`
+    /// escape of half a surrogate pair; a skipped string only needs well-formed escapes.
     #[inline(always)]
     fn string(&mut self, text: bool) -> Result<Cow<'a, str>, ScanError> {
         let start = self.at;
@@ -363,15 +359,16 @@ impl<'a> Scanner<'a> {
             let i = self.quote_or_escape()?;
             self.at = i + 1;
             if self.bytes()[i] == b'"' {
-                let raw = &self.text[start..i];
-                return Ok(if escaped && text {
-                    Cow::Owned(unescape(raw))
-                } else {
-                    Cow::Borrowed(raw)
-                });
+                if !(escaped && text) {
+                    return Ok(Cow::Borrowed(&self.text[start..i]));
+                }
+                // With its quotes. Rare (an escaped key or model name): no need to be quick.
+                return serde_json::from_str(&self.text[start - 1..=i])
+                    .map(Cow::Owned)
+                    .map_err(|_| ("lone surrogate in hex escape", start));
             }
             escaped = true;
-            self.escape(text)?;
+            self.escape()?;
         }
     }
 
@@ -388,52 +385,23 @@ impl<'a> Scanner<'a> {
         })
     }
 
-    /// One escape, its backslash already taken.
-    fn escape(&mut self, text: bool) -> Result<(), ScanError> {
-        match self.peek() {
-            Some(b'"' | b'\\' | b'/' | b'b' | b'f' | b'n' | b'r' | b't') => {
-                self.at += 1;
-                Ok(())
+    /// One escape, its backslash already taken: a known letter, or `u` and four hex digits.
+    fn escape(&mut self) -> Result<(), ScanError> {
+        let digits = match self.peek() {
+            Some(b'"' | b'\\' | b'/' | b'b' | b'f' | b'n' | b'r' | b't') => 0,
+            Some(b'u') => 4,
+            None => return self.fail("EOF while parsing a string"),
+            Some(_) => return self.fail("invalid escape"),
+        };
+        self.at += 1;
+        for _ in 0..digits {
+            match self.peek() {
+                Some(b) if b.is_ascii_hexdigit() => self.at += 1,
+                None => return self.fail("EOF while parsing a string"),
+                Some(_) => return self.fail("invalid escape"),
             }
-            Some(b'u') => {
-                self.at += 1;
-                let n = self.hex4()?;
-                if !text {
-                    return Ok(());
-                }
-                if (0xDC00..=0xDFFF).contains(&n) {
-                    return self.fail("lone surrogate in hex escape");
-                }
-                if (0xD800..=0xDBFF).contains(&n) {
-                    if !self.bytes()[self.at..].starts_with(b"\\u") {
-                        return self.fail("unexpected end of hex escape");
-                    }
-                    self.at += 2;
-                    if !(0xDC00..=0xDFFF).contains(&self.hex4()?) {
-                        return self.fail("lone surrogate in hex escape");
-                    }
-                }
-                Ok(())
-            }
-            None => self.fail("EOF while parsing a string"),
-            Some(_) => self.fail("invalid escape"),
         }
-    }
-
-    fn hex4(&mut self) -> Result<u16, ScanError> {
-        let mut n = 0u16;
-        for _ in 0..4 {
-            let Some(d) = self.peek().and_then(|b| (b as char).to_digit(16)) else {
-                return self.fail(if self.peek().is_none() {
-                    "EOF while parsing a string"
-                } else {
-                    "invalid escape"
-                });
-            };
-            n = n << 4 | d as u16;
-            self.at += 1;
-        }
-        Ok(n)
+        Ok(())
     }
 
     /// Skips one value of any depth (without recursion: nesting is bounded only by the body).
@@ -498,42 +466,6 @@ impl<'a> Scanner<'a> {
         self.string(false)?;
         self.eat(b':', "expected `:`")
     }
-}
-
-/// A checked string's text with its escapes resolved (`Scanner::string` has checked them, and
-/// paired every surrogate).
-fn unescape(raw: &str) -> String {
-    let mut out = String::with_capacity(raw.len());
-    let mut rest = raw;
-    while let Some(i) = rest.find('\\') {
-        out.push_str(&rest[..i]);
-        let esc = &rest[i + 1..];
-        let hex = |s: &str| u32::from_str_radix(s.get(..4).unwrap_or(""), 16).unwrap_or(0xFFFD);
-        let (c, used) = match esc.as_bytes().first() {
-            Some(b'b') => ('\u{8}', 1),
-            Some(b'f') => ('\u{c}', 1),
-            Some(b'n') => ('\n', 1),
-            Some(b'r') => ('\r', 1),
-            Some(b't') => ('\t', 1),
-            Some(b'u') => {
-                let n = hex(&esc[1..]);
-                if (0xD800..=0xDBFF).contains(&n) {
-                    let low = hex(esc.get(7..).unwrap_or(""));
-                    let c = 0x1_0000 + ((n - 0xD800) << 10) + (low.wrapping_sub(0xDC00) & 0x3FF);
-                    (char::from_u32(c).unwrap_or('\u{FFFD}'), 11)
-                } else {
-                    (char::from_u32(n).unwrap_or('\u{FFFD}'), 5)
-                }
-            }
-            // `"`, `\\`, `/`: the character itself.
-            Some(&b) => (char::from(b), 1),
-            None => break,
-        };
-        out.push(c);
-        rest = esc.get(used..).unwrap_or("");
-    }
-    out.push_str(rest);
-    out
 }
 
 #[cfg(test)]
