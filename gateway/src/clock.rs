@@ -22,6 +22,7 @@
 use std::cell::Cell;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::OnceLock;
 use std::task::{Context, Poll};
 
 use tokio::time::Instant;
@@ -32,7 +33,8 @@ enum Cached {
     Off,
     /// Inside one, not read yet.
     Empty,
-    At(Instant),
+    /// The poll's reading, and the same as [`now_ns`] gives it once asked for (0 until then).
+    At(Instant, u64),
 }
 
 thread_local! {
@@ -43,14 +45,41 @@ thread_local! {
 /// [`PerPoll`] task, the same reading after that; a clock read outside such a poll.
 pub fn now() -> Instant {
     NOW.with(|c| match c.get() {
-        Cached::At(t) => t,
+        Cached::At(t, _) => t,
         Cached::Empty => {
             let t = Instant::now();
-            c.set(Cached::At(t));
+            c.set(Cached::At(t, 0));
             t
         }
         Cached::Off => Instant::now(),
     })
+}
+
+/// [`now`] as nanoseconds since the first time this was asked (never 0), for times kept in
+/// atomics and compared as integers (the balancer's latency estimates, ejections, the limiters'
+/// back-off). The conversion is made once per poll too: a request asked for it four times.
+pub fn now_ns() -> u64 {
+    NOW.with(|c| match c.get() {
+        Cached::At(_, ns) if ns != 0 => ns,
+        Cached::At(t, _) => {
+            let ns = since_origin(t);
+            c.set(Cached::At(t, ns));
+            ns
+        }
+        Cached::Empty => {
+            let t = Instant::now();
+            let ns = since_origin(t);
+            c.set(Cached::At(t, ns));
+            ns
+        }
+        Cached::Off => since_origin(Instant::now()),
+    })
+}
+
+fn since_origin(t: Instant) -> u64 {
+    static ORIGIN: OnceLock<Instant> = OnceLock::new();
+    let origin = *ORIGIN.get_or_init(Instant::now);
+    t.saturating_duration_since(origin).as_nanos() as u64 + 1
 }
 
 /// A clock read, always. Inside a wrapped poll, later [`now`]s of that poll return it.
@@ -58,7 +87,7 @@ pub fn fresh() -> Instant {
     let t = Instant::now();
     NOW.with(|c| {
         if !matches!(c.get(), Cached::Off) {
-            c.set(Cached::At(t));
+            c.set(Cached::At(t, 0));
         }
     });
     t
@@ -137,6 +166,32 @@ mod tests {
         let b = now();
         spin(Duration::from_millis(2));
         assert!(now() > b);
+    }
+
+    #[tokio::test]
+    async fn nanoseconds_follow_the_polls_reading() {
+        now_ns(); // the origin is set before the readings compared
+        let (a, b, after_fresh, next_poll, instants) = per_poll(async {
+            let t0 = now();
+            let a = now_ns();
+            spin(Duration::from_millis(2));
+            let b = now_ns();
+            let t1 = fresh();
+            let after_fresh = now_ns();
+            tokio::task::yield_now().await;
+            spin(Duration::from_millis(2));
+            (a, b, after_fresh, now_ns(), (t0, t1))
+        })
+        .await;
+        assert_ne!(a, 0);
+        assert_eq!(a, b, "one conversion per poll");
+        let moved = (instants.1 - instants.0).as_nanos() as u64;
+        assert_eq!(after_fresh - a, moved, "a fresh read moves it by as much");
+        assert!(next_poll >= after_fresh + 2_000_000);
+        // Outside a wrapped poll every call reads the clock.
+        let c = now_ns();
+        spin(Duration::from_millis(2));
+        assert!(now_ns() >= c + 2_000_000);
     }
 
     #[test]

@@ -12,7 +12,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, OnceLock, Weak};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use http::uri::Authority;
@@ -32,14 +32,7 @@ const MAX_IDLE_PER_REPLICA: usize = 1024;
 const EWMA_FLOOR_NS: f64 = 100_000.0;
 
 /// Monotonic nanoseconds since the first call (tokio's clock, so paused-time tests work).
-pub fn now_ns() -> u64 {
-    static BASE: OnceLock<Instant> = OnceLock::new();
-    let base = *BASE.get_or_init(Instant::now);
-    crate::clock::now()
-        .saturating_duration_since(base)
-        .as_nanos() as u64
-        + 1
-}
+pub use crate::clock::now_ns;
 
 struct IdleConn {
     conn: Conn,

