@@ -125,6 +125,34 @@ impl Fields {
         spans.chain(map)
     }
 
+    /// Each field's name (lowercase) and value, in the order sent, and the whole line
+    /// (`name: value\r\n`) where the head holds it in exactly the form a head writer writes:
+    /// one copy of it instead of four. Called for each field, not iterated: the chained
+    /// iterator of [`Fields::iter`] cost about 50 instructions a field in the two writers.
+    pub fn each(&self, mut field: impl FnMut(&[u8], &[u8], Option<&[u8]>)) {
+        match self {
+            Self::Spans(s) => {
+                for span in &s.spans {
+                    let name = range(span.name);
+                    let value = range(span.value);
+                    let whole = s.head.get(name.start..value.end + 2).filter(|line| {
+                        let n = name.len();
+                        value.start == name.end + 2
+                            && line[n..n + 2] == *b": "
+                            && line[line.len() - 2..] == *b"\r\n"
+                    });
+                    field(&s.head[name], &s.head[value], whole);
+                }
+            }
+            Self::Map(m) => {
+                for (n, v) in m.iter() {
+                    field(n.as_str().as_bytes(), v.as_bytes(), None);
+                }
+            }
+            Self::Empty => {}
+        }
+    }
+
     /// The values of the fields called `name` (lowercase), in order.
     pub fn get_all<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a [u8]> + 'a {
         self.iter()
@@ -248,5 +276,57 @@ mod tests {
         assert!(Fields::default().into_map().is_empty());
         // A pointer and its variant: the fields move through every stage of a request.
         assert!(std::mem::size_of::<Fields>() <= 16);
+    }
+
+    /// What a head writer makes of the fields: whole lines where `each` offers them, the
+    /// pieces otherwise.
+    fn written(f: &Fields) -> (Vec<u8>, usize) {
+        let (mut out, mut whole_lines) = (Vec::new(), 0);
+        f.each(|name, value, whole| match whole {
+            Some(line) => {
+                whole_lines += 1;
+                out.extend_from_slice(line);
+            }
+            None => out.extend_from_slice(&[name, b": ", value, b"\r\n"].concat()),
+        });
+        (out, whole_lines)
+    }
+
+    #[test]
+    fn whole_lines_are_offered_only_as_a_writer_writes_them() {
+        let head = b"GET / HTTP/1.1\r\na: v1\r\nb:v2\r\nc:  v3\r\nd: v4 \r\ne: v5\nf: v6\r\nh:\tv7\r\ng: \r\n\r\n";
+        let fields = [
+            ("a", "v1"),
+            ("b", "v2"),
+            ("c", "v3"),
+            ("d", "v4"),
+            ("e", "v5"),
+            ("f", "v6"),
+            ("h", "v7"),
+            ("g", ""),
+        ];
+        let mut raw = spans(head, &fields[..7]);
+        if let Fields::Spans(s) = &mut raw {
+            // An empty value: httparse's slice starts where the line ends.
+            let at = memchr::memmem::find(head, b"g: ").unwrap() as u32;
+            s.spans.push(Span {
+                name: (at, 1),
+                value: (at + 3, 0),
+            });
+        }
+        let (out, whole_lines) = written(&raw);
+        assert_eq!(
+            out,
+            b"a: v1\r\nb: v2\r\nc: v3\r\nd: v4\r\ne: v5\r\nf: v6\r\nh: v7\r\ng: \r\n"
+        );
+        // `a`, `f` and `g` lie as written; `b`, `c`, `h` (spacing), `d` (trailing space) and
+        // `e` (a bare LF) do not.
+        assert_eq!(whole_lines, 3);
+        let mut m = HeaderMap::new();
+        for (n, v) in fields {
+            m.insert(n, HeaderValue::from_static(v));
+        }
+        assert_eq!(written(&Fields::from(m)), (out, 0));
+        assert_eq!(written(&Fields::default()), (Vec::new(), 0));
     }
 }

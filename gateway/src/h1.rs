@@ -307,7 +307,7 @@ struct Caps {
 
 impl Caps {
     fn now(app: &AppState) -> Self {
-        let snapshot = app.snapshot();
+        let snapshot = app.peek_snapshot();
         let s = &snapshot.config.server;
         Self {
             header_read_timeout: s.header_read_timeout,
@@ -892,7 +892,7 @@ fn write_head(
     let mut has_date = false;
     let mut ratelimit_present = 0;
     let gateway = fields.gateway;
-    let mut pass = |out: &mut Vec<u8>, name: &[u8], value: &[u8]| {
+    let mut pass = |out: &mut Vec<u8>, name: &[u8], value: &[u8], whole: Option<&[u8]>| {
         if matches!(
             name,
             b"connection" | b"content-length" | b"transfer-encoding"
@@ -902,13 +902,16 @@ fn write_head(
         }
         has_date |= name == b"date";
         ratelimit_present |= GatewayFields::ratelimit_bit(name);
-        field_line(out, name, value);
+        match whole {
+            Some(line) => out.extend_from_slice(line),
+            None => field_line(out, name, value),
+        }
     };
     for (name, value) in fields.map {
-        pass(out, name.as_str().as_bytes(), value.as_bytes());
+        pass(out, name.as_str().as_bytes(), value.as_bytes(), None);
     }
-    for (name, value) in fields.replica.into_iter().flat_map(Fields::iter) {
-        pass(out, name, value);
+    if let Some(replica) = fields.replica {
+        replica.each(|name, value, whole| pass(out, name, value, whole));
     }
     gateway.each(ratelimit_present, |name, value| {
         field_line(out, name.as_str().as_bytes(), value);

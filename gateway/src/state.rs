@@ -222,6 +222,12 @@ impl AppState {
         self.snapshot.load_full()
     }
 
+    /// The current snapshot for a short read that is not held across an `.await` (a
+    /// connection's caps before each request): no reference count is taken.
+    pub fn peek_snapshot(&self) -> arc_swap::Guard<Arc<Snapshot>> {
+        self.snapshot.load()
+    }
+
     /// Replaces the snapshot in one step and forgets replicas that left the configuration.
     pub fn publish(&self, config: Config) {
         let next = Snapshot::build(

@@ -174,13 +174,18 @@ impl Conn {
         h.extend_from_slice(b" HTTP/1.1\r\nhost: ");
         h.extend_from_slice(host.as_bytes());
         h.extend_from_slice(b"\r\n");
-        let mut put = |name: &[u8], value: &[u8]| {
+        // A field the client's head holds as this writes it goes in whole, in one copy.
+        let mut put = |name: &[u8], value: &[u8], whole: Option<&[u8]>| {
+            if let Some(line) = whole {
+                h.extend_from_slice(line);
+                return;
+            }
             h.extend_from_slice(name);
             h.extend_from_slice(b": ");
             h.extend_from_slice(value);
             h.extend_from_slice(b"\r\n");
         };
-        for (name, value) in headers.iter() {
+        headers.each(|name, value, whole| {
             // Framing and routing are the gateway's to set, whatever the client sent.
             if matches!(
                 name,
@@ -189,15 +194,15 @@ impl Conn {
                 || extra.iter().any(|(n, _)| n.as_str().as_bytes() == name)
                 || !keep(name)
             {
-                continue;
+                return;
             }
-            put(name, value);
-        }
+            put(name, value, whole);
+        });
         for (name, value) in extra {
-            put(name.as_str().as_bytes(), value);
+            put(name.as_str().as_bytes(), value, None);
         }
         if let Some(key) = authorization {
-            put(b"authorization", key.as_bytes());
+            put(b"authorization", key.as_bytes(), None);
         }
         if !body.is_empty() || method == "POST" {
             h.extend_from_slice(b"content-length: ");
