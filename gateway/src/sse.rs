@@ -327,9 +327,9 @@ fn flat_counts(value: &[u8]) -> Option<Usage> {
     // An unescaped string's contents; `at` is just past its opening quote. (One with an
     // escape, a control character or bad UTF-8 is left to serde.)
     let string = |at: &mut usize| -> Option<&[u8]> {
-        let end = crate::json::quote_or_escape(value, *at).ok()?;
+        let (end, high) = crate::json::quote_or_escape(value, *at).ok()?;
         let s = &value[*at..end];
-        if value[end] != b'"' || !s.is_ascii() && std::str::from_utf8(s).is_err() {
+        if value[end] != b'"' || high && std::str::from_utf8(s).is_err() {
             return None;
         }
         *at = end + 1;
