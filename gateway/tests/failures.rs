@@ -133,6 +133,37 @@ async fn a_replica_that_never_answers_is_a_504_and_is_not_retried() {
 }
 
 #[tokio::test]
+async fn the_head_deadline_is_each_requests_own_on_a_reused_connection() {
+    // The deadline timer lives with the replica connection and is moved for each request.
+    let m = mock(fast()).await;
+    let gw = TestGateway::start(&config(
+        &[m.url()],
+        &format!("{NO_PROBES}[upstream]\nresponse_head_timeout = \"400ms\"\n"),
+    ))
+    .await;
+    let r = post_json(gw.addr, "/v1/chat/completions", chat(false)).await;
+    assert_eq!(r.status, 200);
+    // The first request's deadline passes while the connection waits in the pool: the next
+    // one, slower than what was left of it but quicker than its own, is answered.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    m.set_config(|c| c.slow_start = Duration::from_millis(250));
+    let r = post_json(gw.addr, "/v1/chat/completions", chat(false)).await;
+    assert_eq!(r.status, 200, "{}", r.error_code());
+    // And one that never answers still meets its own.
+    m.set_config(|c| c.hang = true);
+    let started = Instant::now();
+    let r = post_json(gw.addr, "/v1/chat/completions", chat(false)).await;
+    assert_eq!(r.status, 504);
+    assert!(started.elapsed() >= Duration::from_millis(390));
+    assert!(started.elapsed() < Duration::from_secs(3));
+    assert_eq!(
+        m.stats.connections.load(Ordering::Relaxed),
+        1,
+        "one connection, reused"
+    );
+}
+
+#[tokio::test]
 async fn a_replica_that_goes_silent_mid_stream_is_cut_by_the_idle_chunk_timeout() {
     let m = mock(MockConfig {
         tokens: 5,

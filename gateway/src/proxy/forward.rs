@@ -10,7 +10,9 @@ use http::header::{self, HeaderName, HeaderValue};
 use http::uri::PathAndQuery;
 use http::{Response, StatusCode};
 
+use std::future::Future;
 use std::sync::Arc;
+use std::task::Poll;
 
 use tokio::time::Instant;
 
@@ -207,28 +209,41 @@ async fn attempt_once(
             return Ok(Attempt::Retry(e.to_string()));
         }
     };
-    let exchange = async {
-        conn.send(&upstream::Request {
-            method: "POST",
-            path: out.path.as_str(),
-            host: &endpoint.host_header,
-            headers: &out.headers,
-            keep: &|n| out.filter.keeps(n),
-            extra: &[(&REQUEST_ID, out.request_id.as_bytes())],
-            authorization: cfg.authorization.as_ref(),
-            body: &out.body,
+    let mut timer = conn.head_timer(sent_at + cfg.response_head_timeout);
+    let ended = {
+        let exchange = async {
+            conn.send(&upstream::Request {
+                method: "POST",
+                path: out.path.as_str(),
+                host: &endpoint.host_header,
+                headers: &out.headers,
+                keep: &|n| out.filter.keeps(n),
+                extra: &[(&REQUEST_ID, out.request_id.as_bytes())],
+                authorization: cfg.authorization.as_ref(),
+                body: &out.body,
+            })
+            .await?;
+            conn.read_head().await
+        };
+        // The exchange first, then the deadline, as `tokio::time::timeout` polls them.
+        let mut exchange = std::pin::pin!(exchange);
+        std::future::poll_fn(|cx| match exchange.as_mut().poll(cx) {
+            Poll::Ready(r) => Poll::Ready(Some(r)),
+            Poll::Pending => timer.as_mut().poll(cx).map(|()| None),
         })
-        .await?;
-        conn.read_head().await
+        .await
     };
-    match tokio::time::timeout_at(sent_at + cfg.response_head_timeout, exchange).await {
+    match ended {
         // The replica has the request and may be working on it: not safe to send it again.
-        Err(_) => Err(Timeout),
-        Ok(Err(e)) => {
+        None => Err(Timeout),
+        Some(Err(e)) => {
             tracing::warn!(replica = %endpoint.authority, error = %e, "replica failed before response head");
             Ok(Attempt::Retry(format!("failed before response head: {e}")))
         }
-        Ok(Ok(head)) => Ok(Attempt::Done(head, conn)),
+        Some(Ok(head)) => {
+            conn.keep_head_timer(timer);
+            Ok(Attempt::Done(head, conn))
+        }
     }
 }
 
