@@ -936,9 +936,7 @@ fn write_head(
     if let Some(replica) = fields.replica {
         replica.each(|name, value, whole| pass(out, name, value, whole));
     }
-    gateway.each(ratelimit_present, |name, value| {
-        field_line(out, name.as_str().as_bytes(), value);
-    });
+    gateway.write_lines(ratelimit_present, out);
     match framing {
         Out::Length(n) => {
             out.extend_from_slice(b"content-length: ");

@@ -88,6 +88,12 @@ fn quota(rate: Rate, share: u32) -> Quota {
         .allow_burst(NonZeroU32::new(burst).unwrap_or(NonZeroU32::MIN))
 }
 
+/// The time one request's room takes to come back, for `x-ratelimit-reset-*` (made once per
+/// limiter: converting the rate per request cost 50 instructions a limiter).
+fn period(rate: Rate) -> Duration {
+    Duration::from_secs_f64(1.0 / rate.per_second.max(1e-6))
+}
+
 fn direct(rate: Rate, share: u32) -> Direct {
     RateLimiter::direct(quota(rate, share)).with_middleware::<StateInformationMiddleware>()
 }
@@ -98,12 +104,12 @@ fn governor_decision(
         governor::NotUntil<<DefaultClock as Clock>::Instant>,
     >,
     rate: Rate,
+    per: Duration,
     clock: &DefaultClock,
 ) -> Decision {
     match r {
         Ok(s) => {
             let remaining = s.remaining_burst_capacity();
-            let per = Duration::from_secs_f64(1.0 / rate.per_second.max(1e-6));
             Decision::Allowed {
                 limit: rate.burst,
                 remaining,
@@ -180,6 +186,7 @@ impl Shared {
 /// A request-rate limit (one key's, one model's).
 pub struct RequestLimiter {
     rate: Rate,
+    period: Duration,
     local: Direct,
     /// This instance's share while Redis is down.
     fallback: Direct,
@@ -190,6 +197,7 @@ impl RequestLimiter {
     pub fn new(rate: Rate, redis_key: String, instances: u32) -> Self {
         Self {
             rate,
+            period: period(rate),
             local: direct(rate, 1),
             fallback: direct(rate, instances),
             redis_key,
@@ -202,7 +210,12 @@ impl RequestLimiter {
 
     /// The check when limits are not shared (no Redis): synchronous, no allocation.
     pub fn check_local(&self) -> Decision {
-        governor_decision(self.local.check(), self.rate, self.local.clock())
+        governor_decision(
+            self.local.check(),
+            self.rate,
+            self.period,
+            self.local.clock(),
+        )
     }
 
     pub async fn check(&self, shared: Option<&Shared>) -> Decision {
@@ -210,7 +223,12 @@ impl RequestLimiter {
             return self.check_local();
         };
         shared_check(shared, &self.redis_key, self.rate, || {
-            governor_decision(self.fallback.check(), self.rate, self.fallback.clock())
+            governor_decision(
+                self.fallback.check(),
+                self.rate,
+                self.period,
+                self.fallback.clock(),
+            )
         })
         .await
     }
@@ -263,6 +281,7 @@ async fn shared_check(
 /// whole /64, and limiting single addresses would let it rotate through them.
 pub struct IpLimiter {
     rate: Rate,
+    period: Duration,
     local: Keyed,
     fallback: Keyed,
     max_tracked: usize,
@@ -276,6 +295,7 @@ impl IpLimiter {
         };
         Self {
             rate,
+            period: period(rate),
             local: keyed(1),
             fallback: keyed(instances),
             max_tracked,
@@ -300,12 +320,18 @@ impl IpLimiter {
             self.sweep(true);
         }
         let Some(shared) = shared else {
-            return governor_decision(self.local.check_key(&key), self.rate, self.local.clock());
+            return governor_decision(
+                self.local.check_key(&key),
+                self.rate,
+                self.period,
+                self.local.clock(),
+            );
         };
         shared_check(shared, &format!("gw:rl:ip:{key}"), self.rate, || {
             governor_decision(
                 self.fallback.check_key(&key),
                 self.rate,
+                self.period,
                 self.fallback.clock(),
             )
         })

@@ -60,6 +60,17 @@ impl UpstreamFilter {
     }
 }
 
+/// The same names as the starts of HTTP/1.1 lines (one copy where the name and its colon
+/// were two).
+static RATELIMIT_LINES: [&[u8]; 6] = [
+    b"x-ratelimit-limit-requests: ",
+    b"x-ratelimit-remaining-requests: ",
+    b"x-ratelimit-reset-requests: ",
+    b"x-ratelimit-limit-tokens: ",
+    b"x-ratelimit-remaining-tokens: ",
+    b"x-ratelimit-reset-tokens: ",
+];
+
 /// OpenAI's `x-ratelimit-*` names, in the order of `GatewayFields::ratelimit_bit`'s bits.
 static RATELIMIT_NAMES: [HeaderName; 6] = [
     HeaderName::from_static("x-ratelimit-limit-requests"),
@@ -73,7 +84,7 @@ static RATELIMIT_NAMES: [HeaderName; 6] = [
 /// The fields the gateway adds to each answer of the request path: the request id, the replica
 /// and model version that served it, and the caller key's `x-ratelimit-*` figures. They stay
 /// out of the answer's `HeaderMap` (nine inserts, and a map grown for them, per request):
-/// HTTP/1.1 writes them straight into the head (`replaces`, `ratelimit_bit`, `each`), h2 puts
+/// HTTP/1.1 writes them straight into the head (`replaces`, `ratelimit_bit`, `write_lines`), h2 puts
 /// them in the map (`insert_into`). One rule for both: the request id, replica and version
 /// replace an answer's fields of the same name; a rate-limit field the answer has already (a
 /// 429 naming the limit it hit) stays, and the key's figure for that name is left out.
@@ -109,41 +120,53 @@ impl GatewayFields {
             .map_or(0, |i| 1 << i)
     }
 
-    /// Each field's name and value, but the rate-limit fields whose bit is in `present`.
-    /// Numbers and durations are written on the stack: nothing is allocated.
-    pub fn each(&self, present: u8, mut field: impl FnMut(&HeaderName, &[u8])) {
+    /// The fields as HTTP/1.1 lines, written straight into the head, but the rate-limit
+    /// fields whose bit is in `present`. Numbers and durations are written in place: nothing
+    /// is allocated, nor formatted on the side first.
+    pub fn write_lines(&self, present: u8, out: &mut Vec<u8>) {
+        let mut line = |name: &HeaderName, value: &[u8]| {
+            out.extend_from_slice(name.as_str().as_bytes());
+            out.extend_from_slice(b": ");
+            out.extend_from_slice(value);
+            out.extend_from_slice(b"\r\n");
+        };
         if let Some(id) = &self.request_id {
-            field(&REQUEST_ID, id.as_bytes());
+            line(&REQUEST_ID, id.as_bytes());
         }
         for (name, value) in [
             (&REPLICA_HEADER, &self.replica),
             (&VERSION_HEADER, &self.version),
         ] {
             if let Some(v) = value {
-                field(name, v.as_bytes());
+                line(name, v.as_bytes());
             }
         }
-        self.ratelimit(present, |name, text| field(name, text));
+        self.ratelimit(present, |i, figure| {
+            out.extend_from_slice(RATELIMIT_LINES[i]);
+            figure.write(out);
+            out.extend_from_slice(b"\r\n");
+        });
     }
 
-    fn ratelimit(&self, present: u8, mut field: impl FnMut(&HeaderName, &[u8])) {
-        let mut put = |i: usize, value: Text| {
+    /// The rate-limit figures, by their index in `RATELIMIT_NAMES`, but those in `present`.
+    fn ratelimit(&self, present: u8, mut field: impl FnMut(usize, Figure)) {
+        let mut put = |i: usize, figure: Figure| {
             if present & (1 << i) == 0 {
-                field(&RATELIMIT_NAMES[i], value.as_bytes());
+                field(i, figure);
             }
         };
         if let Some((limit, remaining, reset)) = self.requests {
-            put(0, Text::count(limit.into()));
-            put(1, Text::count(remaining.into()));
-            put(2, Text::reset(reset));
+            put(0, Figure::Count(limit.into()));
+            put(1, Figure::Count(remaining.into()));
+            put(2, Figure::Reset(reset));
         }
         if let Some((tpm, left)) = self.tokens {
-            put(3, Text::count(tpm));
-            put(4, Text::count(left));
+            put(3, Figure::Count(tpm));
+            put(4, Figure::Count(left));
             let missing = tpm.saturating_sub(left) as f64;
             put(
                 5,
-                Text::reset(Duration::from_secs_f64(
+                Figure::Reset(Duration::from_secs_f64(
                     missing / (tpm.max(1) as f64 / 60.0),
                 )),
             );
@@ -155,9 +178,11 @@ impl GatewayFields {
         let present = h
             .keys()
             .fold(0, |p, n| p | Self::ratelimit_bit(n.as_str().as_bytes()));
-        self.ratelimit(present, |name, text| {
-            if let Ok(v) = HeaderValue::from_bytes(text) {
-                h.insert(name, v);
+        self.ratelimit(present, |i, figure| {
+            let mut text = Vec::with_capacity(24);
+            figure.write(&mut text);
+            if let Ok(v) = HeaderValue::from_bytes(&text) {
+                h.insert(&RATELIMIT_NAMES[i], v);
             }
         });
         for (name, value) in [
@@ -172,38 +197,25 @@ impl GatewayFields {
     }
 }
 
-/// A short field value written on the stack.
-struct Text {
-    buf: [u8; 32],
-    len: usize,
+/// A rate-limit figure: a count, or the time until the room is back.
+#[derive(Clone, Copy)]
+enum Figure {
+    Count(u64),
+    Reset(Duration),
 }
 
-impl Text {
-    fn count(n: u64) -> Self {
-        let mut digits = [0u8; 20];
-        Self::from(crate::codec::decimal(n, &mut digits))
-    }
-
-    fn reset(d: Duration) -> Self {
-        let mut buf = [0u8; 32];
-        let mut rest = &mut buf[..];
-        // 32 bytes hold any duration's text ("5124095576030431h0m15s" at most).
-        let _ = crate::limits::OpenAiDuration(d).write_to(&mut rest);
-        let len = 32 - rest.len();
-        Self { buf, len }
-    }
-
-    fn from(bytes: &[u8]) -> Self {
-        let mut buf = [0u8; 32];
-        buf[..bytes.len()].copy_from_slice(bytes);
-        Self {
-            buf,
-            len: bytes.len(),
+impl Figure {
+    fn write(self, out: &mut Vec<u8>) {
+        match self {
+            Self::Count(n) => {
+                let mut digits = [0u8; 20];
+                out.extend_from_slice(crate::codec::decimal(n, &mut digits));
+            }
+            // Writing to a `Vec` does not fail.
+            Self::Reset(d) => {
+                let _ = crate::limits::OpenAiDuration(d).write_to(out);
+            }
         }
-    }
-
-    fn as_bytes(&self) -> &[u8] {
-        &self.buf[..self.len]
     }
 }
 
@@ -241,6 +253,62 @@ mod tests {
             let kept: Vec<&[u8]> = h.iter().map(|(n, _)| n).filter(|n| f.keeps(n)).collect();
             assert_eq!(kept, [&b"content-type"[..], b"x-trace"], "{name}");
         }
+    }
+
+    #[test]
+    fn line_starts_are_the_names() {
+        for (line, name) in RATELIMIT_LINES.iter().zip(&RATELIMIT_NAMES) {
+            assert_eq!(*line, [name.as_str().as_bytes(), b": "].concat());
+        }
+    }
+
+    #[test]
+    fn http1_lines_and_h2_fields_say_the_same() {
+        let g = || GatewayFields {
+            request_id: Some(super::super::request_id::generate()),
+            replica: Some(HeaderValue::from_static("r1")),
+            version: None,
+            requests: Some((100, 99, Duration::from_millis(10))),
+            tokens: Some((6000, 3000)),
+        };
+        let fields = g();
+        let id = fields.request_id.clone().unwrap();
+        // The answer had its own x-ratelimit-remaining-requests: that one stays.
+        let present = GatewayFields::ratelimit_bit(b"x-ratelimit-remaining-requests");
+        let mut out = Vec::new();
+        fields.write_lines(present, &mut out);
+        let want = format!(
+            "x-request-id: {}\r\nx-gateway-replica: r1\r\n\
+             x-ratelimit-limit-requests: 100\r\nx-ratelimit-reset-requests: 10ms\r\n\
+             x-ratelimit-limit-tokens: 6000\r\nx-ratelimit-remaining-tokens: 3000\r\n\
+             x-ratelimit-reset-tokens: 30s\r\n",
+            id.as_str()
+        );
+        assert_eq!(String::from_utf8(out).unwrap(), want);
+        let mut h = HeaderMap::new();
+        h.insert(
+            "x-ratelimit-remaining-requests",
+            HeaderValue::from_static("7"),
+        );
+        g().insert_into(&mut h);
+        let mut lines: Vec<String> = h
+            .iter()
+            .filter(|(n, _)| *n != REQUEST_ID)
+            .map(|(n, v)| format!("{n}: {}", v.to_str().unwrap()))
+            .collect();
+        lines.sort();
+        assert_eq!(
+            lines,
+            [
+                "x-gateway-replica: r1",
+                "x-ratelimit-limit-requests: 100",
+                "x-ratelimit-limit-tokens: 6000",
+                "x-ratelimit-remaining-requests: 7",
+                "x-ratelimit-remaining-tokens: 3000",
+                "x-ratelimit-reset-requests: 10ms",
+                "x-ratelimit-reset-tokens: 30s",
+            ]
+        );
     }
 
     #[test]
