@@ -419,16 +419,18 @@ fn build_head(line: Line, data: &Bytes) -> Result<(Head, Framing, bool), Gateway
     let bad = GatewayError::MalformedRequest;
     // The usual origin-form target (`/v1/...`) is its path and query: no `Uri` is built.
     let target = &data[range(line.target)];
-    let path = if let Some(known) = known_path(target) {
-        known
-    } else if target.first() == Some(&b'/') {
-        let target = data.slice(range(line.target));
-        PathAndQuery::from_maybe_shared(target).map_err(|_| bad("bad request target"))?
-    } else {
-        let target = data.slice(range(line.target));
-        crate::proxy::path_of(
-            Uri::from_maybe_shared(target).map_err(|_| bad("bad request target"))?,
-        )
+    let path = match known_path(target) {
+        Some(known) => known,
+        None => {
+            let shared = data.slice(range(line.target));
+            if target.first() == Some(&b'/') {
+                PathAndQuery::from_maybe_shared(shared).map_err(|_| bad("bad request target"))?
+            } else {
+                crate::proxy::path_of(
+                    Uri::from_maybe_shared(shared).map_err(|_| bad("bad request target"))?,
+                )
+            }
+        }
     };
     let version = line.version;
     let mut length: Option<u64> = None;
@@ -890,7 +892,7 @@ struct AnswerFields<'a> {
 }
 
 /// One `name: value` line.
-fn field_line(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
+pub(crate) fn field_line(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
     out.extend_from_slice(name);
     out.extend_from_slice(b": ");
     out.extend_from_slice(value);

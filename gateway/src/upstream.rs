@@ -202,15 +202,9 @@ impl Conn {
         h.extend_from_slice(host.as_bytes());
         h.extend_from_slice(b"\r\n");
         // A field the client's head holds as this writes it goes in whole, in one copy.
-        let mut put = |name: &[u8], value: &[u8], whole: Option<&[u8]>| {
-            if let Some(line) = whole {
-                h.extend_from_slice(line);
-                return;
-            }
-            h.extend_from_slice(name);
-            h.extend_from_slice(b": ");
-            h.extend_from_slice(value);
-            h.extend_from_slice(b"\r\n");
+        let mut put = |name: &[u8], value: &[u8], whole: Option<&[u8]>| match whole {
+            Some(line) => h.extend_from_slice(line),
+            None => crate::h1::field_line(h, name, value),
         };
         headers.each(|name, value, whole| {
             // Framing and routing are the gateway's to set, whatever the client sent.

@@ -124,21 +124,16 @@ impl GatewayFields {
     /// fields whose bit is in `present`. Numbers and durations are written in place: nothing
     /// is allocated, nor formatted on the side first.
     pub fn write_lines(&self, present: u8, out: &mut Vec<u8>) {
-        let mut line = |name: &HeaderName, value: &[u8]| {
-            out.extend_from_slice(name.as_str().as_bytes());
-            out.extend_from_slice(b": ");
-            out.extend_from_slice(value);
-            out.extend_from_slice(b"\r\n");
-        };
+        let line = crate::h1::field_line;
         if let Some(id) = &self.request_id {
-            line(&REQUEST_ID, id.as_bytes());
+            line(out, REQUEST_ID.as_str().as_bytes(), id.as_bytes());
         }
         for (name, value) in [
             (&REPLICA_HEADER, &self.replica),
             (&VERSION_HEADER, &self.version),
         ] {
             if let Some(v) = value {
-                line(name, v.as_bytes());
+                line(out, name.as_str().as_bytes(), v.as_bytes());
             }
         }
         self.ratelimit(present, |i, figure| {

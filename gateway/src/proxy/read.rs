@@ -131,19 +131,15 @@ impl<'a> Found<'a> {
 /// An error: what was wrong, and at which byte.
 type ScanError = (&'static str, usize);
 
-/// A JSON scanner over the body's text (RFC 8259, as `serde_json` reads it).
+/// A JSON scanner over the body's bytes (RFC 8259, as `serde_json` reads it).
 struct Scanner<'a> {
     bytes: &'a [u8],
     at: usize,
 }
 
 impl<'a> Scanner<'a> {
-    fn bytes(&self) -> &'a [u8] {
-        self.bytes
-    }
-
     fn peek(&self) -> Option<u8> {
-        self.bytes().get(self.at).copied()
+        self.bytes.get(self.at).copied()
     }
 
     fn fail<T>(&self, what: &'static str) -> Result<T, ScanError> {
@@ -278,7 +274,7 @@ impl<'a> Scanner<'a> {
     fn count(&mut self) -> Result<u64, ScanError> {
         let start = self.at;
         self.number()?;
-        let digits = &self.bytes()[start..self.at];
+        let digits = &self.bytes[start..self.at];
         if !digits.iter().all(u8::is_ascii_digit) {
             self.at = start;
             return self.fail("invalid type: expected a non-negative integer");
