@@ -61,18 +61,13 @@ pub fn now() -> Instant {
 pub fn now_ns() -> u64 {
     NOW.with(|c| match c.get() {
         Cached::At(_, ns) if ns != 0 => ns,
-        Cached::At(t, _) => {
-            let ns = since_origin(t);
-            c.set(Cached::At(t, ns));
-            ns
-        }
-        Cached::Empty => {
-            let t = Instant::now();
-            let ns = since_origin(t);
-            c.set(Cached::At(t, ns));
-            ns
-        }
         Cached::Off => since_origin(Instant::now()),
+        Cached::At(..) | Cached::Empty => {
+            let t = now();
+            let ns = since_origin(t);
+            c.set(Cached::At(t, ns));
+            ns
+        }
     })
 }
 

@@ -321,7 +321,7 @@ impl VersionHandles {
 pub fn refresh(app: &AppState) {
     let m = &app.metrics;
     let snap = app.snapshot();
-    let now = crate::balance::now_ns();
+    let now = crate::clock::now_ns();
     m.queue_size.reset();
     for model in &snap.config.models {
         let queued = snap.routes.get(&model.name).map_or(0, |r| {

@@ -272,7 +272,7 @@ impl AppState {
         if self.is_draining() {
             return false;
         }
-        let now = crate::balance::now_ns();
+        let now = crate::clock::now_ns();
         self.snapshot().routes.values().all(|r| {
             r.versions
                 .get(r.stable)
@@ -284,7 +284,7 @@ impl AppState {
 impl Route {
     /// Whether one more replica of this model may be ejected within `max_percent`.
     pub fn may_eject_one_more(&self, max_percent: f64) -> bool {
-        let now = crate::balance::now_ns();
+        let now = crate::clock::now_ns();
         let eps = self.versions.iter().flat_map(|p| &p.endpoints);
         let (total, ejected) = eps.fold((0usize, 0usize), |(t, e), ep| {
             (t + 1, e + usize::from(ep.is_ejected(now)))

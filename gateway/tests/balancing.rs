@@ -161,7 +161,7 @@ async fn a_killed_replica_costs_no_request_is_ejected_and_comes_back_after_resta
     drop(victim);
     assert_eq!(drive(&gw, 600, 4).await, 0, "clients saw errors");
     assert!(ep.ejections_total() >= 1, "not ejected after max_fails");
-    let now = gateway::balance::now_ns();
+    let now = gateway::clock::now_ns();
     assert!(!ep.is_routable(now));
 
     // Restart on the same port: back within healthy_threshold probes (2 × 100 ms, plus slack).
@@ -176,7 +176,7 @@ async fn a_killed_replica_costs_no_request_is_ejected_and_comes_back_after_resta
     .unwrap();
     let back_at = Instant::now();
     let back = eventually(Duration::from_secs(2), || {
-        ep.is_routable(gateway::balance::now_ns())
+        ep.is_routable(gateway::clock::now_ns())
     })
     .await;
     assert!(back, "restarted replica not back in rotation");

@@ -26,7 +26,8 @@ use bytes::Bytes;
 use http::{header, HeaderValue, Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
 
-use crate::balance::{now_ns, Endpoint};
+use crate::balance::Endpoint;
+use crate::clock::now_ns;
 use crate::control::{self, Change, ChangeError};
 use crate::error::error_response;
 use crate::proxy::body::ResponseBody;

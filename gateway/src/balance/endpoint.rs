@@ -20,6 +20,7 @@ use http::HeaderValue;
 use tokio::time::Instant;
 
 use super::queue::PoolQueue;
+use crate::clock::now_ns;
 use crate::config::{HealthConfig, ReplicaConfig};
 
 pub use crate::upstream::{Conn, ConnectError};
@@ -30,9 +31,6 @@ const MAX_IDLE_PER_REPLICA: usize = 1024;
 /// Floor of the latency estimate in the p2c cost, so that in-flight counts still separate
 /// replicas whose measured latency is near zero (or not measured yet).
 const EWMA_FLOOR_NS: f64 = 100_000.0;
-
-/// Monotonic nanoseconds since the first call (tokio's clock, so paused-time tests work).
-pub use crate::clock::now_ns;
 
 struct IdleConn {
     conn: Conn,

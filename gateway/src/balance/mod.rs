@@ -18,13 +18,14 @@ use std::time::Duration;
 
 use http::HeaderValue;
 
-pub use endpoint::{now_ns, Endpoint, EndpointRegistry, InflightGuard};
+pub use endpoint::{Endpoint, EndpointRegistry, InflightGuard};
 pub use least_inflight::LeastInflight;
 pub use p2c::P2cEwma;
 pub use queue::{PoolQueue, Ticket};
 pub use round_robin::RoundRobin;
 pub use weighted::SmoothWeighted;
 
+use crate::clock::now_ns;
 use crate::config::{BalancerKind, QueueConfig, VersionConfig};
 
 /// What a balancer may look at for one pick.

@@ -40,7 +40,7 @@ pub struct VersionStats {
 }
 
 fn now_second() -> u64 {
-    crate::balance::now_ns() / 1_000_000_000
+    crate::clock::now_ns() / 1_000_000_000
 }
 
 impl VersionStats {

@@ -147,14 +147,13 @@ impl Shared {
     }
 
     fn usable(&self) -> bool {
-        !self.is_degraded()
-            || crate::balance::now_ns() >= self.retry_after_ns.load(Ordering::Relaxed)
+        !self.is_degraded() || crate::clock::now_ns() >= self.retry_after_ns.load(Ordering::Relaxed)
     }
 
     fn failed(&self, why: &redis::RedisError) {
         self.metrics.ratelimit_redis_errors.inc();
         self.retry_after_ns
-            .store(crate::balance::now_ns() + 1_000_000_000, Ordering::Relaxed);
+            .store(crate::clock::now_ns() + 1_000_000_000, Ordering::Relaxed);
         if !self.degraded.swap(true, Ordering::Relaxed) {
             self.metrics.ratelimit_degraded.set(1);
             tracing::error!(error = %why, fallback = ?self.client.config().fallback,
@@ -341,7 +340,7 @@ impl IpLimiter {
     /// Drops the state of addresses that are back to a full bucket (indistinguishable from
     /// never seen). Runs on a timer, and early (at most once a second) when over the cap.
     pub fn sweep(&self, early: bool) {
-        let now = crate::balance::now_ns();
+        let now = crate::clock::now_ns();
         let last = self.last_sweep_ns.load(Ordering::Relaxed);
         if early && now.saturating_sub(last) < 1_000_000_000 {
             return;
