@@ -394,32 +394,13 @@ fn request_line(req: &httparse::Request<'_, '_>, buf: &[u8]) -> Result<Line, Gat
     })
 }
 
-/// The API's own paths, checked once: most requests name one of them, and `PathAndQuery`
-/// checks a target byte by byte (about 270 instructions for `/v1/chat/completions`). A clone
-/// of a static one copies a pointer.
-fn known_path(target: &[u8]) -> Option<PathAndQuery> {
-    static KNOWN: std::sync::LazyLock<[PathAndQuery; 4]> = std::sync::LazyLock::new(|| {
-        [
-            "/v1/chat/completions",
-            "/v1/completions",
-            "/v1/embeddings",
-            "/v1/models",
-        ]
-        .map(PathAndQuery::from_static)
-    });
-    KNOWN
-        .iter()
-        .find(|p| p.as_str().as_bytes() == target)
-        .cloned()
-}
-
 /// The head, its body's framing and whether the client waits for `100 Continue`. (httparse has
 /// checked the names are tokens and the values hold no control characters.)
 fn build_head(line: Line, data: &Bytes) -> Result<(Head, Framing, bool), GatewayError> {
     let bad = GatewayError::MalformedRequest;
     // The usual origin-form target (`/v1/...`) is its path and query: no `Uri` is built.
     let target = &data[range(line.target)];
-    let path = match known_path(target) {
+    let path = match crate::proxy::known_path(target) {
         Some(known) => known,
         None => {
             let shared = data.slice(range(line.target));
@@ -1015,7 +996,7 @@ mod tests {
             let parsed = PathAndQuery::from_maybe_shared(Bytes::from(target)).unwrap();
             assert_eq!(head.path, parsed);
             assert_eq!(head.path.query(), parsed.query());
-            let found = known_path(target.as_bytes());
+            let found = crate::proxy::known_path(target.as_bytes());
             assert_eq!(found.is_some(), known, "{target}");
             assert!(found.is_none_or(|k| k == parsed && k.query().is_none()));
         }
