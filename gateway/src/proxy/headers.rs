@@ -108,8 +108,8 @@ impl GatewayFields {
             || (self.version.is_some() && name == VERSION_HEADER.as_str().as_bytes())
     }
 
-    /// Which rate-limit field `name` (lowercase) is, as a bit for `each`'s `present`; 0 for
-    /// other names.
+    /// Which rate-limit field `name` (lowercase) is, as a bit for `write_lines`'s `present`; 0
+    /// for other names.
     pub fn ratelimit_bit(name: &[u8]) -> u8 {
         if !name.starts_with(b"x-ratelimit-") {
             return 0;

@@ -197,14 +197,12 @@ impl<'a> Scanner<'a> {
                     return self.fail("duplicate field");
                 }
                 seen |= bit;
-                match &*key {
-                    b"model" => found.model = self.null_or(|s| s.string_value())?,
-                    b"stream" => found.stream = self.null_or(Self::boolean)?,
-                    b"max_tokens" => found.max_tokens = self.null_or(Self::count)?,
-                    b"max_completion_tokens" => {
-                        found.max_completion_tokens = self.null_or(Self::count)?;
-                    }
-                    b"stream_options" => {
+                match bit {
+                    1 => found.model = self.null_or(|s| s.string_value())?,
+                    2 => found.stream = self.null_or(Self::boolean)?,
+                    4 => found.max_tokens = self.null_or(Self::count)?,
+                    8 => found.max_completion_tokens = self.null_or(Self::count)?,
+                    16 => {
                         self.skip_value()?;
                         found.stream_options = true;
                     }
