@@ -82,6 +82,32 @@ pub fn lowercase_names(head: &mut [u8], spans: &[Span]) {
     }
 }
 
+/// The values of the fields of one name: [`Fields::get_all`].
+pub struct Values<'a> {
+    name: &'a [u8],
+    from: Source<'a>,
+}
+
+enum Source<'a> {
+    Spans(&'a [u8], std::slice::Iter<'a, Span>),
+    Map(http::header::ValueIter<'a, HeaderValue>),
+    Empty,
+}
+
+impl<'a> Iterator for Values<'a> {
+    type Item = &'a [u8];
+
+    fn next(&mut self) -> Option<&'a [u8]> {
+        match &mut self.from {
+            Source::Spans(head, spans) => spans
+                .find(|s| s.name_in(head) == self.name)
+                .map(|s| s.value_in(head)),
+            Source::Map(values) => values.next().map(HeaderValue::as_bytes),
+            Source::Empty => None,
+        }
+    }
+}
+
 /// The span of the first field called `name`.
 fn first<'a>(head: &[u8], spans: &'a [Span], name: &str) -> Option<&'a Span> {
     spans.iter().find(|s| s.name_in(head) == name.as_bytes())
@@ -153,11 +179,19 @@ impl Fields {
         }
     }
 
-    /// The values of the fields called `name` (lowercase), in order.
-    pub fn get_all<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a [u8]> + 'a {
-        self.iter()
-            .filter(move |(n, _)| *n == name.as_bytes())
-            .map(|(_, v)| v)
+    /// The values of the fields called `name` (lowercase), in order. A search of the spans
+    /// (or the map's own lookup), not a filter over [`Fields::iter`]'s chain: for the
+    /// `Connection` fields of every request that walk cost about 400 instructions.
+    pub fn get_all<'a>(&'a self, name: &'a str) -> Values<'a> {
+        let from = match self {
+            Self::Spans(s) => Source::Spans(&s.head, s.spans.iter()),
+            Self::Map(m) => Source::Map(m.get_all(name).into_iter()),
+            Self::Empty => Source::Empty,
+        };
+        Values {
+            name: name.as_bytes(),
+            from,
+        }
     }
 
     /// The first value of the field called `name` (lowercase).
