@@ -138,6 +138,11 @@ impl RequestBody<'_> {
         let Some(dec) = decoder.as_mut() else {
             return Ok(Bytes::new());
         };
+        // A declared length too long fails before any of it is read (or asked for with a
+        // `100 Continue`).
+        if dec.remaining().is_some_and(|n| n > max as u64) {
+            return Err(GatewayError::BodyTooLarge { limit: max });
+        }
         let mut out = BytesMut::with_capacity(dec.remaining().map_or(READ_SIZE, |n| {
             usize::try_from(n).unwrap_or(usize::MAX).min(max)
         }));

@@ -110,6 +110,26 @@ async fn bodies_over_the_cap_are_413_with_or_without_content_length() {
     assert_eq!(m.stats.requests.load(Ordering::Relaxed), 1);
 }
 
+/// A declared length over the cap is refused from the head: no byte of the body is waited for,
+/// and a client that asked to be told first (`Expect: 100-continue`) is never told to send it.
+#[tokio::test]
+async fn a_declared_length_over_the_cap_is_413_before_the_body_is_read() {
+    let (m, gw) = setup("[server]\nmax_body_bytes = 1024\n").await;
+    for expect in ["", "Expect: 100-continue\r\n"] {
+        let head = format!(
+            "POST /v1/chat/completions HTTP/1.1\r\nHost: g\r\nContent-Length: 1025\r\n{expect}\r\n"
+        );
+        // Only the head is sent, and the connection stays open: an answer must come without
+        // the body.
+        let (resp, _) = raw(gw.addr, head.as_bytes(), Duration::from_secs(3)).await;
+        assert!(!resp.contains("100 Continue"), "{resp}");
+        let (status, body) = parse_raw(&resp);
+        assert_eq!(status, 413, "{expect:?}: {resp}");
+        assert_openai_error(&body, "request_too_large");
+    }
+    assert_eq!(m.stats.requests.load(Ordering::Relaxed), 0);
+}
+
 #[tokio::test]
 async fn content_length_with_transfer_encoding_is_rejected_and_the_connection_closed() {
     let (m, gw) = setup("").await;

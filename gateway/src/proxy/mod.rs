@@ -295,13 +295,10 @@ async fn serve(
     let ClientRequest {
         path, fields, body, ..
     } = req;
-    let content_length = fields
-        .get("content-length")
-        .and_then(crate::codec::content_length);
     // Stage 4: body, then peek.
     let body = read::read_body(
         body,
-        content_length,
+        &fields,
         server.max_body_bytes,
         // From the moment the head was read: one clock reading less per request.
         trace.started + server.body_read_timeout,

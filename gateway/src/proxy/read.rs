@@ -8,6 +8,7 @@ use http_body_util::BodyExt;
 use hyper::body::Incoming;
 
 use crate::error::GatewayError;
+use crate::fields::Fields;
 
 /// A request's body: from hyper (TLS, HTTP/2), or from the gateway's own HTTP/1.1 server
 /// (`crate::h1`), which reads it from the connection when asked.
@@ -16,20 +17,24 @@ pub enum ClientBody<'a> {
     H1(crate::h1::RequestBody<'a>),
 }
 
-/// Collects the request body. `content_length` lets an oversized body fail before any read.
+/// Collects the request body. A declared length above `max` fails before any read (HTTP/1.1's
+/// reader knows its length from the head it parsed; an h2 request's is read from `fields`).
 pub async fn read_body(
     body: ClientBody<'_>,
-    content_length: Option<u64>,
+    fields: &Fields,
     max: usize,
     deadline: tokio::time::Instant,
 ) -> Result<Bytes, GatewayError> {
-    if content_length.is_some_and(|n| n > max as u64) {
-        return Err(GatewayError::BodyTooLarge { limit: max });
-    }
     let mut body = match body {
         ClientBody::H1(body) => return body.read_all(max, deadline).await,
         ClientBody::Hyper(body) => body,
     };
+    let content_length = fields
+        .get("content-length")
+        .and_then(crate::codec::content_length);
+    if content_length.is_some_and(|n| n > max as u64) {
+        return Err(GatewayError::BodyTooLarge { limit: max });
+    }
     let mut first: Option<Bytes> = None;
     let mut rest: Option<BytesMut> = None;
     let mut total = 0usize;
