@@ -718,12 +718,12 @@ fn frame_response(
     let no_body_allowed = status.is_informational()
         || status == StatusCode::NO_CONTENT
         || status == StatusCode::NOT_MODIFIED;
+    // A replica's answer: its body knows its length, and whether the meter keeps it (a
+    // replica's `Content-Length` field is passed over, not reparsed).
     let length = parts
         .headers
         .get(header::CONTENT_LENGTH)
-        .map(|v| v.as_bytes())
-        .or_else(|| upstream.as_ref().and_then(|f| f.get("content-length")))
-        .and_then(content_length)
+        .and_then(|v| content_length(v.as_bytes()))
         .or_else(|| body.size_hint().exact());
     let framing = match length {
         _ if no_body_allowed => Out::Nothing,

@@ -75,6 +75,11 @@ impl SseMeter {
         }
     }
 
+    /// Whether it may take bytes out of what it forwards.
+    pub fn strips(&self) -> bool {
+        self.strip_usage
+    }
+
     /// Feeds one chunk; returns what to forward. Without stripping that is the chunk itself,
     /// at once. With stripping, complete events only (a partial event waits for its end).
     pub fn feed(&mut self, chunk: Bytes) -> Bytes {

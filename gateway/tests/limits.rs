@@ -395,3 +395,123 @@ async fn a_model_wide_limit_applies_to_every_caller() {
     .await;
     passes_then_429(gw.addr, 3, "model").await;
 }
+
+/// A replica that sends each answer in one piece framed by `Content-Length` (as a buffering
+/// server might), a stream included: the usage event in it.
+async fn length_framed_stream_replica() -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut got = Vec::new();
+                let mut buf = vec![0u8; 65536];
+                loop {
+                    // One whole request (head and Content-Length body), then its answer.
+                    let whole = |got: &[u8]| {
+                        let end = got.windows(4).position(|w| w == b"\r\n\r\n")? + 4;
+                        let head = String::from_utf8_lossy(&got[..end]).to_lowercase();
+                        let length: usize = head
+                            .lines()
+                            .find_map(|l| l.strip_prefix("content-length: "))
+                            .map_or(0, |v| v.trim().parse().unwrap());
+                        (got.len() >= end + length).then_some(end + length)
+                    };
+                    while whole(&got).is_none() {
+                        match s.read(&mut buf).await {
+                            Ok(n) if n > 0 => got.extend_from_slice(&buf[..n]),
+                            _ => return,
+                        }
+                    }
+                    let used = whole(&got).unwrap();
+                    got.drain(..used);
+                    let body = "data: {\"choices\":[{\"index\":0,\"delta\":{\"content\":\"hi\"}}]}\n\n\
+                                data: {\"choices\":[],\"usage\":{\"prompt_tokens\":5,\"completion_tokens\":1,\"total_tokens\":6}}\n\n\
+                                data: [DONE]\n\n";
+                    let answer = format!(
+                        "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ncontent-length: {}\r\n\r\n{body}",
+                        body.len()
+                    );
+                    if s.write_all(answer.as_bytes()).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    url
+}
+
+/// The usage event the gateway asked for on a client's behalf is taken out of a stream the
+/// replica framed by length: the replica's length is then not the answer's. HTTP/1.1 clients
+/// get the answer chunked, h2 clients without the replica's `content-length`; both get all of
+/// it, and no usage.
+#[tokio::test]
+async fn a_length_framed_stream_that_loses_its_usage_event_is_not_sent_with_that_length() {
+    let url = length_framed_stream_replica().await;
+    let gw = TestGateway::start(&keys_config(
+        &[url],
+        NO_PROBES,
+        "tokens_per_minute = 100000",
+        "",
+    ))
+    .await;
+    let body = serde_json::json!({"model": MODEL, "stream": true,
+        "messages": [{"role": "user", "content": "Hi"}]});
+    let check = |text: &str| {
+        assert!(text.contains("\"hi\""), "{text}");
+        assert!(text.ends_with("data: [DONE]\n\n"), "{text}");
+        assert!(!text.contains("usage"), "{text}");
+    };
+    let r = tokio::time::timeout(
+        Duration::from_secs(5),
+        with_key(gw.addr, KEY_A, body.clone()),
+    )
+    .await
+    .expect("the answer ended");
+    assert_eq!(r.status, 200);
+    check(&String::from_utf8_lossy(&r.body));
+    // h2: hyper writes the head from the map.
+    let stream = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+    let (mut sender, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(stream),
+    )
+    .await
+    .unwrap();
+    tokio::spawn(conn);
+    let req = http::Request::builder()
+        .method("POST")
+        .uri(format!("http://{}/v1/chat/completions", gw.addr))
+        .header("content-type", "application/json")
+        .header("authorization", format!("Bearer {KEY_A}"))
+        .body(http_body_util::Full::new(bytes::Bytes::from(
+            body.to_string(),
+        )))
+        .unwrap();
+    let resp = sender.send_request(req).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    assert!(!resp.headers().contains_key("content-length"));
+    let got = tokio::time::timeout(
+        Duration::from_secs(5),
+        http_body_util::BodyExt::collect(resp.into_body()),
+    )
+    .await
+    .expect("the answer ended")
+    .unwrap()
+    .to_bytes();
+    check(&String::from_utf8_lossy(&got));
+    // Without stripping (the client asked for usage itself) the replica's length holds.
+    let mut asked = body;
+    asked["stream_options"] = serde_json::json!({"include_usage": true});
+    let r = with_key(gw.addr, KEY_A, asked).await;
+    assert_eq!(r.status, 200);
+    assert!(String::from_utf8_lossy(&r.body).contains("\"usage\""));
+    assert_eq!(
+        r.headers
+            .get("content-length")
+            .map(|v| v.to_str().unwrap().parse::<usize>().unwrap()),
+        Some(r.body.len())
+    );
+}

@@ -497,14 +497,22 @@ impl Body for UpstreamBody {
         (self.inner.is_end() || self.conn.is_none()) && self.deferred.is_none()
     }
 
+    /// The replica's length where the meter forwards every byte: the answer's length (the
+    /// HTTP/1.1 writer frames it so; the replica's `Content-Length` field is not trusted for
+    /// it). A meter that takes out a usage event the gateway asked for promises only an upper
+    /// bound: such an answer goes out chunked.
     fn size_hint(&self) -> SizeHint {
-        // The meter may take bytes out (an injected usage event): only an unmetered length
-        // would be exact, so promise none.
-        let mut h = SizeHint::new();
-        if let Some(upper) = self.inner.remaining() {
-            h.set_upper(upper);
+        match self.inner.remaining() {
+            Some(n) if !self.meter.sse.as_ref().is_some_and(SseMeter::strips) => {
+                SizeHint::with_exact(n)
+            }
+            Some(upper) => {
+                let mut h = SizeHint::new();
+                h.set_upper(upper);
+                h
+            }
+            None => SizeHint::new(),
         }
-        h
     }
 }
 

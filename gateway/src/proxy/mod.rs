@@ -160,7 +160,15 @@ impl Answer {
     pub fn into_response(self) -> Response<ResponseBody> {
         let mut response = self.response;
         if let Some(replica) = self.upstream {
-            response.headers_mut().extend(replica.into_map());
+            let mut fields = replica.into_map();
+            // A length the meter will not keep (see `UpstreamBody::size_hint`) is not claimed.
+            if http_body::Body::size_hint(response.body())
+                .exact()
+                .is_none()
+            {
+                fields.remove(header::CONTENT_LENGTH);
+            }
+            response.headers_mut().extend(fields);
         }
         self.fields.insert_into(response.headers_mut());
         response
