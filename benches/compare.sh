@@ -150,23 +150,43 @@ run_case() { # case target port pids args...
 }
 
 echo "== measuring: $ROUNDS rounds, ${SECS}s per run"
+# Each phase measures every target back to back, so the runs compared are seconds apart, not
+# a minute: the host's load drifts on that scale. The order rotates each round, so no target is
+# always first (after another phase's cleanup) or last.
+ports_of() { # target -> P (request/response port), PIDS_T, SP (stream port), SPIDS
+  case $1 in
+    direct) P=${PORTS_fast[0]}; PIDS_T=""; SP=${PORTS_stream[0]}; SPIDS="" ;;
+    nginx) P=$NGINX_FAST_PORT; PIDS_T=$NGINX_FAST_PIDS; SP=$NGINX_STREAM_PORT; SPIDS=$NGINX_STREAM_PIDS ;;
+    gateway) P=$GW_FAST_PORT; PIDS_T=$GW_FAST_PID; SP=$GW_STREAM_PORT; SPIDS=$GW_STREAM_PID ;;
+    bare) P=$GW_BARE_PORT; PIDS_T=$GW_BARE_PID ;;
+  esac
+}
+rotated() { # round targets... -> the targets, starting at the round's position in the list
+  local r=$1; shift
+  local all=("$@")
+  local k=$(( (r - 1) % ${#all[@]} ))
+  echo "${all[@]:k}" "${all[@]:0:k}"
+}
 for round in $(seq 1 "$ROUNDS"); do
-  for target in direct nginx gateway; do
-    case $target in
-      direct) P=${PORTS_fast[0]}; PIDS_T=""; SP=${PORTS_stream[0]} ;;
-      nginx) P=$NGINX_FAST_PORT; PIDS_T=$NGINX_FAST_PIDS; SP=$NGINX_STREAM_PORT ;;
-      gateway) P=$GW_FAST_PORT; PIDS_T=$GW_FAST_PID; SP=$GW_STREAM_PORT ;;
-    esac
-    echo "   round $round: $target"
+  echo "   round $round"
+  for target in $(rotated "$round" direct nginx gateway bare); do
+    ports_of "$target"
     run_case max "$target" "$P" "$PIDS_T" --concurrency 64 --duration "$SECS"
+  done
+  for target in $(rotated "$round" direct nginx gateway); do
+    ports_of "$target"
     run_case rate "$target" "$P" "$PIDS_T" --rate 1000 --concurrency 512 --duration "$SECS"
-    [ "$target" = gateway ] && run_case max bare "$GW_BARE_PORT" "$GW_BARE_PID" --concurrency 64 --duration "$SECS"
-    SPIDS=$([ "$target" = nginx ] && echo "$NGINX_STREAM_PIDS" || ([ "$target" = gateway ] && echo "$GW_STREAM_PID" || echo ""))
-    # Streams of ~1 s: the first 2 s (every connection opened at once) run unmeasured; the
-    # first wave is what the 10,000-stream run below shows.
+  done
+  # Streams of ~1 s: the first 2 s (every connection opened at once) run unmeasured; the
+  # first wave is what the 10,000-stream run below shows.
+  for target in $(rotated "$round" direct nginx gateway); do
+    ports_of "$target"
     run_case streams "$target" "$SP" "$SPIDS" --stream --concurrency "$STREAMS" --duration "$((SECS + 2))" --warmup 2
-    # The same number of open streams with arrivals spread out: $STREAMS new streams a second,
-    # each about 1 s long (open loop), instead of every client starting in lockstep.
+  done
+  # The same number of open streams with arrivals spread out: $STREAMS new streams a second,
+  # each about 1 s long (open loop), instead of every client starting in lockstep.
+  for target in $(rotated "$round" direct nginx gateway); do
+    ports_of "$target"
     run_case spread "$target" "$SP" "$SPIDS" --stream --rate "$STREAMS" --concurrency "$((STREAMS * 3))" --duration "$((SECS + 2))" --warmup 2
   done
 done
@@ -243,13 +263,19 @@ if int(big) > 0 and cpu.get(("big", "nginx")):
     rows.append(f"| {big} streams: failed | {bn['failed'] if bn else 'n/a'} | {bg['failed'] if bg else 'n/a'} | |")
     if bn and bg and bn.get("ttft_ms") and bg.get("ttft_ms"):
         row(f"TTFT at {big} streams opened at once, p99 (replica: 100 ms)", bn["ttft_ms"]["p99"], bg["ttft_ms"]["p99"], "ms", "{:.0f}")
+def paired(case, f):
+    pairs = [(load(case, "gateway", r), load(case, "nginx", r)) for r in range(1, rounds + 1)]
+    return ", ".join(f"{f(g) / f(n):.2f}×" for g, n in pairs if g and n and f(n)) or "n/a"
+def paired_cpu(case):
+    g, n = cpu.get((case, "gateway"), []), cpu.get((case, "nginx"), [])
+    return ", ".join(f"{a[0] / b[0]:.2f}×" for a, b in zip(g, n) if b[0]) or "n/a"
 ver = lambda c: subprocess.run(c, shell=True, capture_output=True, text=True).stdout.strip() or subprocess.run(c, shell=True, capture_output=True, text=True).stderr.strip()
 cpu_model = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "?")
 out = f"""# Gateway vs nginx, measured side by side
 
 Produced by `benches/compare.sh` on {datetime.date.today()} — {os.cpu_count()} cores ({cpu_model}),
 Linux {platform.release()}; {ver("nginx -v 2>&1")}; {ver("rustc --version")}. One run, targets
-alternating, {rounds} rounds of {secs} s each, medians. The load generator (`loadgen`) runs on
+back to back within each phase (their order rotating each round), {rounds} rounds of {secs} s each, medians. The load generator (`loadgen`) runs on
 core 0, the replicas and the proxy under test on core 1. nginx: one worker, `least_conn`,
 upstream `keepalive`, `proxy_buffering off`, no access log. Gateway: one worker thread,
 `least_inflight`, API-key auth, per-key and per-IP rate limits, metrics, model routing, no
@@ -264,6 +290,9 @@ Open-file limit: {fd_limit}.
 | measure | nginx | gateway | gateway ÷ nginx |
 |---|---|---|---|
 """ + "\n".join(rows) + f"""
+
+Each round's pair, gateway ÷ nginx (runs seconds apart): throughput {paired("max", tp)};
+CPU per request {paired_cpu("max")}.
 
 Direct to one replica: {d_tp:.0f} req/s at 64 connections; p50 {d50:.3f} ms / p99 {d99:.3f} ms at
 1,000 req/s; TTFT p50 {t50:.2f} ms / p99 {t99:.2f} ms at {streams} streams.
