@@ -121,6 +121,12 @@ impl Decoder {
     /// Consumes chunk-size lines, chunk ends and trailers that are fully buffered.
     fn step_framing(&mut self, buf: &mut BytesMut) -> Result<(), Malformed> {
         loop {
+            // Every framing state needs a byte to move: a stream's token event empties the
+            // buffer, and the size-line and line searches on nothing cost about 70
+            // instructions a call, two or three calls an event.
+            if buf.is_empty() {
+                return Ok(());
+            }
             match self.state {
                 State::ChunkSize => {
                     let size = match plain_chunk_size(buf) {
