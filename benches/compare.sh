@@ -5,10 +5,10 @@
 # The load generator runs on core 0; replicas and the proxy under test on core 1.
 # Writes benches/RESULTS.md. Loopback only; every process is stopped by its PID.
 #
-#   benches/compare.sh            (ROUNDS=3 SECS=5 STREAMS=1000 BIG_STREAMS=10000 by default)
+#   benches/compare.sh            (ROUNDS=5 SECS=5 STREAMS=1000 BIG_STREAMS=10000 by default)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-ROUNDS="${ROUNDS:-3}"
+ROUNDS="${ROUNDS:-5}"
 SECS="${SECS:-5}"
 STREAMS="${STREAMS:-1000}"
 BIG_STREAMS="${BIG_STREAMS:-10000}"
