@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Side-by-side comparison in ONE run: direct to a replica, nginx (least_conn, upstream keepalive,
 # proxy_buffering off, one worker), and the gateway (one worker thread; auth, rate limits,
-# metrics and model routing all on). Targets alternate, each measured ROUNDS times; medians.
+# metrics and model routing all on). Each phase runs its targets back to back, their order
+# rotating each round; ROUNDS rounds, medians, and each round's gateway/nginx pair.
 # The load generator runs on core 0; replicas and the proxy under test on core 1.
 # Writes benches/RESULTS.md. Loopback only; every process is stopped by its PID.
 #
