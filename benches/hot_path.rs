@@ -206,6 +206,15 @@ fn auth_and_limit(c: &mut Criterion) {
             key.requests.as_ref().map(|l| l.check_local())
         })
     });
+    // The same, for a key the connection presented before (a kept-alive client's next
+    // request): `authenticate_on` recalls it instead of hashing it.
+    let memo = gateway::auth::KeyMemo::default();
+    g.bench_function("remembered_key_plus_key_limit_1000_keys", |b| {
+        b.iter(|| {
+            let key = table.authenticate_on(black_box(&headers), &memo).ok()?;
+            key.requests.as_ref().map(|l| l.check_local())
+        })
+    });
     g.bench_function("baseline_sha256_of_the_key", |b| {
         b.iter(|| sha2::Sha256::digest(black_box(keys[500].as_bytes())))
     });

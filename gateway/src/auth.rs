@@ -96,6 +96,35 @@ impl KeyTable {
 
     pub fn authenticate(&self, headers: &Fields) -> Result<Arc<KeyEntry>, GatewayError> {
         let presented = presented_key(headers).ok_or(GatewayError::InvalidApiKey)?;
+        self.look_up(presented)
+    }
+
+    /// `authenticate`, remembering the key that passed on the connection's `memo`: a request
+    /// that presents the same key on the same connection skips its hash (a client sends its
+    /// key with every request, usually on a kept-alive connection). What is remembered holds
+    /// only while this table does: an entry the table no longer has (a reload rebuilt it, the
+    /// key revoked or changed) is looked up again.
+    pub fn authenticate_on(
+        &self,
+        headers: &Fields,
+        memo: &KeyMemo,
+    ) -> Result<Arc<KeyEntry>, GatewayError> {
+        let presented = presented_key(headers).ok_or(GatewayError::InvalidApiKey)?;
+        if let Some(entry) = memo.recall(presented) {
+            if self
+                .by_digest
+                .get(&entry.sha256)
+                .is_some_and(|current| Arc::ptr_eq(current, &entry))
+            {
+                return Ok(entry);
+            }
+        }
+        let entry = self.look_up(presented)?;
+        memo.remember(presented, &entry);
+        Ok(entry)
+    }
+
+    fn look_up(&self, presented: &[u8]) -> Result<Arc<KeyEntry>, GatewayError> {
         let digest: [u8; 32] = Sha256::digest(presented).into();
         let entry = self
             .by_digest
@@ -114,6 +143,46 @@ impl KeyTable {
 
     pub fn is_empty(&self) -> bool {
         self.by_digest.is_empty()
+    }
+}
+
+/// The key that last passed on one connection, and its entry: see
+/// [`KeyTable::authenticate_on`]. The key's bytes stay with the connection, as they already
+/// did in its read buffer; they are compared in constant time and never printed.
+#[derive(Default)]
+pub struct KeyMemo {
+    last: std::sync::Mutex<Option<Remembered>>,
+}
+
+struct Remembered {
+    key: Box<[u8]>,
+    entry: Arc<KeyEntry>,
+}
+
+/// Longer keys are not remembered (they are hashed every time).
+const MEMO_MAX_KEY: usize = 256;
+
+impl KeyMemo {
+    fn recall(&self, presented: &[u8]) -> Option<Arc<KeyEntry>> {
+        let last = self.last.lock().unwrap_or_else(|p| p.into_inner());
+        last.as_ref()
+            .filter(|r| constant_time_eq(&r.key, presented))
+            .map(|r| r.entry.clone())
+    }
+
+    fn remember(&self, presented: &[u8], entry: &Arc<KeyEntry>) {
+        if presented.len() <= MEMO_MAX_KEY {
+            *self.last.lock().unwrap_or_else(|p| p.into_inner()) = Some(Remembered {
+                key: presented.into(),
+                entry: entry.clone(),
+            });
+        }
+    }
+}
+
+impl std::fmt::Debug for KeyMemo {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("KeyMemo")
     }
 }
 
@@ -198,6 +267,54 @@ mod tests {
             );
         }
         assert!(t.authenticate(&Fields::default()).is_err());
+    }
+
+    fn bearer(key: &'static str) -> Fields {
+        let mut h = HeaderMap::new();
+        h.insert(
+            "authorization",
+            HeaderValue::from_str(&format!("Bearer {key}")).unwrap(),
+        );
+        h.into()
+    }
+
+    /// A connection's remembered key answers for the same key only, and only while the table
+    /// that passed it is the one in use: a reload that revokes the key refuses it on a
+    /// connection that used it before, and one that keeps it gives the new entry.
+    #[test]
+    fn a_remembered_key_holds_only_for_the_same_key_and_the_same_table() {
+        let memo = KeyMemo::default();
+        let t = table();
+        let first = t.authenticate_on(&bearer("sk-good"), &memo).unwrap();
+        assert_eq!(first.name, "team-a");
+        // Remembered: the same entry, and a wrong key is still refused.
+        let again = t.authenticate_on(&bearer("sk-good"), &memo).unwrap();
+        assert!(Arc::ptr_eq(&first, &again));
+        for wrong in ["sk-goo", "sk-goodd", "sk-bad", "SK-GOOD"] {
+            assert_eq!(
+                t.authenticate_on(&bearer(wrong), &memo).unwrap_err(),
+                GatewayError::InvalidApiKey,
+                "{wrong}"
+            );
+        }
+        assert!(t.authenticate_on(&Fields::default(), &memo).is_err());
+        // A reloaded table with the same key: its own entry, not the remembered one.
+        let reloaded = table();
+        let now = reloaded.authenticate_on(&bearer("sk-good"), &memo).unwrap();
+        assert!(!Arc::ptr_eq(&first, &now));
+        assert!(Arc::ptr_eq(
+            &now,
+            &reloaded.authenticate_on(&bearer("sk-good"), &memo).unwrap()
+        ));
+        // A reload that revokes the key: refused on this connection too.
+        let revoked = KeyTable::new(Vec::new());
+        assert_eq!(
+            revoked
+                .authenticate_on(&bearer("sk-good"), &memo)
+                .unwrap_err(),
+            GatewayError::InvalidApiKey
+        );
+        assert_eq!(format!("{memo:?}"), "KeyMemo");
     }
 
     #[test]

@@ -482,6 +482,7 @@ fn parse_detached(
     let ctx = ConnCtx {
         peer: ([127, 0, 0, 1], 1).into(),
         flags: Arc::default(),
+        key: crate::auth::KeyMemo::default(),
     };
     let mut rx = Rx {
         buf: BytesMut::from(first),

@@ -255,6 +255,7 @@ async fn accept_data(
         let ctx = Arc::new(ConnCtx {
             peer,
             flags: Arc::new(ConnFlags::default()),
+            key: crate::auth::KeyMemo::default(),
         });
         let first_byte_timeout = app.snapshot().config.server.header_read_timeout;
         // Subscribed now (before any shutdown signal), used once the protocol is known.

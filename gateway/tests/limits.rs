@@ -515,3 +515,85 @@ async fn a_length_framed_stream_that_loses_its_usage_event_is_not_sent_with_that
         Some(r.body.len())
     );
 }
+
+/// The gateway remembers the key that passed on a kept-alive connection (and skips its hash
+/// when the same key comes again): a reload that revokes the key still refuses it on that
+/// connection, a key that stays keeps working, and a key added works at once.
+#[tokio::test]
+async fn a_key_revoked_by_a_reload_is_refused_on_a_connection_that_used_it() {
+    const TOKEN: &str = "GW_TEST_ADMIN_KEYS";
+    std::env::set_var(TOKEN, "keys-token");
+    let m = mock(fast()).await;
+    let dir = std::env::temp_dir().join(format!(
+        "gateway-keys-{}-{}",
+        std::process::id(),
+        fastrand::u32(..)
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("gateway.toml");
+    let config = |keys: &[&str]| {
+        let mut c = format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\n\
+             admin_token_env = \"{TOKEN}\"\n{NO_PROBES}[auth]\nenabled = true\n"
+        );
+        for (i, k) in keys.iter().enumerate() {
+            c.push_str(&format!(
+                "[[api_keys]]\nname = \"key-{i}\"\nsha256 = \"{}\"\n",
+                sha(k)
+            ));
+        }
+        c.push_str(&format!(
+            "[[models]]\nname = \"{MODEL}\"\n[[models.versions]]\nname = \"1\"\n\
+             replicas = [{{ url = \"{}\" }}]\n",
+            m.url()
+        ));
+        c
+    };
+    std::fs::write(&path, config(&[KEY_A, KEY_B])).unwrap();
+    let gw = TestGateway::start_file(&path).await;
+    // Every request below goes on this one connection.
+    let stream = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+    let (mut sender, conn) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+            .await
+            .unwrap();
+    let connection = tokio::spawn(conn);
+    let mut status_with = async |key: &str| {
+        let req = http::Request::builder()
+            .method("POST")
+            .uri("/v1/chat/completions")
+            .header("host", "gw")
+            .header("content-type", "application/json")
+            .header("authorization", format!("Bearer {key}"))
+            .body(http_body_util::Full::new(bytes::Bytes::from(
+                chat(false).to_string(),
+            )))
+            .unwrap();
+        let resp = sender.send_request(req).await.unwrap();
+        let status = resp.status().as_u16();
+        http_body_util::BodyExt::collect(resp.into_body())
+            .await
+            .unwrap();
+        status
+    };
+    assert_eq!(status_with(KEY_A).await, 200);
+    assert_eq!(status_with(KEY_A).await, 200);
+    assert_eq!(status_with("sk-test-not-a-key").await, 401);
+    assert_eq!(status_with(KEY_A).await, 200);
+    // Key A revoked, a third key added.
+    const KEY_C: &str = "sk-test-cccccccccccccccc";
+    std::fs::write(&path, config(&[KEY_B, KEY_C])).unwrap();
+    assert_eq!(
+        admin(&gw, "POST", "/admin/reload", "keys-token")
+            .await
+            .status,
+        200
+    );
+    assert_eq!(status_with(KEY_A).await, 401);
+    assert_eq!(status_with(KEY_B).await, 200);
+    assert_eq!(status_with(KEY_C).await, 200);
+    assert_eq!(status_with(KEY_A).await, 401);
+    // All of it on the one connection.
+    assert!(!connection.is_finished());
+    std::fs::remove_dir_all(&dir).unwrap();
+}

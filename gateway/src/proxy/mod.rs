@@ -54,6 +54,8 @@ use crate::transport::ConnFlags;
 pub struct ConnCtx {
     pub peer: std::net::SocketAddr,
     pub flags: Arc<ConnFlags>,
+    /// The API key that last passed on this connection (see `KeyTable::authenticate_on`).
+    pub key: crate::auth::KeyMemo,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -265,7 +267,7 @@ async fn serve(
     // Stage 2: auth.
     let principal = if config.auth.enabled {
         Principal {
-            key: Some(snapshot.keys.authenticate(&req.fields)?),
+            key: Some(snapshot.keys.authenticate_on(&req.fields, &conn.key)?),
         }
     } else {
         Principal::default()
