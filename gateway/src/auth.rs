@@ -170,12 +170,24 @@ impl KeyMemo {
             .map(|r| r.entry.clone())
     }
 
+    /// A connection that carries several clients' keys (a proxy in front, h2) changes what is
+    /// remembered as they alternate; keys of one length (the usual deployment) reuse the room.
     fn remember(&self, presented: &[u8], entry: &Arc<KeyEntry>) {
-        if presented.len() <= MEMO_MAX_KEY {
-            *self.last.lock().unwrap_or_else(|p| p.into_inner()) = Some(Remembered {
-                key: presented.into(),
-                entry: entry.clone(),
-            });
+        if presented.len() > MEMO_MAX_KEY {
+            return;
+        }
+        let mut last = self.last.lock().unwrap_or_else(|p| p.into_inner());
+        match last.as_mut() {
+            Some(r) if r.key.len() == presented.len() => {
+                r.key.copy_from_slice(presented);
+                r.entry = entry.clone();
+            }
+            _ => {
+                *last = Some(Remembered {
+                    key: presented.into(),
+                    entry: entry.clone(),
+                })
+            }
         }
     }
 }
@@ -298,6 +310,27 @@ mod tests {
             );
         }
         assert!(t.authenticate_on(&Fields::default(), &memo).is_err());
+        // Two keys taking turns on one connection (same length: the room is reused).
+        let two = KeyTable::new(
+            ["sk-good", "sk-gold"]
+                .iter()
+                .enumerate()
+                .map(|(i, k)| {
+                    KeyEntry::new(
+                        format!("key-{i}"),
+                        Sha256::digest(k.as_bytes()).into(),
+                        None,
+                        None,
+                        None,
+                    )
+                })
+                .collect(),
+        );
+        for _ in 0..3 {
+            for (key, name) in [("sk-good", "key-0"), ("sk-gold", "key-1")] {
+                assert_eq!(two.authenticate_on(&bearer(key), &memo).unwrap().name, name);
+            }
+        }
         // A reloaded table with the same key: its own entry, not the remembered one.
         let reloaded = table();
         let now = reloaded.authenticate_on(&bearer("sk-good"), &memo).unwrap();
