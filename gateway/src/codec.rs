@@ -199,13 +199,8 @@ fn plain_chunk_size(buf: &mut BytesMut) -> Option<u64> {
     let mut size = 0u64;
     let mut digits = 0;
     for &b in buf.iter().take(16) {
-        let d = match b {
-            b'0'..=b'9' => b - b'0',
-            b'a'..=b'f' => b - b'a' + 10,
-            b'A'..=b'F' => b - b'A' + 10,
-            _ => break,
-        };
-        size = size << 4 | u64::from(d);
+        let Some(d) = hex_value(b) else { break };
+        size = size << 4 | d;
         digits += 1;
     }
     if digits == 0 || digits > 15 || buf.get(digits..digits + 2) != Some(b"\r\n") {
@@ -226,11 +221,20 @@ fn parse_chunk_size(line: &[u8]) -> Result<u64, Malformed> {
         return Err(Malformed("bad chunk size"));
     }
     digits.iter().try_fold(0u64, |n, &b| {
-        let d = (b as char)
-            .to_digit(16)
-            .ok_or(Malformed("bad chunk size"))?;
-        Ok(n * 16 + u64::from(d))
+        let d = hex_value(b).ok_or(Malformed("bad chunk size"))?;
+        Ok(n * 16 + d)
     })
+}
+
+/// One hexadecimal digit's value, either case.
+fn hex_value(b: u8) -> Option<u64> {
+    let d = match b {
+        b'0'..=b'9' => b - b'0',
+        b'a'..=b'f' => b - b'a' + 10,
+        b'A'..=b'F' => b - b'A' + 10,
+        _ => return None,
+    };
+    Some(u64::from(d))
 }
 
 /// Whether a comma-separated field value (`Connection`) holds `token`, case-insensitively.
