@@ -155,6 +155,12 @@ impl Meter {
         self.finish_record();
     }
 
+    /// Whether what it forwards is every byte it is fed (it may take out a usage event the
+    /// gateway asked for on the client's behalf).
+    fn keeps_every_byte(&self) -> bool {
+        !self.sse.as_ref().is_some_and(SseMeter::strips)
+    }
+
     fn feed(&mut self, data: Bytes, now: Instant, stats: &VersionStats) -> Bytes {
         let out = if let Some(s) = self.sse.as_mut() {
             let before = s.content_events;
@@ -503,9 +509,7 @@ impl Body for UpstreamBody {
     /// bound: such an answer goes out chunked.
     fn size_hint(&self) -> SizeHint {
         match self.inner.remaining() {
-            Some(n) if !self.meter.sse.as_ref().is_some_and(SseMeter::strips) => {
-                SizeHint::with_exact(n)
-            }
+            Some(n) if self.meter.keeps_every_byte() => SizeHint::with_exact(n),
             Some(upper) => {
                 let mut h = SizeHint::new();
                 h.set_upper(upper);
