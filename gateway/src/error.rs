@@ -56,6 +56,8 @@ pub enum GatewayError {
     QueueFull { model: String },
     /// Waited in the model's queue for `queue.timeout` without getting a replica.
     QueueTimeout { model: String },
+    /// The gateway had no descriptor (or local port) left for a replica connection.
+    OutOfConnections,
 }
 
 impl GatewayError {
@@ -78,7 +80,9 @@ impl GatewayError {
             Self::LimiterUnavailable => StatusCode::SERVICE_UNAVAILABLE,
             Self::UpstreamUnavailable { .. } => StatusCode::BAD_GATEWAY,
             Self::UpstreamTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
-            Self::QueueFull { .. } | Self::QueueTimeout { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            Self::QueueFull { .. } | Self::QueueTimeout { .. } | Self::OutOfConnections => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
         }
     }
 
@@ -125,6 +129,7 @@ impl GatewayError {
             Self::UpstreamTimeout { .. } => "upstream_timeout",
             Self::QueueFull { .. } => "queue_full",
             Self::QueueTimeout { .. } => "queue_timeout",
+            Self::OutOfConnections => "gateway_out_of_connections",
         }
     }
 
@@ -192,6 +197,9 @@ impl GatewayError {
             Self::QueueTimeout { model } => format!(
                 "Every replica of model `{model}` stayed busy for the queue timeout; retry later."
             ),
+            Self::OutOfConnections => "The gateway has no connection left for this request \
+                (its open-file limit); retry shortly."
+                .into(),
         }
     }
 
@@ -227,6 +235,7 @@ impl GatewayError {
             Self::UpstreamUnavailable { .. }
                 | Self::QueueFull { .. }
                 | Self::QueueTimeout { .. }
+                | Self::OutOfConnections
                 | Self::LimiterUnavailable
         ) {
             h.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
@@ -339,9 +348,10 @@ mod tests {
             GatewayError::UpstreamTimeout { model: "m".into() },
             GatewayError::QueueFull { model: "m".into() },
             GatewayError::QueueTimeout { model: "m".into() },
+            GatewayError::OutOfConnections,
         ];
         let expected = [
-            400, 400, 404, 413, 405, 404, 431, 414, 408, 400, 502, 504, 503, 503,
+            400, 400, 404, 413, 405, 404, 431, 414, 408, 400, 502, 504, 503, 503, 503,
         ];
         for (e, want) in all.into_iter().zip(expected) {
             assert_eq!(e.status().as_u16(), want, "{e:?}");

@@ -6,7 +6,8 @@
 //! TCP or TLS), `codec` (HTTP/1.1 wire rules), `proxy` (the request path, one file per
 //! stage), `balance` (replica choice, live per-replica state, wait queues), `health` (active
 //! probes), `auth` (API keys), `limits` (rate limits and token budgets, local or in Redis),
-//! `sse` (reading usage from responses), `json` (finding a JSON string's end), `clock` (one clock read per poll), `metrics`, `admin` (the admin listener's API),
+//! `sse` (reading usage from responses), `json` (finding a JSON string's end), `clock` (one clock read per poll), `descriptors` (the open-file budget and the client
+//! connection cap), `metrics`, `admin` (the admin listener's API),
 //! `error`, `demo`.
 
 pub mod admin;
@@ -18,6 +19,7 @@ pub mod codec;
 pub mod config;
 pub mod control;
 pub mod demo;
+pub mod descriptors;
 pub mod error;
 pub mod fields;
 pub mod h1;

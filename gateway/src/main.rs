@@ -182,6 +182,10 @@ fn runtime(workers: Option<usize>) -> std::io::Result<tokio::runtime::Runtime> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // The soft open-file limit up to the hard one (as Go's runtime does): a proxied request
+    // holds two descriptors, and a default soft limit of 1,024 would cap the gateway at about
+    // 480 clients (`gateway::descriptors`). The hard limit is the operator's to set.
+    let _ = rlimit::increase_nofile_limit(u64::MAX);
     let runtime = match runtime(cli.workers) {
         Ok(r) => r,
         Err(e) => {

@@ -56,6 +56,9 @@ pub struct Metrics {
     pub canary_weight: GaugeVec,
     /// Canaries the guard rolled back, by model.
     pub canary_rollbacks: IntCounterVec,
+    /// Client connections open on the data listener, and the most it accepts at once.
+    pub client_connections: IntGauge,
+    pub client_connections_limit: IntGauge,
 }
 
 impl Default for Metrics {
@@ -179,6 +182,17 @@ impl Metrics {
                 "Canaries the guard set to weight 0 for breaking their budget.",
                 &["model"],
             ),
+            client_connections: IntGauge::new(
+                "gateway_client_connections",
+                "Client connections open on the data listener.",
+            )
+            .expect("valid metric"),
+            client_connections_limit: IntGauge::new(
+                "gateway_client_connections_limit",
+                "Most client connections accepted at once: half the descriptors the open-file \
+                 limit leaves, or server.max_connections if lower (-1: no cap known).",
+            )
+            .expect("valid metric"),
         };
         for scope in ["ip", "key", "model", "tokens"] {
             m.ratelimited.with_label_values(&[scope]);
@@ -204,6 +218,8 @@ impl Metrics {
             Box::new(m.config_reloads.clone()),
             Box::new(m.canary_weight.clone()),
             Box::new(m.canary_rollbacks.clone()),
+            Box::new(m.client_connections.clone()),
+            Box::new(m.client_connections_limit.clone()),
         ];
         for c in all {
             m.registry.register(c).expect("unique metric");
@@ -331,6 +347,13 @@ pub fn refresh(app: &AppState) {
             .with_label_values(&[&model.name])
             .set(queued as i64);
     }
+    m.client_connections
+        .set(i64::try_from(app.descriptors.clients()).unwrap_or(i64::MAX));
+    m.client_connections_limit.set(
+        app.descriptors
+            .cap(snap.config.server.max_connections)
+            .map_or(-1, |c| i64::try_from(c).unwrap_or(i64::MAX)),
+    );
     m.upstream_inflight.reset();
     m.upstream_healthy.reset();
     m.upstream_ejections.reset();

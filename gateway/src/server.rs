@@ -112,7 +112,17 @@ impl Gateway {
             tokio::runtime::RuntimeFlavor::CurrentThread => "current_thread",
             _ => "multi_thread",
         };
-        tracing::info!(addr = %addrs.data, workers, scheduler, "data listener ready");
+        let max_connections = app
+            .descriptors
+            .cap(app.snapshot().config.server.max_connections);
+        tracing::info!(
+            addr = %addrs.data,
+            workers,
+            scheduler,
+            open_file_limit = app.descriptors.limit(),
+            max_connections,
+            "data listener ready"
+        );
         tracing::info!(addr = %addrs.admin, "admin listener ready");
         let graceful = Arc::new(GracefulShutdown::new());
         // Every data connection's task. HTTP/1.1 (our own server) drains on `shutdown` itself;
@@ -136,11 +146,18 @@ impl Gateway {
         let sweeper = {
             let (app, stop) = (app.clone(), shutdown.clone());
             tokio::spawn(async move {
-                // Idle per-IP limiter state goes, so memory follows the active clients only.
+                // Idle per-IP limiter state goes, so memory follows the active clients only;
+                // stale pooled replica connections close.
                 loop {
                     tokio::select! {
                         _ = stop.cancelled() => return,
-                        _ = tokio::time::sleep(Duration::from_secs(5)) => app.limits.sweep(),
+                        _ = tokio::time::sleep(Duration::from_secs(5)) => {
+                            app.limits.sweep();
+                            // Pooled replica connections past their use-by time hold
+                            // descriptors for nothing.
+                            let idle = app.snapshot().config.upstream.pool_idle_timeout;
+                            app.endpoints.close_idle(Some(idle));
+                        }
                     }
                 }
             })
@@ -238,13 +255,31 @@ async fn accept_data(
     conns: TaskTracker,
     shutdown: CancellationToken,
 ) {
+    let descriptors = app.descriptors.clone();
+    let cap = || descriptors.cap(app.snapshot().config.server.max_connections);
     loop {
+        // A client is accepted only with room for it and its replica connection
+        // (`crate::descriptors`); until then it waits in the listen queue.
+        let slot = match descriptors.try_admit(cap()) {
+            Some(slot) => slot,
+            None => tokio::select! {
+                _ = shutdown.cancelled() => return,
+                slot = descriptors.admit(cap) => slot,
+            },
+        };
         let (stream, peer) = tokio::select! {
             _ = shutdown.cancelled() => return,
             r = listener.accept() => match r {
                 Ok(c) => c,
                 Err(e) => {
-                    // Out of file descriptors and the like: back off instead of spinning.
+                    drop(slot);
+                    // Out of descriptors: idle pooled replica connections hold some. Closed,
+                    // the client can be taken at once; with none, back off instead of spinning.
+                    if crate::descriptors::is_local_exhaustion(&e)
+                        && app.endpoints.close_idle(None) > 0
+                    {
+                        continue;
+                    }
                     tracing::warn!(error = %e, "accept failed");
                     tokio::time::sleep(Duration::from_millis(20)).await;
                     continue;
@@ -265,6 +300,7 @@ async fn accept_data(
         if let Some(tls) = &app.tls {
             let acceptor = tls.acceptor();
             conns.spawn(crate::clock::per_poll(async move {
+                let _slot = slot;
                 // The handshake has the header deadline too: a silent client is not kept, and
                 // one still shaking hands when draining starts does not hold the drain up.
                 let handshake = tokio::time::timeout(first_byte_timeout, acceptor.accept(stream));
@@ -286,6 +322,8 @@ async fn accept_data(
             continue;
         }
         conns.spawn(crate::clock::per_poll(async move {
+            // Its place under the cap is given back when the connection ends.
+            let _slot = slot;
             // A connection that sends nothing before the header deadline is closed unanswered
             // (and one still silent when draining starts does not hold the drain up).
             let sniff = tokio::time::timeout(first_byte_timeout, is_h2_preface(&stream));

@@ -172,6 +172,8 @@ pub struct AppState {
     pub tls: Option<crate::tls::Tls>,
     draining: AtomicBool,
     pub started: std::time::Instant,
+    /// Open client connections against the open-file limit's cap.
+    pub descriptors: Arc<crate::descriptors::Descriptors>,
 }
 
 impl AppState {
@@ -214,6 +216,7 @@ impl AppState {
             shared,
             draining: AtomicBool::new(false),
             started: std::time::Instant::now(),
+            descriptors: Arc::new(crate::descriptors::Descriptors::from_process()),
         }
     }
 

@@ -48,6 +48,9 @@ const MAX_READ: usize = 64 * 1024;
 pub enum ConnectError {
     Timeout,
     Io(io::Error),
+    /// The gateway itself ran out of descriptors or local ports: nothing the replica did
+    /// (`crate::descriptors::is_local_exhaustion`).
+    Local(io::Error),
 }
 
 impl std::fmt::Display for ConnectError {
@@ -55,6 +58,7 @@ impl std::fmt::Display for ConnectError {
         match self {
             Self::Timeout => f.write_str("connect timed out"),
             Self::Io(e) => write!(f, "connect failed: {e}"),
+            Self::Local(e) => write!(f, "connect failed on the gateway's side: {e}"),
         }
     }
 }
@@ -140,7 +144,13 @@ impl Conn {
         let io = tokio::time::timeout(timeout, TcpStream::connect(authority))
             .await
             .map_err(|_| ConnectError::Timeout)?
-            .map_err(ConnectError::Io)?;
+            .map_err(|e| {
+                if crate::descriptors::is_local_exhaustion(&e) {
+                    ConnectError::Local(e)
+                } else {
+                    ConnectError::Io(e)
+                }
+            })?;
         let _ = io.set_nodelay(true);
         Ok(Self {
             io,

@@ -435,3 +435,85 @@ async fn fields_are_found_and_forwarded_whatever_the_case_of_their_names() {
     let (head, body) = read_response(&mut s, &mut buf).await;
     assert!(head.starts_with("http/1.1 401"), "{head}{body}");
 }
+
+#[tokio::test]
+async fn past_max_connections_a_client_waits_to_be_accepted_and_a_reload_can_let_it_in() {
+    const TOKEN: &str = "GW_TEST_ADMIN_MAXCONN";
+    std::env::set_var(TOKEN, "maxconn-token");
+    let m = mock(fast()).await;
+    let dir = std::env::temp_dir().join(format!(
+        "gateway-maxconn-{}-{}",
+        std::process::id(),
+        fastrand::u32(..)
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("gateway.toml");
+    let config_with = |cap: u32| {
+        config(
+            &[m.url()],
+            &format!(
+                "[server]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\n\
+                 admin_token_env = \"{TOKEN}\"\nmax_connections = {cap}\n"
+            ),
+        )
+    };
+    std::fs::write(&path, config_with(1)).unwrap();
+    let gw = TestGateway::start_file(&path).await;
+    let body = chat(false).to_string();
+    let (mut a, mut buf_a) = (TcpStream::connect(gw.addr).await.unwrap(), Vec::new());
+    a.write_all(chat_request("", &body).as_bytes())
+        .await
+        .unwrap();
+    assert!(read_response(&mut a, &mut buf_a).await.0.contains(" 200 "));
+    // The second client's connect succeeds (the listen queue), but it is not read while the
+    // first one, kept alive, holds the only place.
+    let (mut b, mut buf_b) = (TcpStream::connect(gw.addr).await.unwrap(), Vec::new());
+    b.write_all(chat_request("", &body).as_bytes())
+        .await
+        .unwrap();
+    let mut byte = [0u8; 1];
+    assert!(
+        tokio::time::timeout(Duration::from_millis(400), b.read(&mut byte))
+            .await
+            .is_err(),
+        "answered over max_connections"
+    );
+    let metrics = request(gw.admin, "GET", "/metrics", &[], "").await;
+    let metrics = String::from_utf8_lossy(&metrics.body).into_owned();
+    assert!(
+        metrics.contains("\ngateway_client_connections 1\n"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("\ngateway_client_connections_limit 1\n"),
+        "{metrics}"
+    );
+    // The first one leaves: the second is accepted and answered.
+    drop(a);
+    assert!(read_response(&mut b, &mut buf_b).await.0.contains(" 200 "));
+    // A third waits behind the second, until a reload raises the cap.
+    let (mut c, mut buf_c) = (TcpStream::connect(gw.addr).await.unwrap(), Vec::new());
+    c.write_all(chat_request("", &body).as_bytes())
+        .await
+        .unwrap();
+    assert!(
+        tokio::time::timeout(Duration::from_millis(400), c.read(&mut byte))
+            .await
+            .is_err(),
+        "answered over max_connections"
+    );
+    std::fs::write(&path, config_with(2)).unwrap();
+    assert_eq!(
+        admin(&gw, "POST", "/admin/reload", "maxconn-token")
+            .await
+            .status,
+        200
+    );
+    assert!(read_response(&mut c, &mut buf_c).await.0.contains(" 200 "));
+    // Both still served on their connections.
+    b.write_all(chat_request("", &body).as_bytes())
+        .await
+        .unwrap();
+    assert!(read_response(&mut b, &mut buf_b).await.0.contains(" 200 "));
+    std::fs::remove_dir_all(&dir).unwrap();
+}

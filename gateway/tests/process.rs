@@ -538,3 +538,147 @@ async fn no_log_line_metric_or_error_body_contains_a_plaintext_key() {
         assert!(!logs.contains(&hash), "a key hash in the logs");
     }
 }
+
+/// Starts the binary under `ulimit -n limit`: its "data listener ready" log line, and all its
+/// JSON log lines as they come.
+fn start_with_open_file_limit(
+    limit: u32,
+    config: &std::path::Path,
+) -> (
+    ChildGuard,
+    serde_json::Value,
+    std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+) {
+    let child = Command::new("sh")
+        .args([
+            "-c",
+            &format!("ulimit -n {limit} && exec \"$0\" serve --config \"$1\""),
+            BIN,
+            config.to_str().unwrap(),
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let mut guard = ChildGuard(Some(child));
+    let stdout = guard.0.as_mut().unwrap().stdout.take().unwrap();
+    let lines = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let (tx, rx) = std::sync::mpsc::channel();
+    let kept = lines.clone();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if line.contains("data listener ready") {
+                let _ = tx.send(serde_json::from_str::<serde_json::Value>(&line).unwrap());
+            }
+            kept.lock().unwrap().push(line);
+        }
+    });
+    let ready = rx
+        .recv_timeout(Duration::from_secs(20))
+        .expect("gateway did not start");
+    (guard, ready, lines)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn near_its_open_file_limit_the_gateway_queues_clients_and_never_blames_a_replica() {
+    // Streams of about half a second; any failure blamed on the replica ejects it at once.
+    let m = mock(MockConfig {
+        tokens: 10,
+        inter_token: Duration::from_millis(50),
+        ..fast()
+    })
+    .await;
+    let cfg = config(
+        &[m.url()],
+        "[server]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\n\
+         [health]\nmax_fails = 1\nmax_ejection_percent = 100\n",
+    );
+    let path = temp_file("fd-limit.toml", &cfg);
+    // 64 descriptors: about 10 open at start and 8 kept back leave room for 23 clients, each
+    // with its replica connection.
+    let (mut guard, ready, log) = start_with_open_file_limit(64, &path);
+    let addr: SocketAddr = ready["addr"].as_str().unwrap().parse().unwrap();
+    assert_eq!(ready["open_file_limit"], 64, "{ready}");
+    let cap = ready["max_connections"].as_u64().unwrap();
+    assert!((10..=27).contains(&cap), "{ready}");
+
+    // HTTP/1.1: 60 streams at once, more than twice the cap. Those past it wait to be
+    // accepted; every one is answered in full.
+    let streams: Vec<_> = (0..60)
+        .map(|_| {
+            tokio::spawn(async move {
+                let resp = open_stream(addr).await;
+                let status = resp.status();
+                (status, read_all(resp.into_body()).await)
+            })
+        })
+        .collect();
+    for s in streams {
+        let (status, (body, clean)) = s.await.unwrap();
+        assert_eq!(status, 200);
+        assert!(clean && body.ends_with(b"data: [DONE]\n\n"));
+    }
+
+    // HTTP/2: one client connection, 60 streams at once, each wanting a replica connection.
+    // Those that find no descriptor get the gateway's own 503; the replica is not blamed.
+    let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (sender, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(stream),
+    )
+    .await
+    .unwrap();
+    tokio::spawn(conn);
+    let answers: Vec<_> = (0..60)
+        .map(|_| {
+            let mut sender = sender.clone();
+            tokio::spawn(async move {
+                let req = http::Request::builder()
+                    .method("POST")
+                    .uri(format!("http://{addr}/v1/chat/completions"))
+                    .header("content-type", "application/json")
+                    .body(http_body_util::Full::new(bytes::Bytes::from(
+                        chat(true).to_string(),
+                    )))
+                    .unwrap();
+                let resp = sender.send_request(req).await.unwrap();
+                let status = resp.status().as_u16();
+                let body = http_body_util::BodyExt::collect(resp.into_body())
+                    .await
+                    .unwrap()
+                    .to_bytes();
+                (status, body)
+            })
+        })
+        .collect();
+    let mut refused = 0;
+    for a in answers {
+        let (status, body) = a.await.unwrap();
+        if status == 503 {
+            refused += 1;
+            let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+            assert_eq!(v["error"]["code"], "gateway_out_of_connections", "{v}");
+            assert_eq!(v["error"]["type"], "overloaded_error", "{v}");
+        } else {
+            assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+            assert!(body.ends_with(b"data: [DONE]\n\n"));
+        }
+    }
+    assert!(refused > 0, "60 replica connections fit in 64 descriptors?");
+
+    // The replica is still in service, and nothing was put on it.
+    let resp = open_stream(addr).await;
+    assert_eq!(resp.status(), 200);
+    assert!(read_all(resp.into_body()).await.1);
+    let log = log.lock().unwrap().join("\n");
+    for blame in ["replica unreachable", "ejected", "replica unhealthy"] {
+        assert!(!log.contains(blame), "{blame}: {log}");
+    }
+    assert!(
+        log.contains("no descriptor for a replica connection"),
+        "{log}"
+    );
+    let mut child = guard.0.take().unwrap();
+    sigterm(child.id());
+    assert!(child.wait().unwrap().success());
+}

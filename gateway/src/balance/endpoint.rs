@@ -349,6 +349,21 @@ impl Endpoint {
         Conn::connect(self.authority.as_str(), connect_timeout).await
     }
 
+    /// Closes this replica's idle pooled connections: every one, or (`older_than`) those idle
+    /// that long. Returns how many were closed.
+    pub fn close_idle(&self, older_than: Option<Duration>) -> usize {
+        let now = crate::clock::now();
+        let Ok(mut q) = self.idle.lock() else {
+            return 0;
+        };
+        let before = q.len();
+        match older_than {
+            None => q.clear(),
+            Some(age) => q.retain(|c| now.saturating_duration_since(c.since) < age),
+        }
+        before - q.len()
+    }
+
     /// Gives back a connection whose response body ended cleanly at a message boundary.
     /// Connections idle past `pool_idle_timeout` at the cold end of the pool are closed here.
     pub fn checkin(&self, conn: Conn, pool_idle_timeout: Duration) {
@@ -437,6 +452,14 @@ impl EndpointRegistry {
         let mut v: Vec<_> = map.values().cloned().collect();
         v.sort_by(|a, b| a.key.cmp(&b.key));
         v
+    }
+
+    /// Closes idle pooled connections of every replica: all of them (`None`: the gateway is
+    /// out of descriptors, and they hold some), or those idle past `older_than` (a sweep, so
+    /// the pool of a replica that gets no more traffic does not keep its descriptors).
+    /// Returns how many were closed.
+    pub fn close_idle(&self, older_than: Option<Duration>) -> usize {
+        self.all().iter().map(|ep| ep.close_idle(older_than)).sum()
     }
 
     /// Finds an endpoint by `host:port` (the admin API's replica id) or full key.
@@ -578,6 +601,47 @@ pub(crate) mod tests {
         assert!(!ep.record_failure(&cfg, "x", || false), "budget refused");
         assert!(ep.is_routable(now_ns()));
         assert_eq!(ep.last_error().as_deref(), Some("x"));
+    }
+
+    #[tokio::test]
+    async fn idle_connections_close_by_age_or_all_at_once_across_the_registry() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        // The replica keeps every connection open.
+        let _replica = tokio::spawn(async move {
+            let mut open = Vec::new();
+            while let Ok((s, _)) = listener.accept().await {
+                open.push(s);
+            }
+        });
+        let reg = EndpointRegistry::default();
+        let ep = reg.get_or_insert(&ReplicaConfig {
+            key: format!("http://{addr}"),
+            authority: addr.to_string().parse().unwrap(),
+            weight: 1,
+            max_inflight: 0,
+        });
+        let keep = Duration::from_secs(60);
+        let pooled = async |n| {
+            for _ in 0..n {
+                let c = ep.connect(Duration::from_secs(5)).await.unwrap();
+                ep.checkin(c, keep);
+            }
+        };
+        pooled(2).await;
+        // Ages a second apart: a stall of half of it between two lines could not blur them.
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        pooled(1).await;
+        assert_eq!(ep.idle_connections(), 3);
+        assert_eq!(reg.close_idle(Some(Duration::from_secs(30))), 0);
+        assert_eq!(
+            reg.close_idle(Some(Duration::from_millis(500))),
+            2,
+            "the two older ones"
+        );
+        assert_eq!(ep.idle_connections(), 1);
+        assert_eq!(reg.close_idle(None), 1);
+        assert_eq!(ep.idle_connections(), 0);
     }
 
     #[tokio::test]

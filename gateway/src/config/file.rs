@@ -41,6 +41,8 @@ pub struct ServerFile {
     pub max_header_bytes: Option<u64>,
     /// Cap on the number of request headers.
     pub max_headers: Option<u64>,
+    /// Most client connections held at once (below what the open-file limit allows).
+    pub max_connections: Option<u64>,
     /// File that operator changes (canary weights, promotions, rollbacks, reloads) are
     /// appended to as JSON lines; they are always logged with target "audit" too.
     pub audit_log: Option<String>,

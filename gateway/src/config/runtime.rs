@@ -138,6 +138,9 @@ pub struct ServerConfig {
     pub send_timeout: Duration,
     pub max_header_bytes: usize,
     pub max_headers: usize,
+    /// Most client connections held at once; `None`: as many as the open-file limit allows
+    /// (`crate::descriptors`).
+    pub max_connections: Option<usize>,
     pub audit_log: Option<std::path::PathBuf>,
     pub tls: Option<TlsConfig>,
 }

@@ -225,6 +225,9 @@ pub fn validate(f: &FileConfig) -> Result<Config, Vec<String>> {
             8,
             MAX_HEADERS_CEILING,
         ) as usize,
+        max_connections: s
+            .max_connections
+            .map(|n| e.range("server.max_connections", Some(n), 1, 1, 1 << 24) as usize),
     };
     let tls = s.tls.as_ref().and_then(|t| {
         let (Some(cert), Some(key)) = (t.cert.as_deref(), t.key.as_deref()) else {
@@ -1020,6 +1023,24 @@ mod tests {
             "127.0.0.1:8000"
         );
         assert_eq!(m.versions[0].replicas[0].weight, 1);
+        assert_eq!(
+            c.server.max_connections, None,
+            "the open-file limit decides"
+        );
+    }
+
+    #[test]
+    fn max_connections_is_a_positive_count() {
+        let with = |n: &str| parse(&format!("[server]\nmax_connections = {n}\n{MIN}"));
+        assert_eq!(with("500").unwrap().server.max_connections, Some(500));
+        for bad in ["0", "100000000"] {
+            let errs = with(bad).unwrap_err();
+            assert_eq!(errs.len(), 1, "{errs:?}");
+            assert!(errs[0].starts_with("server.max_connections: "), "{errs:?}");
+        }
+        // Refused by the parser, which points at the line.
+        let errs = with("-1").unwrap_err();
+        assert!(errs[0].contains("max_connections = -1"), "{errs:?}");
     }
 
     #[test]

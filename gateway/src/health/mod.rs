@@ -59,7 +59,11 @@ async fn probe_loop(app: Arc<AppState>, ep: Arc<Endpoint>, stop: CancellationTok
                         ep.clear_ejection();
                     }
                 }
-                Err(why) => {
+                // The gateway, not the replica, ran out of descriptors or ports: no verdict.
+                Err(Probe::Local(why)) => {
+                    tracing::warn!(replica = %ep.authority, reason = %why, "health check skipped");
+                }
+                Err(Probe::Failed(why)) => {
                     fail_streak = fail_streak.saturating_add(1);
                     ok_streak = 0;
                     ep.set_last_error(format!("health check: {why}"));
@@ -92,29 +96,52 @@ pub async fn probe(
     ep: &Endpoint,
     cfg: &HealthConfig,
     key: Option<&http::HeaderValue>,
-) -> Result<(), String> {
+) -> Result<(), Probe> {
     let check = async {
-        let mut conn = ep.connect(cfg.timeout).await.map_err(|e| e.to_string())?;
+        let mut conn = match ep.connect(cfg.timeout).await {
+            Ok(c) => c,
+            Err(e @ crate::upstream::ConnectError::Local(_)) => {
+                return Err(Probe::Local(e.to_string()))
+            }
+            Err(e) => return Err(Probe::Failed(e.to_string())),
+        };
         let status = get(&mut conn, ep, &cfg.path, key).await?.0;
         if !status.is_success() {
-            return Err(format!("{} answered {status}", cfg.path));
+            return Err(format!("{} answered {status}", cfg.path).into());
         }
         if cfg.check_model {
             let (status, body) = get(&mut conn, ep, "/v1/models", key).await?;
             if !status.is_success() {
-                return Err(format!("/v1/models answered {status}"));
+                return Err(format!("/v1/models answered {status}").into());
             }
             let expected = ep.expected_models();
             let served = served_models(&body);
             if !expected.is_empty() && !served.iter().any(|m| expected.contains(m)) {
-                return Err(format!("serves {served:?}, expected one of {expected:?}"));
+                return Err(format!("serves {served:?}, expected one of {expected:?}").into());
             }
         }
         Ok(())
     };
-    tokio::time::timeout(cfg.timeout, check)
-        .await
-        .unwrap_or_else(|_| Err(format!("no answer within {:?}", cfg.timeout)))
+    match tokio::time::timeout(cfg.timeout, check).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(why)) => Err(why),
+        Err(_) => Err(Probe::Failed(format!("no answer within {:?}", cfg.timeout))),
+    }
+}
+
+/// Why a probe gave no pass.
+#[derive(Debug)]
+pub enum Probe {
+    /// The replica failed the check.
+    Failed(String),
+    /// The gateway had no descriptor or port to check with: says nothing of the replica.
+    Local(String),
+}
+
+impl From<String> for Probe {
+    fn from(why: String) -> Self {
+        Self::Failed(why)
+    }
 }
 
 /// Largest health or model-list answer read.

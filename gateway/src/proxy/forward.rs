@@ -18,7 +18,7 @@ use tokio::time::Instant;
 
 use super::body::{BodyCtx, MeterSpec, ResponseBody, UpstreamBody};
 use super::canary::VersionChoice;
-use crate::balance::{AcquireError, Endpoint, InflightGuard};
+use crate::balance::{AcquireError, Endpoint, EndpointRegistry, InflightGuard};
 use crate::config::{Config, UpstreamConfig};
 use crate::error::{error_body, GatewayError};
 use crate::state::Route;
@@ -66,11 +66,15 @@ pub struct Failed {
 enum Attempt {
     /// Nothing reached the replica or it broke before answering: try another.
     Retry(String),
+    /// The gateway had no descriptor or local port for the connection: not the replica's
+    /// failure, and no other replica would fare better.
+    Local,
     Done(ResponseHead, Conn),
 }
 
 pub async fn forward(
     config: &Arc<Config>,
+    endpoints: &EndpointRegistry,
     route: &Arc<Route>,
     choice: VersionChoice,
     out: &Outbound,
@@ -131,7 +135,7 @@ pub async fn forward(
         attempt += 1;
         let endpoint = guard.endpoint().clone();
         let sent_at = crate::clock::now();
-        let (resp, conn) = match attempt_once(cfg, &endpoint, out, sent_at).await {
+        let (resp, conn) = match attempt_once(cfg, endpoints, &endpoint, out, sent_at).await {
             Err(Timeout) => {
                 fail(&endpoint, "no response head within response_head_timeout");
                 return Err(Failed {
@@ -144,6 +148,12 @@ pub async fn forward(
             Ok(Attempt::Retry(why)) => {
                 fail(&endpoint, &why);
                 continue;
+            }
+            Ok(Attempt::Local) => {
+                return Err(Failed {
+                    error: GatewayError::OutOfConnections,
+                    retries: attempt - 1,
+                })
             }
             Ok(Attempt::Done(resp, conn)) => (resp, conn),
         };
@@ -195,6 +205,7 @@ struct Timeout;
 
 async fn attempt_once(
     cfg: &UpstreamConfig,
+    endpoints: &EndpointRegistry,
     endpoint: &Endpoint,
     out: &Outbound,
     sent_at: Instant,
@@ -204,6 +215,26 @@ async fn attempt_once(
         .await
     {
         Ok(c) => c,
+        Err(e @ upstream::ConnectError::Local(_)) => {
+            // Out of descriptors: idle pooled connections to any replica hold some. Closed, one
+            // more try (boxed: a rare path that should not widen every request's future).
+            let retried = if endpoints.close_idle(None) > 0 {
+                Box::pin(endpoint.connect(cfg.connect_timeout)).await
+            } else {
+                Err(e)
+            };
+            match retried {
+                Ok(c) => c,
+                Err(e @ upstream::ConnectError::Local(_)) => {
+                    tracing::warn!(replica = %endpoint.authority, error = %e, "no descriptor for a replica connection");
+                    return Ok(Attempt::Local);
+                }
+                Err(e) => {
+                    tracing::warn!(replica = %endpoint.authority, error = %e, "replica unreachable");
+                    return Ok(Attempt::Retry(e.to_string()));
+                }
+            }
+        }
         Err(e) => {
             tracing::warn!(replica = %endpoint.authority, error = %e, "replica unreachable");
             return Ok(Attempt::Retry(e.to_string()));

@@ -384,6 +384,7 @@ async fn serve(
     };
     let forwarded = forward::forward(
         &snapshot.config,
+        &app.endpoints,
         &route,
         choice,
         &out,
@@ -410,7 +411,7 @@ async fn serve(
         Err(Failed { error, retries }) => {
             trace.retries = retries;
             // No replica took the request (queue full, queue timeout, none reachable or all
-            // broke before answering): nothing was generated, so the key's token reservation
+            // broke before answering, no descriptor for a replica connection): nothing was generated, so the key's token reservation
             // is given back. After `response_head_timeout` a replica may still be generating:
             // that reservation stays spent, as a stream cut short keeps its own.
             if matches!(
@@ -418,6 +419,7 @@ async fn serve(
                 GatewayError::QueueFull { .. }
                     | GatewayError::QueueTimeout { .. }
                     | GatewayError::UpstreamUnavailable { .. }
+                    | GatewayError::OutOfConnections
             ) {
                 meter.refund();
             }
