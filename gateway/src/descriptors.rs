@@ -92,26 +92,21 @@ impl Descriptors {
         self.clients.load(Ordering::Relaxed)
     }
 
-    /// A place for one more client connection under `cap`, if there is one.
-    pub fn try_admit(self: &Arc<Self>, cap: Option<usize>) -> Option<ClientSlot> {
-        let cap = cap.unwrap_or(usize::MAX);
-        self.clients
-            .fetch_update(Ordering::AcqRel, Ordering::Relaxed, |n| {
-                (n < cap).then_some(n + 1)
-            })
-            .ok()
-            .map(|_| ClientSlot(self.clone()))
+    /// Whether one more client connection fits under `cap`.
+    pub fn has_room(&self, cap: Option<usize>) -> bool {
+        cap.is_none_or(|c| self.clients() < c)
     }
 
-    /// Waits for a place under the cap `cap()` returns (read again at each look, so a reload
-    /// that changes `server.max_connections` applies to a listener that is waiting).
-    pub async fn admit(self: &Arc<Self>, cap: impl Fn() -> Option<usize>) -> ClientSlot {
+    /// Waits until one more client connection fits under the cap `cap()` returns (read again
+    /// at each look, so a reload that changes `server.max_connections` applies to a listener
+    /// that is waiting). Only the listener admits, so the room is still there at `admit`.
+    pub async fn room(&self, cap: impl Fn() -> Option<usize>) {
         let mut warned = false;
         loop {
             // Registered before the check: a connection closing in between is not missed.
             let freed = self.freed.notified();
-            if let Some(slot) = self.try_admit(cap()) {
-                return slot;
+            if self.has_room(cap()) {
+                return;
             }
             if !warned && self.time_to_warn() {
                 warned = true;
@@ -123,6 +118,12 @@ impl Descriptors {
             }
             let _ = tokio::time::timeout(RECHECK, freed).await;
         }
+    }
+
+    /// Counts an accepted client connection until the slot drops.
+    pub fn admit(self: &Arc<Self>) -> ClientSlot {
+        self.clients.fetch_add(1, Ordering::AcqRel);
+        ClientSlot(self.clone())
     }
 
     /// Whether the cap-reached warning is due (at most one per `WARN_EVERY_NS`).
@@ -200,35 +201,36 @@ mod tests {
     #[test]
     fn slots_are_counted_and_given_back_on_drop() {
         let d = Arc::new(Descriptors::with_cap(Some(2)));
-        let a = d.try_admit(d.cap(None)).expect("first");
-        let b = d.try_admit(d.cap(None)).expect("second");
-        assert!(d.try_admit(d.cap(None)).is_none(), "over the cap");
+        let cap = d.cap(None);
+        assert!(d.has_room(cap));
+        let a = d.admit();
+        assert!(d.has_room(cap));
+        let b = d.admit();
+        assert!(!d.has_room(cap), "at the cap");
         assert_eq!(d.clients(), 2);
         drop(a);
         assert_eq!(d.clients(), 1);
-        let _c = d.try_admit(d.cap(None)).expect("a place was given back");
+        assert!(d.has_room(cap), "a place was given back");
         drop(b);
-        assert!(d.try_admit(None).is_some(), "no cap at all");
+        assert!(d.has_room(None), "no cap at all");
     }
 
     #[tokio::test]
-    async fn a_waiting_admission_goes_on_when_a_connection_closes() {
+    async fn a_listener_waiting_for_room_goes_on_when_a_connection_closes() {
         let d = Arc::new(Descriptors::with_cap(Some(1)));
-        let held = d.try_admit(d.cap(None)).expect("first");
+        let held = d.admit();
         let waiting = tokio::spawn({
             let d = d.clone();
-            async move { d.admit(|| d.cap(None)).await }
+            async move { d.room(|| d.cap(None)).await }
         });
         tokio::task::yield_now().await;
-        assert!(!waiting.is_finished(), "admitted over the cap");
+        assert!(!waiting.is_finished(), "room found over the cap");
         drop(held);
-        let slot = tokio::time::timeout(Duration::from_secs(5), waiting)
+        tokio::time::timeout(Duration::from_secs(5), waiting)
             .await
-            .expect("admitted once the place was free")
+            .expect("room once the place was free")
             .expect("task");
-        assert_eq!(d.clients(), 1);
-        drop(slot);
-        assert_eq!(d.clients(), 0);
+        assert_eq!(d.clients(), 0, "waiting takes no place");
     }
 
     #[test]

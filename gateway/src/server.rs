@@ -260,19 +260,17 @@ async fn accept_data(
     loop {
         // A client is accepted only with room for it and its replica connection
         // (`crate::descriptors`); until then it waits in the listen queue.
-        let slot = match descriptors.try_admit(cap()) {
-            Some(slot) => slot,
-            None => tokio::select! {
+        if !descriptors.has_room(cap()) {
+            tokio::select! {
                 _ = shutdown.cancelled() => return,
-                slot = descriptors.admit(cap) => slot,
-            },
-        };
+                () = descriptors.room(cap) => {}
+            }
+        }
         let (stream, peer) = tokio::select! {
             _ = shutdown.cancelled() => return,
             r = listener.accept() => match r {
                 Ok(c) => c,
                 Err(e) => {
-                    drop(slot);
                     // Out of descriptors: idle pooled replica connections hold some. Closed,
                     // the client can be taken at once; with none, back off instead of spinning.
                     if crate::descriptors::is_local_exhaustion(&e)
@@ -286,6 +284,7 @@ async fn accept_data(
                 }
             },
         };
+        let slot = descriptors.admit();
         let _ = stream.set_nodelay(true);
         let ctx = Arc::new(ConnCtx {
             peer,

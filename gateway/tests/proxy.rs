@@ -280,6 +280,51 @@ async fn http2_prior_knowledge_on_the_same_port() {
     }
 }
 
+/// The load tool's HTTP/2 mode, end to end: many streams at once over two shared connections,
+/// each stream its own replica connection behind the gateway.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_load_tool_multiplexes_streams_over_http2_connections() {
+    let m = mock(MockConfig {
+        tokens: 8,
+        inter_token: Duration::from_millis(25),
+        ..fast()
+    })
+    .await;
+    let gw = TestGateway::start(&config(&[m.url()], "")).await;
+    let plan = loadtest::loadgen::Plan {
+        target: gw.addr,
+        host: gw.addr.to_string(),
+        path: "/v1/chat/completions".into(),
+        model: MODEL.into(),
+        api_key: None,
+        stream: true,
+        rate: None,
+        concurrency: 40,
+        duration: Duration::from_secs(30),
+        warmup: Duration::ZERO,
+        max_requests: Some(80),
+        prompt_bytes: vec![100],
+        max_tokens: vec![8],
+        http2_connections: Some(2),
+    };
+    let watch = {
+        let state = gw.state.clone();
+        tokio::spawn(async move {
+            let mut most = 0;
+            for _ in 0..200 {
+                most = most.max(state.descriptors.clients());
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            most
+        })
+    };
+    let r = loadtest::loadgen::run(plan, |_, _| {}).await;
+    assert_eq!((r.requests, r.ok, r.failed), (80, 80, 0));
+    assert!((r.tokens_per_second * r.seconds - 640.0).abs() < 1.0);
+    // 40 streams at once, on two client connections.
+    assert_eq!(watch.await.unwrap(), 2);
+}
+
 #[tokio::test]
 async fn replica_errors_keep_their_status_and_get_the_openai_shape() {
     let m = mock(MockConfig {

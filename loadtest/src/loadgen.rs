@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
-use hyper::client::conn::http1;
-use hyper_util::rt::TokioIo;
+use hyper::client::conn::{http1, http2};
+use hyper_util::rt::{TokioExecutor, TokioIo};
 use serde::Serialize;
 use tokio::net::TcpStream;
 
@@ -36,6 +36,9 @@ pub struct Plan {
     /// Prompt sizes (bytes of user content) and max_tokens values, drawn at random per request.
     pub prompt_bytes: Vec<usize>,
     pub max_tokens: Vec<u32>,
+    /// HTTP/2 (prior knowledge, h2c) over this many connections, the clients sharing them;
+    /// `None`: HTTP/1.1, a connection per client.
+    pub http2_connections: Option<usize>,
 }
 
 /// One request's outcome.
@@ -115,27 +118,88 @@ fn body(plan: &Plan) -> Bytes {
     )
 }
 
-type Sender = http1::SendRequest<Full<Bytes>>;
+/// A client's way to send: its own HTTP/1.1 connection, or a share of an HTTP/2 one.
+enum Sender {
+    H1(http1::SendRequest<Full<Bytes>>),
+    H2(http2::SendRequest<Full<Bytes>>),
+}
 
-async fn connect(target: SocketAddr) -> Option<Sender> {
+impl Sender {
+    fn is_closed(&self) -> bool {
+        match self {
+            Self::H1(s) => s.is_closed(),
+            Self::H2(s) => s.is_closed(),
+        }
+    }
+
+    async fn ready(&mut self) -> hyper::Result<()> {
+        match self {
+            Self::H1(s) => s.ready().await,
+            Self::H2(s) => s.ready().await,
+        }
+    }
+
+    async fn send(
+        &mut self,
+        req: http::Request<Full<Bytes>>,
+    ) -> hyper::Result<http::Response<hyper::body::Incoming>> {
+        match self {
+            Self::H1(s) => s.send_request(req).await,
+            Self::H2(s) => s.send_request(req).await,
+        }
+    }
+}
+
+/// The HTTP/2 connections clients share (empty for HTTP/1.1): client `i` uses `i % len`,
+/// opened on first use and again once closed.
+type Shared = Arc<[tokio::sync::Mutex<Option<http2::SendRequest<Full<Bytes>>>>]>;
+
+fn shared(plan: &Plan) -> Shared {
+    (0..plan.http2_connections.map_or(0, |n| n.max(1)))
+        .map(|_| tokio::sync::Mutex::new(None))
+        .collect()
+}
+
+async fn connect(target: SocketAddr, shared: &Shared, client: usize) -> Option<Sender> {
+    if !shared.is_empty() {
+        let mut slot = shared[client % shared.len()].lock().await;
+        if let Some(s) = slot.as_ref().filter(|s| !s.is_closed()) {
+            return Some(Sender::H2(s.clone()));
+        }
+        let stream = TcpStream::connect(target).await.ok()?;
+        let _ = stream.set_nodelay(true);
+        let (sender, conn) = http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
+            .await
+            .ok()?;
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        *slot = Some(sender.clone());
+        return Some(Sender::H2(sender));
+    }
     let stream = TcpStream::connect(target).await.ok()?;
     let _ = stream.set_nodelay(true);
     let (sender, conn) = http1::handshake(TokioIo::new(stream)).await.ok()?;
     tokio::spawn(async move {
         let _ = conn.await;
     });
-    Some(sender)
+    Some(Sender::H1(sender))
 }
 
 /// Sends one request on `sender` (reconnecting if needed) and measures it.
-async fn one(plan: &Plan, sender: &mut Option<Sender>, started: Instant) -> (Sample, Vec<f64>) {
+async fn one(
+    plan: &Plan,
+    sender: &mut Option<Sender>,
+    (shared, client): (&Shared, usize),
+    started: Instant,
+) -> (Sample, Vec<f64>) {
     let t0 = Instant::now();
     let mut sample = Sample {
         at: t0.duration_since(started).as_secs_f64(),
         ..Sample::default()
     };
     if sender.as_ref().is_none_or(|s| s.is_closed()) {
-        *sender = connect(plan.target).await;
+        *sender = connect(plan.target, shared, client).await;
     }
     let Some(s) = sender.as_mut() else {
         sample.total = t0.elapsed().as_secs_f64();
@@ -145,16 +209,19 @@ async fn one(plan: &Plan, sender: &mut Option<Sender>, started: Instant) -> (Sam
         *sender = None;
         return (sample, Vec::new());
     }
-    let mut req = http::Request::post(plan.path.as_str())
-        .header("host", plan.host.as_str())
-        .header("content-type", "application/json");
+    // HTTP/2 takes the authority from the target; HTTP/1.1 sends it as `Host`.
+    let mut req = match s {
+        Sender::H1(_) => http::Request::post(plan.path.as_str()).header("host", plan.host.as_str()),
+        Sender::H2(_) => http::Request::post(format!("http://{}{}", plan.host, plan.path)),
+    }
+    .header("content-type", "application/json");
     if let Some(k) = &plan.api_key {
         req = req.header("authorization", format!("Bearer {k}"));
     }
     let Ok(req) = req.body(Full::new(body(plan))) else {
         return (sample, Vec::new());
     };
-    let resp = match s.send_request(req).await {
+    let resp = match s.send(req).await {
         Ok(r) => r,
         Err(_) => {
             *sender = None;
@@ -262,16 +329,18 @@ pub async fn run(plan: Plan, progress: impl Fn(u64, u64) + Send + Sync + 'static
         }
     };
     let mut tasks = Vec::new();
+    let h2 = shared(&plan);
     match plan.rate {
         None => {
-            for _ in 0..plan.concurrency {
+            for client in 0..plan.concurrency {
                 let (plan, issued, record) = (plan.clone(), issued.clone(), record.clone());
+                let h2 = h2.clone();
                 tasks.push(tokio::spawn(async move {
                     let mut sender = None;
                     while Instant::now() < deadline
                         && issued.fetch_add(1, Ordering::Relaxed) < limit
                     {
-                        let (s, g) = one(&plan, &mut sender, started).await;
+                        let (s, g) = one(&plan, &mut sender, (&h2, client), started).await;
                         record(s, g);
                     }
                 }));
@@ -290,9 +359,10 @@ pub async fn run(plan: Plan, progress: impl Fn(u64, u64) + Send + Sync + 'static
                     break;
                 };
                 let (plan, pool, record) = (plan.clone(), pool.clone(), record.clone());
+                let (h2, client) = (h2.clone(), tasks.len());
                 tasks.push(tokio::spawn(async move {
                     let mut sender = pool.lock().ok().and_then(|mut p| p.pop());
-                    let (s, g) = one(&plan, &mut sender, started).await;
+                    let (s, g) = one(&plan, &mut sender, (&h2, client), started).await;
                     if let (Some(c), Ok(mut p)) = (sender, pool.lock()) {
                         p.push(c);
                     }
@@ -503,6 +573,7 @@ mod tests {
             max_requests: Some(40),
             prompt_bytes: vec![100],
             max_tokens: vec![8],
+            http2_connections: None,
         };
         let r = run(plan.clone(), |_, _| {}).await;
         assert_eq!((r.requests, r.ok), (40, 40));

@@ -58,6 +58,10 @@ struct Args {
     /// Allow a target that is not on this machine.
     #[arg(long)]
     allow_remote: bool,
+    /// HTTP/2 without TLS (prior knowledge) over this many connections, shared by the clients
+    /// (default: HTTP/1.1, a connection per client).
+    #[arg(long, value_name = "CONNECTIONS")]
+    http2: Option<usize>,
 }
 
 fn main() -> std::process::ExitCode {
@@ -79,6 +83,9 @@ fn main() -> std::process::ExitCode {
             "{target} is not a loopback address; pass --allow-remote to load another machine"
         ));
     }
+    if a.http2 == Some(0) {
+        return fail("--http2 needs at least one connection".into());
+    }
     if a.prompt_bytes.is_empty() || a.max_tokens.is_empty() || a.concurrency == 0 {
         return fail("--prompt-bytes, --max-tokens and --concurrency need values".into());
     }
@@ -96,6 +103,7 @@ fn main() -> std::process::ExitCode {
         max_requests: a.requests,
         prompt_bytes: a.prompt_bytes.clone(),
         max_tokens: a.max_tokens.clone(),
+        http2_connections: a.http2,
     };
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
