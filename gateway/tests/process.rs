@@ -682,3 +682,106 @@ async fn near_its_open_file_limit_the_gateway_queues_clients_and_never_blames_a_
     sigterm(child.id());
     assert!(child.wait().unwrap().success());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn out_of_descriptors_a_connect_first_closes_the_idle_pool_of_every_replica() {
+    let stream_mock = || {
+        mock(MockConfig {
+            tokens: 10,
+            inter_token: Duration::from_millis(50),
+            ..fast()
+        })
+    };
+    let (a, b) = (stream_mock().await, stream_mock().await);
+    let cfg = format!(
+        "{}\n[[models]]\nname = \"other-model\"\n[[models.versions]]\nname = \"1\"\n\
+         replicas = [{{ url = \"{}\" }}]\n",
+        config(
+            &[a.url()],
+            "[server]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\n\
+             [health]\nactive = false\n",
+        ),
+        b.url()
+    );
+    let path = temp_file("fd-pool.toml", &cfg);
+    let (mut guard, ready, log) = start_with_open_file_limit(64, &path);
+    let addr: SocketAddr = ready["addr"].as_str().unwrap().parse().unwrap();
+    // 20 streams at once to the other model leave 20 idle connections in its replica's pool.
+    let mut other = chat(true);
+    other["model"] = "other-model".into();
+    let streams: Vec<_> = (0..20)
+        .map(|_| {
+            let body = other.to_string();
+            tokio::spawn(async move {
+                let resp = send(addr, "POST", "/v1/chat/completions", &[], body).await;
+                assert_eq!(resp.status(), 200);
+                assert!(read_all(resp.into_body()).await.1);
+            })
+        })
+        .collect();
+    for s in streams {
+        s.await.unwrap();
+    }
+    // The clients' connections close; the pooled ones stay (younger than pool_idle_timeout).
+    let admin: SocketAddr = {
+        let log = log.lock().unwrap();
+        let line = log
+            .iter()
+            .find(|l| l.contains("admin listener ready"))
+            .unwrap();
+        let v: serde_json::Value = serde_json::from_str(line).unwrap();
+        v["addr"].as_str().unwrap().parse().unwrap()
+    };
+    let mut open = String::new();
+    for _ in 0..100 {
+        let metrics = request(admin, "GET", "/metrics", &[], "").await;
+        open = String::from_utf8_lossy(&metrics.body).into_owned();
+        if open.contains("\ngateway_client_connections 0\n") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(open.contains("\ngateway_client_connections 0\n"), "{open}");
+    // 40 streams at once to the first model on one HTTP/2 connection: 40 replica connections
+    // fit only once the other replica's idle ones are closed.
+    let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (sender, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(stream),
+    )
+    .await
+    .unwrap();
+    tokio::spawn(conn);
+    let answers: Vec<_> = (0..40)
+        .map(|_| {
+            let mut sender = sender.clone();
+            tokio::spawn(async move {
+                let req = http::Request::builder()
+                    .method("POST")
+                    .uri(format!("http://{addr}/v1/chat/completions"))
+                    .header("content-type", "application/json")
+                    .body(http_body_util::Full::new(bytes::Bytes::from(
+                        chat(true).to_string(),
+                    )))
+                    .unwrap();
+                let resp = sender.send_request(req).await.unwrap();
+                let status = resp.status().as_u16();
+                let body = http_body_util::BodyExt::collect(resp.into_body())
+                    .await
+                    .unwrap()
+                    .to_bytes();
+                (status, body)
+            })
+        })
+        .collect();
+    for a in answers {
+        let (status, body) = a.await.unwrap();
+        assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+        assert!(body.ends_with(b"data: [DONE]\n\n"));
+    }
+    let log = log.lock().unwrap().join("\n");
+    assert!(!log.contains("replica unreachable"), "{log}");
+    let mut child = guard.0.take().unwrap();
+    sigterm(child.id());
+    assert!(child.wait().unwrap().success());
+}

@@ -210,30 +210,21 @@ async fn attempt_once(
     out: &Outbound,
     sent_at: Instant,
 ) -> Result<Attempt, Timeout> {
-    let mut conn = match endpoint
+    let mut connected = endpoint
         .checkout(cfg.connect_timeout, cfg.pool_idle_timeout)
-        .await
-    {
+        .await;
+    if matches!(connected, Err(upstream::ConnectError::Local(_))) {
+        // Out of descriptors: idle pooled connections to any replica hold some. Closed, one
+        // more try; also when none were left to close, as another request may just have
+        // closed them (boxed: a rare path that should not widen every request's future).
+        endpoints.close_idle(None);
+        connected = Box::pin(endpoint.connect(cfg.connect_timeout)).await;
+    }
+    let mut conn = match connected {
         Ok(c) => c,
         Err(e @ upstream::ConnectError::Local(_)) => {
-            // Out of descriptors: idle pooled connections to any replica hold some. Closed, one
-            // more try (boxed: a rare path that should not widen every request's future).
-            let retried = if endpoints.close_idle(None) > 0 {
-                Box::pin(endpoint.connect(cfg.connect_timeout)).await
-            } else {
-                Err(e)
-            };
-            match retried {
-                Ok(c) => c,
-                Err(e @ upstream::ConnectError::Local(_)) => {
-                    tracing::warn!(replica = %endpoint.authority, error = %e, "no descriptor for a replica connection");
-                    return Ok(Attempt::Local);
-                }
-                Err(e) => {
-                    tracing::warn!(replica = %endpoint.authority, error = %e, "replica unreachable");
-                    return Ok(Attempt::Retry(e.to_string()));
-                }
-            }
+            tracing::warn!(replica = %endpoint.authority, error = %e, "no descriptor for a replica connection");
+            return Ok(Attempt::Local);
         }
         Err(e) => {
             tracing::warn!(replica = %endpoint.authority, error = %e, "replica unreachable");
