@@ -273,20 +273,17 @@ s50, s99 = (med("spread", "direct", pct("ttft_ms", q)) for q in ("p50", "p99"))
 for q, d in (("p50", s50), ("p99", s99)):
     row(f"TTFT added at ~{streams} open streams, arrivals spread ({streams} new/s), {q}", med("spread", "nginx", pct("ttft_ms", q)) - d, med("spread", "gateway", pct("ttft_ms", q)) - d, "ms", "{:.3f}")
 row(f"total stream time at {streams} streams, p50", med("streams", "nginx", pct("latency_ms", "p50")), med("streams", "gateway", pct("latency_ms", "p50")), "ms")
-if int(big) > 0 and cpu.get(("big", "nginx")):
-    bn, bg = load("big", "nginx", 1), load("big", "gateway", 1)
-    row(f"RSS with {big} open streams", rss_max("big", "nginx"), rss_max("big", "gateway"), "MB", "{:.1f}")
-    row(f"memory per stream at {big} streams (RSS − idle)", (rss_max("big", "nginx") * 1024 - int(idle_nginx)) / int(big), (rss_max("big", "gateway") * 1024 - int(idle_gw)) / int(big), "KB", "{:.1f}")
-    rows.append(f"| {big} streams: failed | {bn['failed'] if bn else 'n/a'} | {bg['failed'] if bg else 'n/a'} | |")
+def big_rows(case, kind, over):  # the many-streams phase: kind "" or " HTTP/2"
+    if int(big) == 0 or not cpu.get((case, "nginx")):
+        return
+    bn, bg = load(case, "nginx", 1), load(case, "gateway", 1)
+    row(f"RSS with {big} open streams{over}", rss_max(case, "nginx"), rss_max(case, "gateway"), "MB", "{:.1f}")
+    row(f"memory per stream at {big}{kind} streams (RSS − idle)", (rss_max(case, "nginx") * 1024 - int(idle_nginx)) / int(big), (rss_max(case, "gateway") * 1024 - int(idle_gw)) / int(big), "KB", "{:.1f}")
+    rows.append(f"| {big}{kind} streams: failed | {bn['failed'] if bn else 'n/a'} | {bg['failed'] if bg else 'n/a'} | |")
     if bn and bg and bn.get("ttft_ms") and bg.get("ttft_ms"):
-        row(f"TTFT at {big} streams opened at once, p99 (replica: 100 ms)", bn["ttft_ms"]["p99"], bg["ttft_ms"]["p99"], "ms", "{:.0f}")
-if int(big) > 0 and cpu.get(("big2", "nginx")):
-    bn, bg = load("big2", "nginx", 1), load("big2", "gateway", 1)
-    row(f"RSS with {big} open streams over HTTP/2 (100 to a connection)", rss_max("big2", "nginx"), rss_max("big2", "gateway"), "MB", "{:.1f}")
-    row(f"memory per stream at {big} HTTP/2 streams (RSS − idle)", (rss_max("big2", "nginx") * 1024 - int(idle_nginx)) / int(big), (rss_max("big2", "gateway") * 1024 - int(idle_gw)) / int(big), "KB", "{:.1f}")
-    rows.append(f"| {big} HTTP/2 streams: failed | {bn['failed'] if bn else 'n/a'} | {bg['failed'] if bg else 'n/a'} | |")
-    if bn and bg and bn.get("ttft_ms") and bg.get("ttft_ms"):
-        row(f"TTFT at {big} HTTP/2 streams opened at once, p99 (replica: 100 ms)", bn["ttft_ms"]["p99"], bg["ttft_ms"]["p99"], "ms", "{:.0f}")
+        row(f"TTFT at {big}{kind} streams opened at once, p99 (replica: 100 ms)", bn["ttft_ms"]["p99"], bg["ttft_ms"]["p99"], "ms", "{:.0f}")
+big_rows("big", "", "")
+big_rows("big2", " HTTP/2", " over HTTP/2 (100 to a connection)")
 def paired(case, f):
     pairs = [(load(case, "gateway", r), load(case, "nginx", r)) for r in range(1, rounds + 1)]
     return ", ".join(f"{f(g) / f(n):.2f}×" for g, n in pairs if g and n and f(n)) or "n/a"

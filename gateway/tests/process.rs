@@ -579,6 +579,45 @@ fn start_with_open_file_limit(
     (guard, ready, lines)
 }
 
+/// `n` streaming chat completions at once on one HTTP/2 connection: each one's status and body.
+async fn h2_streams(addr: SocketAddr, n: usize) -> Vec<(u16, bytes::Bytes)> {
+    let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (sender, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(stream),
+    )
+    .await
+    .unwrap();
+    tokio::spawn(conn);
+    let streams: Vec<_> = (0..n)
+        .map(|_| {
+            let mut sender = sender.clone();
+            tokio::spawn(async move {
+                let req = http::Request::builder()
+                    .method("POST")
+                    .uri(format!("http://{addr}/v1/chat/completions"))
+                    .header("content-type", "application/json")
+                    .body(http_body_util::Full::new(bytes::Bytes::from(
+                        chat(true).to_string(),
+                    )))
+                    .unwrap();
+                let resp = sender.send_request(req).await.unwrap();
+                let status = resp.status().as_u16();
+                let body = http_body_util::BodyExt::collect(resp.into_body())
+                    .await
+                    .unwrap()
+                    .to_bytes();
+                (status, body)
+            })
+        })
+        .collect();
+    let mut answers = Vec::new();
+    for s in streams {
+        answers.push(s.await.unwrap());
+    }
+    answers
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn near_its_open_file_limit_the_gateway_queues_clients_and_never_blames_a_replica() {
     // Streams of about half a second; any failure blamed on the replica ejects it at once.
@@ -621,39 +660,9 @@ async fn near_its_open_file_limit_the_gateway_queues_clients_and_never_blames_a_
 
     // HTTP/2: one client connection, 60 streams at once, each wanting a replica connection.
     // Those that find no descriptor get the gateway's own 503; the replica is not blamed.
-    let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let (sender, conn) = hyper::client::conn::http2::handshake(
-        hyper_util::rt::TokioExecutor::new(),
-        hyper_util::rt::TokioIo::new(stream),
-    )
-    .await
-    .unwrap();
-    tokio::spawn(conn);
-    let answers: Vec<_> = (0..60)
-        .map(|_| {
-            let mut sender = sender.clone();
-            tokio::spawn(async move {
-                let req = http::Request::builder()
-                    .method("POST")
-                    .uri(format!("http://{addr}/v1/chat/completions"))
-                    .header("content-type", "application/json")
-                    .body(http_body_util::Full::new(bytes::Bytes::from(
-                        chat(true).to_string(),
-                    )))
-                    .unwrap();
-                let resp = sender.send_request(req).await.unwrap();
-                let status = resp.status().as_u16();
-                let body = http_body_util::BodyExt::collect(resp.into_body())
-                    .await
-                    .unwrap()
-                    .to_bytes();
-                (status, body)
-            })
-        })
-        .collect();
+    let answers = h2_streams(addr, 60).await;
     let mut refused = 0;
-    for a in answers {
-        let (status, body) = a.await.unwrap();
+    for (status, body) in answers {
         if status == 503 {
             refused += 1;
             let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
@@ -744,38 +753,8 @@ async fn out_of_descriptors_a_connect_first_closes_the_idle_pool_of_every_replic
     assert!(open.contains("\ngateway_client_connections 0\n"), "{open}");
     // 40 streams at once to the first model on one HTTP/2 connection: 40 replica connections
     // fit only once the other replica's idle ones are closed.
-    let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let (sender, conn) = hyper::client::conn::http2::handshake(
-        hyper_util::rt::TokioExecutor::new(),
-        hyper_util::rt::TokioIo::new(stream),
-    )
-    .await
-    .unwrap();
-    tokio::spawn(conn);
-    let answers: Vec<_> = (0..40)
-        .map(|_| {
-            let mut sender = sender.clone();
-            tokio::spawn(async move {
-                let req = http::Request::builder()
-                    .method("POST")
-                    .uri(format!("http://{addr}/v1/chat/completions"))
-                    .header("content-type", "application/json")
-                    .body(http_body_util::Full::new(bytes::Bytes::from(
-                        chat(true).to_string(),
-                    )))
-                    .unwrap();
-                let resp = sender.send_request(req).await.unwrap();
-                let status = resp.status().as_u16();
-                let body = http_body_util::BodyExt::collect(resp.into_body())
-                    .await
-                    .unwrap()
-                    .to_bytes();
-                (status, body)
-            })
-        })
-        .collect();
-    for a in answers {
-        let (status, body) = a.await.unwrap();
+    let answers = h2_streams(addr, 40).await;
+    for (status, body) in answers {
         assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
         assert!(body.ends_with(b"data: [DONE]\n\n"));
     }
