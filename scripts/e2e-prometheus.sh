@@ -15,6 +15,7 @@ VENV_BIN="$(dirname "$PYTHON")"
 . scripts/lib.sh
 
 promtool check rules docker/alerts.yml
+promtool test rules docker/alerts.test.yml
 promtool check config docker/prometheus.yml
 "$VENV_BIN/kubernetes-validate" -k 1.30.0 --strict docker/kubernetes/*.yaml
 "$PYTHON" - "$WORK/k8s-gateway.toml" <<'PY'
