@@ -488,6 +488,12 @@ async fn past_max_connections_a_client_waits_to_be_accepted_and_a_reload_can_let
         metrics.contains("\ngateway_client_connections_limit 1\n"),
         "{metrics}"
     );
+    let status = admin(&gw, "GET", "/admin/status", "maxconn-token")
+        .await
+        .json();
+    assert_eq!(status["client_connections"], 1, "{status}");
+    assert_eq!(status["client_connections_limit"], 1, "{status}");
+    assert!(status["open_file_limit"].as_u64().unwrap() > 0, "{status}");
     // The first one leaves: the second is accepted and answered.
     drop(a);
     assert!(read_response(&mut b, &mut buf_b).await.0.contains(" 200 "));

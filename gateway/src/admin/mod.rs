@@ -14,7 +14,8 @@
 //! - `POST /admin/models/{model}/promote` the canary becomes stable (switches `current`)
 //! - `POST /admin/models/{model}/rollback` canary weight 0 at once
 //! - `POST /admin/reload`                 re-read the config file (400 with every error)
-//! - `GET  /admin/status`                 uptime, config source, last reload
+//! - `GET  /admin/status`                 uptime, config source, last reload, connections and
+//!   their cap
 //!
 //! Every change goes through `control`: validated, written back to the config file, published
 //! like a reload, and audited with the token's name (the env var holds `token` or
@@ -302,6 +303,11 @@ fn status_json(app: &AppState) -> serde_json::Value {
         "draining": app.is_draining(),
         "ready": app.is_ready(),
         "last_reload": last,
+        "client_connections": app.descriptors.clients(),
+        "client_connections_limit": app
+            .descriptors
+            .cap(app.snapshot().config.server.max_connections),
+        "open_file_limit": app.descriptors.limit(),
     })
 }
 
