@@ -54,20 +54,18 @@ impl Descriptors {
             .ok()
             .map(|(soft, _)| soft);
         let open = open_now();
-        Self {
-            fd_cap: limit.map(|l| client_cap(l, open)),
-            limit,
-            clients: AtomicUsize::new(0),
-            freed: Notify::new(),
-            warned_at: AtomicU64::new(0),
-        }
+        Self::new(limit.map(|l| client_cap(l, open)), limit)
     }
 
     /// A budget allowing `cap` client connections (tests).
     pub fn with_cap(cap: Option<usize>) -> Self {
+        Self::new(cap, None)
+    }
+
+    fn new(fd_cap: Option<usize>, limit: Option<u64>) -> Self {
         Self {
-            fd_cap: cap,
-            limit: None,
+            fd_cap,
+            limit,
             clients: AtomicUsize::new(0),
             freed: Notify::new(),
             warned_at: AtomicU64::new(0),

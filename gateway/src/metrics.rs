@@ -350,8 +350,7 @@ pub fn refresh(app: &AppState) {
     m.client_connections
         .set(i64::try_from(app.descriptors.clients()).unwrap_or(i64::MAX));
     m.client_connections_limit.set(
-        app.descriptors
-            .cap(snap.config.server.max_connections)
+        app.client_cap()
             .map_or(-1, |c| i64::try_from(c).unwrap_or(i64::MAX)),
     );
     m.upstream_inflight.reset();

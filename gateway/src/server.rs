@@ -112,9 +112,7 @@ impl Gateway {
             tokio::runtime::RuntimeFlavor::CurrentThread => "current_thread",
             _ => "multi_thread",
         };
-        let max_connections = app
-            .descriptors
-            .cap(app.snapshot().config.server.max_connections);
+        let max_connections = app.client_cap();
         tracing::info!(
             addr = %addrs.data,
             workers,
@@ -256,7 +254,7 @@ async fn accept_data(
     shutdown: CancellationToken,
 ) {
     let descriptors = app.descriptors.clone();
-    let cap = || descriptors.cap(app.snapshot().config.server.max_connections);
+    let cap = || app.client_cap();
     loop {
         // A client is accepted only with room for it and its replica connection
         // (`crate::descriptors`); until then it waits in the listen queue.

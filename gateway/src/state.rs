@@ -270,6 +270,13 @@ impl AppState {
         self.draining.store(true, Ordering::Relaxed);
     }
 
+    /// The cap on client connections now: the open-file limit's, or `server.max_connections`
+    /// if lower (`crate::descriptors`).
+    pub fn client_cap(&self) -> Option<usize> {
+        self.descriptors
+            .cap(self.snapshot().config.server.max_connections)
+    }
+
     /// Ready: not draining, and every model has at least one replica that can take traffic.
     pub fn is_ready(&self) -> bool {
         if self.is_draining() {

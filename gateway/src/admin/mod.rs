@@ -304,9 +304,7 @@ fn status_json(app: &AppState) -> serde_json::Value {
         "ready": app.is_ready(),
         "last_reload": last,
         "client_connections": app.descriptors.clients(),
-        "client_connections_limit": app
-            .descriptors
-            .cap(app.snapshot().config.server.max_connections),
+        "client_connections_limit": app.client_cap(),
         "open_file_limit": app.descriptors.limit(),
     })
 }

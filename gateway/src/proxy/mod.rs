@@ -411,9 +411,10 @@ async fn serve(
         Err(Failed { error, retries }) => {
             trace.retries = retries;
             // No replica took the request (queue full, queue timeout, none reachable or all
-            // broke before answering, no descriptor for a replica connection): nothing was generated, so the key's token reservation
-            // is given back. After `response_head_timeout` a replica may still be generating:
-            // that reservation stays spent, as a stream cut short keeps its own.
+            // broke before answering, no descriptor for a replica connection): nothing was
+            // generated, so the key's token reservation is given back. After
+            // `response_head_timeout` a replica may still be generating: that reservation
+            // stays spent, as a stream cut short keeps its own.
             if matches!(
                 error,
                 GatewayError::QueueFull { .. }
