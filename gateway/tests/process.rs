@@ -43,22 +43,37 @@ fn sigterm(pid: u32) {
     assert!(ok);
 }
 
-/// Reads the JSON log on stdout until the data listener reports its address.
-fn wait_for_addr(child: &mut Child) -> SocketAddr {
+/// The gateway's JSON log lines, as they come.
+type Log = std::sync::Arc<std::sync::Mutex<Vec<String>>>;
+
+/// Follows the JSON log on stdout: the "data listener ready" line once it comes, and every
+/// line kept as it comes.
+fn follow_log(child: &mut Child) -> (serde_json::Value, Log) {
     let stdout = child.stdout.take().unwrap();
+    let lines = Log::default();
     let (tx, rx) = std::sync::mpsc::channel();
+    let kept = lines.clone();
     std::thread::spawn(move || {
-        let mut sent = false;
         for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            if !sent && line.contains("data listener ready") {
-                let v: serde_json::Value = serde_json::from_str(&line).unwrap();
-                let _ = tx.send(v["addr"].as_str().unwrap().parse::<SocketAddr>().unwrap());
-                sent = true;
+            if line.contains("data listener ready") {
+                let _ = tx.send(serde_json::from_str::<serde_json::Value>(&line).unwrap());
             }
+            kept.lock().unwrap().push(line);
         }
     });
-    rx.recv_timeout(Duration::from_secs(20))
-        .expect("gateway did not start")
+    let ready = rx
+        .recv_timeout(Duration::from_secs(20))
+        .expect("gateway did not start");
+    (ready, lines)
+}
+
+/// The data listener's address, from the log.
+fn wait_for_addr(child: &mut Child) -> SocketAddr {
+    follow_log(child).0["addr"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -544,11 +559,7 @@ async fn no_log_line_metric_or_error_body_contains_a_plaintext_key() {
 fn start_with_open_file_limit(
     limit: u32,
     config: &std::path::Path,
-) -> (
-    ChildGuard,
-    serde_json::Value,
-    std::sync::Arc<std::sync::Mutex<Vec<String>>>,
-) {
+) -> (ChildGuard, serde_json::Value, Log) {
     let child = Command::new("sh")
         .args([
             "-c",
@@ -561,22 +572,8 @@ fn start_with_open_file_limit(
         .spawn()
         .unwrap();
     let mut guard = ChildGuard(Some(child));
-    let stdout = guard.0.as_mut().unwrap().stdout.take().unwrap();
-    let lines = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
-    let (tx, rx) = std::sync::mpsc::channel();
-    let kept = lines.clone();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            if line.contains("data listener ready") {
-                let _ = tx.send(serde_json::from_str::<serde_json::Value>(&line).unwrap());
-            }
-            kept.lock().unwrap().push(line);
-        }
-    });
-    let ready = rx
-        .recv_timeout(Duration::from_secs(20))
-        .expect("gateway did not start");
-    (guard, ready, lines)
+    let (ready, log) = follow_log(guard.0.as_mut().unwrap());
+    (guard, ready, log)
 }
 
 /// `n` streaming chat completions at once on one HTTP/2 connection: each one's status and body.
