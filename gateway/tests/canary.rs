@@ -4,7 +4,6 @@
 mod common;
 
 use std::collections::HashMap;
-use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -27,16 +26,6 @@ fn version_of(r: &Reply) -> String {
         .to_str()
         .unwrap()
         .to_owned()
-}
-
-fn temp_dir(tag: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!(
-        "gateway-canary-{tag}-{}-{}",
-        std::process::id(),
-        fastrand::u32(..)
-    ));
-    std::fs::create_dir_all(&d).unwrap();
-    d
 }
 
 async fn drive(addr: std::net::SocketAddr, n: usize, workers: usize) {

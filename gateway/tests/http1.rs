@@ -441,12 +441,7 @@ async fn past_max_connections_a_client_waits_to_be_accepted_and_a_reload_can_let
     const TOKEN: &str = "GW_TEST_ADMIN_MAXCONN";
     std::env::set_var(TOKEN, "maxconn-token");
     let m = mock(fast()).await;
-    let dir = std::env::temp_dir().join(format!(
-        "gateway-maxconn-{}-{}",
-        std::process::id(),
-        fastrand::u32(..)
-    ));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = temp_dir("maxconn");
     let path = dir.join("gateway.toml");
     let config_with = |cap: u32| {
         config(

@@ -524,12 +524,7 @@ async fn a_key_revoked_by_a_reload_is_refused_on_a_connection_that_used_it() {
     const TOKEN: &str = "GW_TEST_ADMIN_KEYS";
     std::env::set_var(TOKEN, "keys-token");
     let m = mock(fast()).await;
-    let dir = std::env::temp_dir().join(format!(
-        "gateway-keys-{}-{}",
-        std::process::id(),
-        fastrand::u32(..)
-    ));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = temp_dir("keys");
     let path = dir.join("gateway.toml");
     let config = |keys: &[&str]| {
         let mut c = format!(

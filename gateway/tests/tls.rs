@@ -78,12 +78,7 @@ async fn setup_with(
     mock_cfg: loadtest::MockConfig,
     extra_server: &str,
 ) -> (PathBuf, loadtest::MockReplica, TestGateway, Cert) {
-    let dir = std::env::temp_dir().join(format!(
-        "gateway-tls-{}-{}",
-        std::process::id(),
-        fastrand::u32(..)
-    ));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = temp_dir("tls");
     let c = cert();
     write_cert(&dir, &c);
     let m = mock(mock_cfg).await;

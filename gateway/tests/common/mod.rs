@@ -99,6 +99,18 @@ pub fn config_replicas(replicas: &[String], extra: &str, model_keys: &str) -> St
     )
 }
 
+/// A new directory of its own under the system's temp dir (`tag` names it), for a test's
+/// config file or deployment tree.
+pub fn temp_dir(tag: &str) -> std::path::PathBuf {
+    let d = std::env::temp_dir().join(format!(
+        "gateway-{tag}-{}-{}",
+        std::process::id(),
+        fastrand::u32(..)
+    ));
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
 /// Extra TOML that turns active health probes off (for tests that count connections).
 pub const NO_PROBES: &str = "[health]\nactive = false\n";
 
