@@ -31,6 +31,7 @@ pub mod metrics;
 pub mod proxy;
 pub mod server;
 pub mod sse;
+pub mod stall;
 pub mod state;
 pub mod tls;
 pub mod transport;

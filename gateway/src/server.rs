@@ -126,7 +126,7 @@ impl Gateway {
         // Every data connection's task. HTTP/1.1 (our own server) drains on `shutdown` itself;
         // HTTP/2 (hyper) through `graceful`.
         let conns = TaskTracker::new();
-        let h2 = h2_builder();
+        let h2 = h2_builder(app.clone());
         let data_task = {
             let (app, shutdown) = (app.clone(), shutdown.clone());
             let watcher = graceful.clone();
@@ -192,10 +192,10 @@ impl Gateway {
 
 /// hyper's HTTP/2 settings for the data port (HTTP/1.1 is `crate::h1`'s). The protocol is
 /// chosen per connection before hyper sees it (ALPN, or the h2 preface).
-type H2Builder = hyper::server::conn::http2::Builder<PerPollExecutor>;
+type H2Builder = hyper::server::conn::http2::Builder<StreamExecutor>;
 
-fn h2_builder() -> H2Builder {
-    let mut h2 = hyper::server::conn::http2::Builder::new(PerPollExecutor);
+fn h2_builder(app: Arc<AppState>) -> H2Builder {
+    let mut h2 = hyper::server::conn::http2::Builder::new(StreamExecutor { app });
     h2.timer(TokioTimer::new())
         .max_concurrent_streams(1024)
         .max_header_list_size((MAX_HEADER_BYTES_CEILING + 16 * 1024) as u32);
@@ -203,17 +203,24 @@ fn h2_builder() -> H2Builder {
 }
 
 /// Runs hyper's tasks (each HTTP/2 stream's request) as `tokio::spawn` does, each poll
-/// sharing one clock reading (`crate::clock`), as a connection's own task does.
-#[derive(Clone, Copy)]
-struct PerPollExecutor;
+/// sharing one clock reading (`crate::clock`), as a connection's own task does, and each
+/// reset once its client has taken nothing for `server.send_timeout` (`crate::stall`).
+#[derive(Clone)]
+struct StreamExecutor {
+    app: Arc<AppState>,
+}
 
-impl<F> hyper::rt::Executor<F> for PerPollExecutor
+impl<F> hyper::rt::Executor<F> for StreamExecutor
 where
     F: std::future::Future + Send + 'static,
     F::Output: Send + 'static,
 {
     fn execute(&self, fut: F) {
-        tokio::spawn(crate::clock::per_poll(fut));
+        let send_timeout = self.app.snapshot().config.server.send_timeout;
+        tokio::spawn(crate::clock::per_poll(crate::stall::watched(
+            fut,
+            send_timeout,
+        )));
     }
 }
 

@@ -83,18 +83,6 @@ async fn fill(s: &mut TcpStream, buf: &mut Vec<u8>) {
     buf.extend_from_slice(&chunk[..n]);
 }
 
-/// The gateway counted exactly one request as `status="client_closed"`.
-async fn assert_one_client_closed(gw: &TestGateway) {
-    let text = request(gw.admin, "GET", "/metrics", &[], "").await;
-    let text = String::from_utf8_lossy(&text.body).into_owned();
-    assert!(
-        text.lines().any(|l| l.starts_with("ai_requests_total")
-            && l.contains("status=\"client_closed\"")
-            && l.ends_with(" 1")),
-        "{text}"
-    );
-}
-
 fn chat_request(extra_headers: &str, body: &str) -> String {
     format!(
         "POST /v1/chat/completions HTTP/1.1\r\nHost: g\r\nContent-Type: application/json\r\n{extra_headers}Content-Length: {}\r\n\r\n{body}",

@@ -280,6 +280,90 @@ async fn http2_prior_knowledge_on_the_same_port() {
     }
 }
 
+/// `server.send_timeout` holds for HTTP/2 streams too: a stream whose client stops taking it
+/// (grants it no more window) is reset after the timeout and its replica released, while the
+/// connection goes on serving other streams.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http2_stream_whose_client_stops_reading_is_reset_after_the_send_timeout() {
+    // A 2-million-token answer (about 20 MB) unless the request asks for fewer.
+    let m = mock(MockConfig {
+        tokens: 2_000_000,
+        inter_token: Duration::ZERO,
+        ..fast()
+    })
+    .await;
+    let gw = TestGateway::start(&config(&[m.url()], "[server]\nsend_timeout = \"300ms\"\n")).await;
+    let stream = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+    // A 16 KiB window per stream, never given back for a body left unread.
+    let (mut sender, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
+        .initial_stream_window_size(16 * 1024)
+        .handshake(TokioIo::new(stream))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let post = |body: serde_json::Value| {
+        http::Request::builder()
+            .method("POST")
+            .uri(format!("http://{}/v1/chat/completions", gw.addr))
+            .header("content-type", "application/json")
+            .body(Full::new(Bytes::from(body.to_string())))
+            .unwrap()
+    };
+    let stalled = sender.send_request(post(chat(true))).await.unwrap();
+    assert_eq!(stalled.status(), 200);
+    // Nothing read: the gateway gives up on the stream, the replica's connection is dropped,
+    // its slot freed, and the request counted as the client's doing.
+    let ep = endpoint(&gw, &m.url());
+    assert!(
+        eventually(Duration::from_secs(10), || ep.inflight() == 0).await,
+        "still in flight"
+    );
+    assert_one_client_closed(&gw).await;
+    // The stream was reset: what it was sent before the window closed, then the reset.
+    let read = tokio::time::timeout(Duration::from_secs(5), stalled.into_body().collect())
+        .await
+        .expect("the stream ends");
+    assert!(read.is_err(), "a complete 20 MB answer?");
+    // The connection itself lives on: another stream on it is served whole.
+    let mut short = chat(true);
+    short["max_tokens"] = 3.into();
+    let resp = sender.send_request(post(short)).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    assert!(body.ends_with(b"data: [DONE]\n\n"));
+}
+
+/// A replica silent for longer than `send_timeout` between tokens is not a stalled client: the
+/// HTTP/2 stream is served whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http2_stream_with_pauses_longer_than_the_send_timeout_is_served_whole() {
+    let m = mock(MockConfig {
+        tokens: 3,
+        inter_token: Duration::from_millis(700),
+        ..fast()
+    })
+    .await;
+    let gw = TestGateway::start(&config(&[m.url()], "[server]\nsend_timeout = \"300ms\"\n")).await;
+    let stream = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+    let (mut sender, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    let req = http::Request::builder()
+        .method("POST")
+        .uri(format!("http://{}/v1/chat/completions", gw.addr))
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from(chat(true).to_string())))
+        .unwrap();
+    let resp = sender.send_request(req).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    let text = String::from_utf8_lossy(&body);
+    assert_eq!(text.matches("tok").count(), 3, "{text}");
+    assert!(text.ends_with("data: [DONE]\n\n"));
+}
+
 /// The load tool's HTTP/2 mode, end to end: many streams at once over two shared connections,
 /// each stream its own replica connection behind the gateway.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

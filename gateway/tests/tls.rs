@@ -275,18 +275,6 @@ fn chat_request(body: &str) -> String {
     )
 }
 
-/// The gateway counted exactly one request as `status="client_closed"`.
-async fn assert_one_client_closed(gw: &TestGateway) {
-    let text = request(gw.admin, "GET", "/metrics", &[], "").await;
-    let text = String::from_utf8_lossy(&text.body).into_owned();
-    assert!(
-        text.lines().any(|l| l.starts_with("ai_requests_total")
-            && l.contains("status=\"client_closed\"")
-            && l.ends_with(" 1")),
-        "{text}"
-    );
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http1_over_tls_gets_the_same_answers_as_plain_http1() {
     let (dir, m, gw, c) = setup_with(fast(), "header_read_timeout = \"300ms\"").await;

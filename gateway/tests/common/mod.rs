@@ -425,3 +425,15 @@ pub async fn pace(
     }
     (ok, limited, other)
 }
+
+/// The gateway counted exactly one request as `status="client_closed"`.
+pub async fn assert_one_client_closed(gw: &TestGateway) {
+    let text = request(gw.admin, "GET", "/metrics", &[], "").await;
+    let text = String::from_utf8_lossy(&text.body).into_owned();
+    assert!(
+        text.lines().any(|l| l.starts_with("ai_requests_total")
+            && l.contains("status=\"client_closed\"")
+            && l.ends_with(" 1")),
+        "{text}"
+    );
+}
