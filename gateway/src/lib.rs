@@ -23,6 +23,7 @@ pub mod descriptors;
 pub mod error;
 pub mod fields;
 pub mod h1;
+pub mod h2;
 pub mod health;
 pub mod json;
 pub mod limits;
@@ -31,7 +32,7 @@ pub mod metrics;
 pub mod proxy;
 pub mod server;
 pub mod sse;
-pub mod stall;
+
 pub mod state;
 pub mod tls;
 pub mod transport;

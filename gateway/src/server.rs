@@ -16,7 +16,6 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::config::validate::MAX_HEADER_BYTES_CEILING;
 use crate::config::Config;
 use crate::proxy::read::ClientBody;
 use crate::proxy::{self, ConnCtx};
@@ -123,16 +122,14 @@ impl Gateway {
         );
         tracing::info!(addr = %addrs.admin, "admin listener ready");
         let graceful = Arc::new(GracefulShutdown::new());
-        // Every data connection's task. HTTP/1.1 (our own server) drains on `shutdown` itself;
-        // HTTP/2 (hyper) through `graceful`.
+        // Every data connection's task. Each drains on `shutdown` itself (HTTP/1.1 in our own
+        // server, HTTP/2 in `crate::h2`); `graceful` is the admin connections'.
         let conns = TaskTracker::new();
-        let h2 = h2_builder(app.clone());
         let data_task = {
             let (app, shutdown) = (app.clone(), shutdown.clone());
-            let watcher = graceful.clone();
             let tracker = conns.clone();
             tokio::spawn(async move {
-                accept_data(data, h2, app, watcher, tracker, shutdown).await;
+                accept_data(data, app, tracker, shutdown).await;
             })
         };
         let admin_task = {
@@ -190,40 +187,6 @@ impl Gateway {
     }
 }
 
-/// hyper's HTTP/2 settings for the data port (HTTP/1.1 is `crate::h1`'s). The protocol is
-/// chosen per connection before hyper sees it (ALPN, or the h2 preface).
-type H2Builder = hyper::server::conn::http2::Builder<StreamExecutor>;
-
-fn h2_builder(app: Arc<AppState>) -> H2Builder {
-    let mut h2 = hyper::server::conn::http2::Builder::new(StreamExecutor { app });
-    h2.timer(TokioTimer::new())
-        .max_concurrent_streams(1024)
-        .max_header_list_size((MAX_HEADER_BYTES_CEILING + 16 * 1024) as u32);
-    h2
-}
-
-/// Runs hyper's tasks (each HTTP/2 stream's request) as `tokio::spawn` does, each poll
-/// sharing one clock reading (`crate::clock`), as a connection's own task does, and each
-/// reset once its client has taken nothing for `server.send_timeout` (`crate::stall`).
-#[derive(Clone)]
-struct StreamExecutor {
-    app: Arc<AppState>,
-}
-
-impl<F> hyper::rt::Executor<F> for StreamExecutor
-where
-    F: std::future::Future + Send + 'static,
-    F::Output: Send + 'static,
-{
-    fn execute(&self, fut: F) {
-        let send_timeout = self.app.snapshot().config.server.send_timeout;
-        tokio::spawn(crate::clock::per_poll(crate::stall::watched(
-            fut,
-            send_timeout,
-        )));
-    }
-}
-
 /// The HTTP/2 connection preface (prior knowledge, h2c).
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
@@ -254,9 +217,7 @@ async fn is_h2_preface(stream: &TcpStream) -> Option<bool> {
 
 async fn accept_data(
     listener: TcpListener,
-    h2: H2Builder,
     app: Arc<AppState>,
-    graceful: Arc<GracefulShutdown>,
     conns: TaskTracker,
     shutdown: CancellationToken,
 ) {
@@ -297,8 +258,6 @@ async fn accept_data(
             key: crate::auth::KeyMemo::default(),
         });
         let first_byte_timeout = app.snapshot().config.server.header_read_timeout;
-        // Subscribed now (before any shutdown signal), used once the protocol is known.
-        let (h2, watcher) = (h2.clone(), graceful.watcher());
         let stop = shutdown.clone();
         let app = app.clone();
         if let Some(tls) = &app.tls {
@@ -316,9 +275,7 @@ async fn accept_data(
                     _ = stop.cancelled() => return,
                 };
                 if tls_stream.get_ref().1.alpn_protocol() == Some(b"h2") {
-                    let io = TokioIo::new(tls_stream);
-                    let svc = hyper_service(app, ctx);
-                    let _ = watcher.watch(h2.serve_connection(io, svc)).await;
+                    crate::h2::serve(TokioIo::new(tls_stream), app, ctx, stop).await;
                 } else {
                     crate::h1::serve(Tls::new(tls_stream), app, ctx, stop).await;
                 }
@@ -337,9 +294,7 @@ async fn accept_data(
             };
             match sniffed {
                 Ok(Some(true)) => {
-                    let io = TokioIo::new(HyperTcp(stream));
-                    let svc = hyper_service(app, ctx);
-                    let _ = watcher.watch(h2.serve_connection(io, svc)).await;
+                    crate::h2::serve(TokioIo::new(HyperTcp(stream)), app, ctx, stop).await;
                 }
                 Ok(Some(false)) => crate::h1::serve(stream, app, ctx, stop).await,
                 _ => {}
@@ -350,7 +305,7 @@ async fn accept_data(
 
 /// The request path as a hyper service, for the connections hyper serves (HTTP/2, with or
 /// without TLS); HTTP/1.1 calls `proxy::handle` from `crate::h1` directly.
-fn hyper_service(
+pub(crate) fn hyper_service(
     app: Arc<AppState>,
     ctx: Arc<ConnCtx>,
 ) -> impl hyper::service::Service<

@@ -333,23 +333,28 @@ async fn an_http2_stream_whose_client_stops_reading_is_reset_after_the_send_time
     assert!(body.ends_with(b"data: [DONE]\n\n"));
 }
 
-/// A replica silent for longer than `send_timeout` between tokens is not a stalled client: the
-/// HTTP/2 stream is served whole.
+/// A replica silent for longer than `send_timeout` between tokens is not a stalled client, and
+/// a connection with a stream open is not idle: the HTTP/2 stream is served whole. Once nothing
+/// is open for `header_read_timeout`, the connection is closed, as an idle HTTP/1.1 one is.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_http2_stream_with_pauses_longer_than_the_send_timeout_is_served_whole() {
+async fn an_http2_stream_with_pauses_is_served_whole_and_the_idle_connection_then_closed() {
     let m = mock(MockConfig {
         tokens: 3,
         inter_token: Duration::from_millis(700),
         ..fast()
     })
     .await;
-    let gw = TestGateway::start(&config(&[m.url()], "[server]\nsend_timeout = \"300ms\"\n")).await;
+    let gw = TestGateway::start(&config(
+        &[m.url()],
+        "[server]\nsend_timeout = \"300ms\"\nheader_read_timeout = \"300ms\"\n",
+    ))
+    .await;
     let stream = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
     let (mut sender, conn) =
         hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
             .await
             .unwrap();
-    tokio::spawn(conn);
+    let conn = tokio::spawn(conn);
     let req = http::Request::builder()
         .method("POST")
         .uri(format!("http://{}/v1/chat/completions", gw.addr))
@@ -362,6 +367,13 @@ async fn an_http2_stream_with_pauses_longer_than_the_send_timeout_is_served_whol
     let text = String::from_utf8_lossy(&body);
     assert_eq!(text.matches("tok").count(), 3, "{text}");
     assert!(text.ends_with("data: [DONE]\n\n"));
+    // Then idle: the gateway closes the connection (a GOAWAY, then the end).
+    let ended = tokio::time::timeout(Duration::from_secs(5), conn).await;
+    assert!(ended.is_ok(), "the idle connection is still open");
+    assert!(sender
+        .send_request(http::Request::new(Full::new(Bytes::new())))
+        .await
+        .is_err());
 }
 
 /// The load tool's HTTP/2 mode, end to end: many streams at once over two shared connections,

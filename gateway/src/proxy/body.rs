@@ -564,7 +564,7 @@ impl Body for ResponseBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         // For HTTP/2's send timeout: a poll here means the client has room for more.
-        crate::stall::body_polled();
+        crate::h2::body_polled();
         match self.get_mut() {
             Self::Full { data } => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
             Self::Upstream { body } => body.as_mut().poll_frame(cx),

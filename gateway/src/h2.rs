@@ -1,28 +1,148 @@
-//! `server.send_timeout` for HTTP/2 streams: a client that stops taking a stream's answer
-//! (grants it no flow-control window) for that long has the stream reset, which cancels the
-//! upstream request, as a stalled HTTP/1.1 reader has its connection closed (`crate::h1`).
+//! What the gateway adds to hyper's HTTP/2 server (the data port's h2c and h2 over TLS), which
+//! has neither of HTTP/1.1's two limits on a client (`crate::h1`):
 //!
-//! hyper serves HTTP/2 and has no such limit: a stream whose window is spent waits for room
-//! for as long as the connection lives, holding its replica connection, its in-flight slot and
-//! the replica's own work on it. While it waits, hyper does not poll the answer's body. So
-//! each stream's task (hyper hands it to the executor) runs inside [`Watched`], which notes
-//! whether a poll of the task reached the body ([`body_polled`], called by the body). Once the
-//! body has been reached, a poll that does not reach it is a wait for room; when the body has
-//! not been reached for `send_timeout`, the stream's task is dropped. hyper's stream goes with
-//! it: h2 resets the stream (`CANCEL`) and the body's drop releases the replica and records
-//! the request as `client_closed`.
+//! * **`server.send_timeout`, per stream.** A client that stops taking a stream's answer
+//!   (grants it no flow-control window) for that long has the stream reset, which cancels the
+//!   upstream request, as a stalled HTTP/1.1 reader has its connection closed. Left alone, a
+//!   stream whose window is spent waits for room for as long as the connection lives, holding
+//!   its replica connection, its in-flight slot and the replica's own work on it. While it
+//!   waits, hyper does not poll the answer's body. So each stream's task (hyper hands it to
+//!   the executor) runs inside [`Watched`], which notes whether a poll of the task reached the
+//!   body ([`body_polled`], called by the body). Once the body has been reached, a poll that
+//!   does not reach it is a wait for room; when the body has not been reached for
+//!   `send_timeout`, the stream's task is dropped. hyper's stream goes with it: h2 resets the
+//!   stream (`CANCEL`) and the body's drop releases the replica and records the request as
+//!   `client_closed`. A body waiting for its replica (a long pause between tokens) is not a
+//!   stall: it was polled and returned `Pending`. When the timer fires, the task is polled
+//!   again, hyper finds room and polls the body, and the timer is moved on.
+//! * **An idle limit.** A connection with no stream open for `server.header_read_timeout` (the
+//!   HTTP/1.1 keep-alive limit) is closed with a `GOAWAY`, so idle clients do not keep
+//!   descriptors and places under the connection cap for ever ([`Streams`]).
 //!
-//! A body waiting for its replica (a long pause between tokens) is not a stall: it was polled
-//! and returned `Pending`. When the timer fires, the task is polled again, hyper finds room
-//! and polls the body, and the timer is moved on.
+//! Draining is as before: `GOAWAY`, then the connection ends once its streams have.
 
 use std::cell::Cell;
 use std::future::Future;
-use std::pin::Pin;
+use std::pin::{pin, Pin};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
+use hyper_util::rt::TokioTimer;
+use tokio::sync::Notify;
 use tokio::time::{Instant, Sleep};
+use tokio_util::sync::CancellationToken;
+
+use crate::config::validate::MAX_HEADER_BYTES_CEILING;
+use crate::proxy::ConnCtx;
+use crate::state::AppState;
+
+/// Serves one HTTP/2 connection until it ends: reset streams whose client stopped reading,
+/// a `GOAWAY` once it has been idle for `server.header_read_timeout`, and one when `stop` is
+/// cancelled (draining).
+pub async fn serve<I>(io: I, app: Arc<AppState>, ctx: Arc<ConnCtx>, stop: CancellationToken)
+where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+{
+    let streams = Arc::new(Streams::default());
+    let idle = app.snapshot().config.server.header_read_timeout;
+    let executor = StreamExecutor {
+        app: app.clone(),
+        streams: streams.clone(),
+    };
+    let mut builder = hyper::server::conn::http2::Builder::new(executor);
+    builder
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(1024)
+        .max_header_list_size((MAX_HEADER_BYTES_CEILING + 16 * 1024) as u32);
+    let mut conn = pin!(builder.serve_connection(io, crate::server::hyper_service(app, ctx)));
+    let mut closing = false;
+    loop {
+        tokio::select! {
+            _ = conn.as_mut() => return,
+            () = stop.cancelled(), if !closing => {}
+            () = streams.idle_for(idle), if !closing => {
+                tracing::debug!(?idle, "HTTP/2 connection idle; closing it");
+            }
+        }
+        // hyper's graceful close: `GOAWAY`, and the end once the open streams have ended.
+        conn.as_mut().graceful_shutdown();
+        closing = true;
+    }
+}
+
+/// Runs hyper's tasks (each HTTP/2 stream's request) as `tokio::spawn` does, each poll
+/// sharing one clock reading (`crate::clock`), as a connection's own task does, each reset
+/// once its client has taken nothing for `server.send_timeout`, and each counted in its
+/// connection's [`Streams`].
+#[derive(Clone)]
+struct StreamExecutor {
+    app: Arc<AppState>,
+    streams: Arc<Streams>,
+}
+
+impl<F> hyper::rt::Executor<F> for StreamExecutor
+where
+    F: Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    fn execute(&self, fut: F) {
+        let send_timeout = self.app.snapshot().config.server.send_timeout;
+        let mut task = watched(fut, send_timeout);
+        task.open = Some(self.streams.open());
+        tokio::spawn(crate::clock::per_poll(task));
+    }
+}
+
+/// A connection's open streams, for its idle limit.
+#[derive(Default)]
+pub struct Streams {
+    open: AtomicUsize,
+    /// Streams ever opened: a wait for idleness that saw this move started over.
+    opened: AtomicU64,
+    /// Told when the last open stream ends.
+    none_open: Notify,
+}
+
+/// An open stream's place in [`Streams`], given back when its task ends.
+pub struct Open(Arc<Streams>);
+
+impl Drop for Open {
+    fn drop(&mut self) {
+        if self.0.open.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.0.none_open.notify_waiters();
+        }
+    }
+}
+
+impl Streams {
+    /// A stream opens: counted until the returned guard is dropped.
+    pub fn open(self: &Arc<Self>) -> Open {
+        self.opened.fetch_add(1, Ordering::AcqRel);
+        self.open.fetch_add(1, Ordering::AcqRel);
+        Open(self.clone())
+    }
+
+    /// Returns once no stream has been open for `idle` (the wait starts over whenever a
+    /// stream opens, so it may take up to twice that after the last one ends).
+    pub async fn idle_for(&self, idle: Duration) {
+        loop {
+            let mut ended = pin!(self.none_open.notified());
+            ended.as_mut().enable();
+            if self.open.load(Ordering::Acquire) > 0 {
+                ended.await;
+                continue;
+            }
+            let seen = self.opened.load(Ordering::Acquire);
+            tokio::time::sleep(idle).await;
+            if self.open.load(Ordering::Acquire) == 0 && self.opened.load(Ordering::Acquire) == seen
+            {
+                return;
+            }
+        }
+    }
+}
 
 thread_local! {
     /// Set when an answer's body is polled; read and cleared around each poll of a watched task.
@@ -46,6 +166,8 @@ pin_project_lite::pin_project! {
         // The last poll that reached the body; `None` until one has (the request is still
         // being served before that, under its own deadlines).
         last: Option<Instant>,
+        // Its place among its connection's open streams.
+        open: Option<Open>,
     }
 }
 
@@ -56,6 +178,7 @@ pub fn watched<F: Future>(task: F, timeout: Duration) -> Watched<F> {
         timer: None,
         timeout,
         last: None,
+        open: None,
     }
 }
 
@@ -221,5 +344,44 @@ mod tests {
         // first token). That has its own limits; the send timeout does not apply.
         let (cut, dropped, _) = run(Some(Duration::from_secs(1)), |_| false, TIMEOUT * 5).await;
         assert!(!cut && !dropped);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_connection_is_idle_once_no_stream_has_been_open_for_the_limit() {
+        let streams = Arc::new(Streams::default());
+        let idle = Duration::from_secs(30);
+        // None open from the start: idle after the limit, not before.
+        let t0 = Instant::now();
+        streams.idle_for(idle).await;
+        assert_eq!(t0.elapsed(), idle);
+
+        // A stream open for 100 s: not idle while it is, then idle the limit after it ends.
+        let open = streams.open();
+        let waiting = tokio::spawn({
+            let streams = streams.clone();
+            async move {
+                let t = Instant::now();
+                streams.idle_for(idle).await;
+                t.elapsed()
+            }
+        });
+        tokio::time::sleep(Duration::from_secs(100)).await;
+        assert!(!waiting.is_finished());
+        drop(open);
+        assert_eq!(waiting.await.unwrap(), Duration::from_secs(100) + idle);
+
+        // A stream that opens and ends during the wait starts it over.
+        let waiting = tokio::spawn({
+            let streams = streams.clone();
+            async move {
+                let t = Instant::now();
+                streams.idle_for(idle).await;
+                t.elapsed()
+            }
+        });
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        drop(streams.open());
+        let took = waiting.await.unwrap();
+        assert!(took > idle && took <= idle * 2, "{took:?}");
     }
 }
