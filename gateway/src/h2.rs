@@ -346,6 +346,16 @@ mod tests {
         assert!(!cut && !dropped);
     }
 
+    /// How long `idle_for` takes, from now, in a task of its own.
+    fn wait_idle(streams: &Arc<Streams>, idle: Duration) -> tokio::task::JoinHandle<Duration> {
+        let streams = streams.clone();
+        tokio::spawn(async move {
+            let t = Instant::now();
+            streams.idle_for(idle).await;
+            t.elapsed()
+        })
+    }
+
     #[tokio::test(start_paused = true)]
     async fn a_connection_is_idle_once_no_stream_has_been_open_for_the_limit() {
         let streams = Arc::new(Streams::default());
@@ -357,28 +367,14 @@ mod tests {
 
         // A stream open for 100 s: not idle while it is, then idle the limit after it ends.
         let open = streams.open();
-        let waiting = tokio::spawn({
-            let streams = streams.clone();
-            async move {
-                let t = Instant::now();
-                streams.idle_for(idle).await;
-                t.elapsed()
-            }
-        });
+        let waiting = wait_idle(&streams, idle);
         tokio::time::sleep(Duration::from_secs(100)).await;
         assert!(!waiting.is_finished());
         drop(open);
         assert_eq!(waiting.await.unwrap(), Duration::from_secs(100) + idle);
 
         // A stream that opens and ends during the wait starts it over.
-        let waiting = tokio::spawn({
-            let streams = streams.clone();
-            async move {
-                let t = Instant::now();
-                streams.idle_for(idle).await;
-                t.elapsed()
-            }
-        });
+        let waiting = wait_idle(&streams, idle);
         tokio::time::sleep(Duration::from_secs(10)).await;
         drop(streams.open());
         let took = waiting.await.unwrap();

@@ -356,14 +356,7 @@ async fn draining_closes_idle_connections_at_once_and_busy_ones_after_their_answ
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_that_stops_reading_is_cut_after_the_send_timeout() {
-    // A 2-million-token answer (about 20 MB): far more than the socket buffers hold.
-    let m = mock(MockConfig {
-        tokens: 2_000_000,
-        inter_token: Duration::ZERO,
-        ..fast()
-    })
-    .await;
-    let gw = TestGateway::start(&config(&[m.url()], "[server]\nsend_timeout = \"300ms\"\n")).await;
+    let (m, gw) = huge_answer_with_a_short_send_timeout().await;
     // A small receive buffer, and nothing read: the gateway's writes soon find no room.
     let socket = tokio::net::TcpSocket::new_v4().unwrap();
     socket.set_recv_buffer_size(4096).unwrap();

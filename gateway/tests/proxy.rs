@@ -285,14 +285,7 @@ async fn http2_prior_knowledge_on_the_same_port() {
 /// connection goes on serving other streams.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_http2_stream_whose_client_stops_reading_is_reset_after_the_send_timeout() {
-    // A 2-million-token answer (about 20 MB) unless the request asks for fewer.
-    let m = mock(MockConfig {
-        tokens: 2_000_000,
-        inter_token: Duration::ZERO,
-        ..fast()
-    })
-    .await;
-    let gw = TestGateway::start(&config(&[m.url()], "[server]\nsend_timeout = \"300ms\"\n")).await;
+    let (m, gw) = huge_answer_with_a_short_send_timeout().await;
     let stream = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
     // A 16 KiB window per stream, never given back for a body left unread.
     let (mut sender, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())

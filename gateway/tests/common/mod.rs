@@ -437,3 +437,17 @@ pub async fn assert_one_client_closed(gw: &TestGateway) {
         "{text}"
     );
 }
+
+/// A replica whose answers are 2 million tokens (about 20 MB, far more than socket buffers or
+/// an h2 window hold) unless a request asks for fewer, behind a gateway whose
+/// `send_timeout` is 300 ms.
+pub async fn huge_answer_with_a_short_send_timeout() -> (MockReplica, TestGateway) {
+    let m = mock(MockConfig {
+        tokens: 2_000_000,
+        inter_token: Duration::ZERO,
+        ..fast()
+    })
+    .await;
+    let gw = TestGateway::start(&config(&[m.url()], "[server]\nsend_timeout = \"300ms\"\n")).await;
+    (m, gw)
+}
