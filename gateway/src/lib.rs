@@ -27,6 +27,7 @@ pub mod h2;
 pub mod health;
 pub mod json;
 pub mod limits;
+pub mod logs;
 pub mod lookup;
 pub mod metrics;
 pub mod proxy;

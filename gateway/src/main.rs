@@ -131,7 +131,11 @@ fn init_logs(format: LogFormat) {
     let filter = EnvFilter::try_from_env("GATEWAY_LOG")
         .or_else(|_| EnvFilter::try_from_default_env())
         .unwrap_or_else(|_| EnvFilter::new("info"));
-    let b = tracing_subscriber::fmt().with_env_filter(filter);
+    // Lines go through a buffer written by a thread of its own: a log pipe that stops
+    // draining must not stop the data plane (`gateway::logs`).
+    let b = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(gateway::logs::stdout());
     match format {
         LogFormat::Json => b.json().flatten_event(true).with_current_span(false).init(),
         LogFormat::Text => b.init(),
@@ -181,6 +185,13 @@ fn runtime(workers: Option<usize>) -> std::io::Result<tokio::runtime::Runtime> {
 }
 
 fn main() -> ExitCode {
+    let code = run();
+    // What the log writer has not written yet (at most its last batch).
+    gateway::logs::flush();
+    code
+}
+
+fn run() -> ExitCode {
     let cli = Cli::parse();
     // The soft open-file limit up to the hard one (as Go's runtime does): a proxied request
     // holds two descriptors, and a default soft limit of 1,024 would cap the gateway at about

@@ -59,6 +59,8 @@ pub struct Metrics {
     /// Client connections open on the data listener, and the most it accepts at once.
     pub client_connections: IntGauge,
     pub client_connections_limit: IntGauge,
+    /// Log lines dropped because stdout was not taking them (`crate::logs`).
+    pub log_lines_dropped: IntCounter,
 }
 
 impl Default for Metrics {
@@ -193,6 +195,12 @@ impl Metrics {
                  limit leaves, or server.max_connections if lower (-1: no cap known).",
             )
             .expect("valid metric"),
+            log_lines_dropped: IntCounter::new(
+                "gateway_log_lines_dropped_total",
+                "Log lines (access log included) dropped because stdout was not taking them \
+                 and 4 MiB were already waiting.",
+            )
+            .expect("valid metric"),
         };
         for scope in ["ip", "key", "model", "tokens"] {
             m.ratelimited.with_label_values(&[scope]);
@@ -220,6 +228,7 @@ impl Metrics {
             Box::new(m.canary_rollbacks.clone()),
             Box::new(m.client_connections.clone()),
             Box::new(m.client_connections_limit.clone()),
+            Box::new(m.log_lines_dropped.clone()),
         ];
         for c in all {
             m.registry.register(c).expect("unique metric");
@@ -353,6 +362,9 @@ pub fn refresh(app: &AppState) {
         app.client_cap()
             .map_or(-1, |c| i64::try_from(c).unwrap_or(i64::MAX)),
     );
+    let dropped = crate::logs::dropped();
+    m.log_lines_dropped
+        .inc_by(dropped.saturating_sub(m.log_lines_dropped.get()));
     m.upstream_inflight.reset();
     m.upstream_healthy.reset();
     m.upstream_ejections.reset();

@@ -761,3 +761,76 @@ async fn out_of_descriptors_a_connect_first_closes_the_idle_pool_of_every_replic
     sigterm(child.id());
     assert!(child.wait().unwrap().success());
 }
+
+/// A log pipe that stops draining (a stuck log shipper) must not stop the data plane: with
+/// nobody reading the gateway's stdout, 600 requests (about four times what the pipe holds in
+/// access-log lines) are all answered, and once the pipe is read again every line comes
+/// through whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stdout_nobody_reads_does_not_stop_the_gateway() {
+    let m = mock(fast()).await;
+    let cfg = config(
+        &[m.url()],
+        "[server]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\n",
+    );
+    let path = temp_file("stuck-stdout.toml", &cfg);
+    let child = Command::new(BIN)
+        .args(["serve", "--config", path.to_str().unwrap()])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut guard = ChildGuard(Some(child));
+    let child = guard.0.as_mut().unwrap();
+    let mut stdout = BufReader::new(child.stdout.take().unwrap());
+    let (mut data, mut admin) = (None, None);
+    let mut line = String::new();
+    while data.is_none() || admin.is_none() {
+        line.clear();
+        assert!(
+            stdout.read_line(&mut line).unwrap() > 0,
+            "gateway did not start"
+        );
+        let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+        let addr = || v["addr"].as_str().unwrap().parse::<SocketAddr>().unwrap();
+        if line.contains("data listener ready") {
+            data = Some(addr());
+        } else if line.contains("admin listener ready") {
+            admin = Some(addr());
+        }
+    }
+    let (data, admin) = (data.unwrap(), admin.unwrap());
+    // Nobody reads stdout from here on.
+    let served = tokio::time::timeout(Duration::from_secs(60), async {
+        for _ in 0..600 {
+            let r = post_json(data, "/v1/chat/completions", chat(false)).await;
+            assert_eq!(r.status, 200);
+        }
+    })
+    .await;
+    assert!(served.is_ok(), "requests stalled behind the log pipe");
+    let metrics = request(admin, "GET", "/metrics", &[], "").await;
+    let metrics = String::from_utf8_lossy(&metrics.body).into_owned();
+    assert!(
+        metrics.contains("gateway_log_lines_dropped_total 0"),
+        "{metrics}"
+    );
+    // Read again: every line whole, 600 access lines among them (the last batch written at
+    // exit).
+    let reader =
+        std::thread::spawn(move || stdout.lines().map(|l| l.unwrap()).collect::<Vec<String>>());
+    sigterm(child.id());
+    let status = tokio::task::spawn_blocking(move || guard.0.take().unwrap().wait().unwrap())
+        .await
+        .unwrap();
+    assert!(status.success(), "{status:?}");
+    let lines = reader.join().unwrap();
+    for l in &lines {
+        serde_json::from_str::<serde_json::Value>(l).unwrap_or_else(|_| panic!("split: {l}"));
+    }
+    let access = lines
+        .iter()
+        .filter(|l| l.contains("\"target\":\"access\""))
+        .count();
+    assert_eq!(access, 600);
+}

@@ -1,0 +1,361 @@
+//! Where log lines go: into a buffer the event loop never waits on, written to stdout by a
+//! thread of its own, a batch at a time.
+//!
+//! Written straight to stdout, every access-log line was a `write` on the request's thread,
+//! and a log pipe that stopped draining (a stuck log shipper, a full container log buffer)
+//! stopped the whole data plane at the next line. Now a line is copied into the buffer and the
+//! writer thread writes what has gathered:
+//! * at most [`FLUSH_EVERY`] after the first line of a batch (nginx's `access_log … flush=`),
+//!   or at once when [`FLUSH_AT`] bytes have gathered, or for a warning or an error;
+//! * lines arriving while the buffer holds [`CAP`] bytes (the pipe is not draining) are
+//!   dropped and counted (`gateway_log_lines_dropped_total`), never waited for;
+//! * [`flush`] writes what is left (at exit).
+//!
+//! Each line reaches the buffer whole (the formatter hands over one line per write), so lines
+//! are never split or interleaved.
+
+use std::io::{self, Write};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, OnceLock, PoisonError};
+use std::time::Duration;
+
+use tracing::Level;
+use tracing_subscriber::fmt::MakeWriter;
+
+/// Longest a line waits for its batch to be written.
+pub const FLUSH_EVERY: Duration = Duration::from_millis(100);
+/// A batch this large is written at once.
+pub const FLUSH_AT: usize = 64 * 1024;
+/// The most the buffer holds while the output is not taking it; later lines are dropped.
+pub const CAP: usize = 4 * 1024 * 1024;
+
+struct Pending {
+    buf: Vec<u8>,
+    /// A warning or an error is waiting: write without waiting for the batch.
+    urgent: bool,
+}
+
+/// The buffer, shared by the threads that log and the one that writes.
+pub struct Logs<W: Write + Send + 'static = io::Stdout> {
+    pending: Mutex<Pending>,
+    wake: Condvar,
+    cap: usize,
+    /// No writer thread (it could not be started): each line is written by whoever logs it.
+    direct: bool,
+    /// Lines dropped because the output was not taking them.
+    dropped: AtomicU64,
+    /// The output; held while a batch is written, so batches go out in order.
+    out: Mutex<W>,
+}
+
+impl<W: Write + Send + 'static> Logs<W> {
+    fn new(out: W, cap: usize) -> Self {
+        Self {
+            pending: Mutex::new(Pending {
+                buf: Vec::new(),
+                urgent: false,
+            }),
+            wake: Condvar::new(),
+            cap,
+            direct: false,
+            dropped: AtomicU64::new(0),
+            out: Mutex::new(out),
+        }
+    }
+
+    /// Adds one line; never waits for the output (unless there is no writer thread).
+    fn push(&self, line: &[u8], urgent: bool) {
+        if self.direct {
+            let mut out = self.out.lock().unwrap_or_else(PoisonError::into_inner);
+            let _ = out.write_all(line);
+            return;
+        }
+        let mut p = self.pending.lock().unwrap_or_else(PoisonError::into_inner);
+        if p.buf.len() + line.len() > self.cap {
+            drop(p);
+            self.dropped.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        // The writer sleeps until a batch starts, and is woken early only for a full batch
+        // or a warning: under load most lines wake nobody.
+        let wake = p.buf.is_empty() || urgent || p.buf.len() + line.len() >= FLUSH_AT;
+        p.buf.extend_from_slice(line);
+        p.urgent |= urgent;
+        drop(p);
+        if wake {
+            self.wake.notify_one();
+        }
+    }
+
+    /// Writes what has gathered (from the writer thread, or at exit).
+    pub fn flush(&self) {
+        let mut out = self.out.lock().unwrap_or_else(PoisonError::into_inner);
+        let batch = {
+            let mut p = self.pending.lock().unwrap_or_else(PoisonError::into_inner);
+            p.urgent = false;
+            std::mem::take(&mut p.buf)
+        };
+        if !batch.is_empty() {
+            // Nothing to tell anyone if the output is gone: the lines are lost either way.
+            let _ = out.write_all(&batch);
+            let _ = out.flush();
+        }
+    }
+
+    /// The writer thread's loop: sleeps while there is nothing, gives a batch up to
+    /// `FLUSH_EVERY` to gather, writes it.
+    fn run(&self) {
+        loop {
+            {
+                let mut p = self.pending.lock().unwrap_or_else(PoisonError::into_inner);
+                while p.buf.is_empty() {
+                    p = self.wake.wait(p).unwrap_or_else(PoisonError::into_inner);
+                }
+                if !p.urgent && p.buf.len() < FLUSH_AT {
+                    let _ = self
+                        .wake
+                        .wait_timeout_while(p, FLUSH_EVERY, |p| !p.urgent && p.buf.len() < FLUSH_AT)
+                        .unwrap_or_else(PoisonError::into_inner);
+                }
+            }
+            self.flush();
+        }
+    }
+
+    /// Starts the writer thread.
+    fn start(self: &Arc<Self>) -> io::Result<()> {
+        let logs = self.clone();
+        std::thread::Builder::new()
+            .name("log-writer".into())
+            .spawn(move || logs.run())
+            .map(|_| ())
+    }
+}
+
+/// What the formatter writes one line through.
+pub struct Line<'a, W: Write + Send + 'static> {
+    logs: &'a Logs<W>,
+    urgent: bool,
+}
+
+impl<W: Write + Send + 'static> Write for Line<'_, W> {
+    fn write(&mut self, line: &[u8]) -> io::Result<usize> {
+        self.logs.push(line, self.urgent);
+        Ok(line.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// The formatter's writer: a handle on the shared buffer.
+#[derive(Clone)]
+pub struct Writer<W: Write + Send + 'static = io::Stdout>(Arc<Logs<W>>);
+
+impl<'a, W: Write + Send + 'static> MakeWriter<'a> for Writer<W> {
+    type Writer = Line<'a, W>;
+
+    fn make_writer(&'a self) -> Self::Writer {
+        Line {
+            logs: &self.0,
+            urgent: false,
+        }
+    }
+
+    fn make_writer_for(&'a self, meta: &tracing::Metadata<'_>) -> Self::Writer {
+        Line {
+            logs: &self.0,
+            urgent: *meta.level() <= Level::WARN,
+        }
+    }
+}
+
+static STDOUT: OnceLock<Arc<Logs>> = OnceLock::new();
+
+/// The writer for stdout, its thread started on first use. If the thread cannot be started,
+/// lines are written by whoever logs, as before.
+pub fn stdout() -> Writer {
+    let logs = STDOUT.get_or_init(|| {
+        let logs = Arc::new(Logs::new(io::stdout(), CAP));
+        if logs.start().is_err() {
+            let mut direct = Logs::new(io::stdout(), CAP);
+            direct.direct = true;
+            return Arc::new(direct);
+        }
+        logs
+    });
+    Writer(logs.clone())
+}
+
+/// Lines dropped since start because stdout was not taking them (for the metric).
+pub fn dropped() -> u64 {
+    STDOUT
+        .get()
+        .map_or(0, |l| l.dropped.load(Ordering::Relaxed))
+}
+
+/// Writes the lines still buffered for stdout (at exit).
+pub fn flush() {
+    if let Some(logs) = STDOUT.get() {
+        logs.flush();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Instant;
+
+    /// What was written, and whether the output is shut.
+    type Written = Mutex<(Vec<u8>, bool)>;
+
+    /// An output the test can read, and hold shut: writes wait while it is shut.
+    #[derive(Clone, Default)]
+    struct Out(Arc<(Written, Condvar)>);
+
+    impl Out {
+        fn shut(&self, shut: bool) {
+            self.0 .0.lock().unwrap().1 = shut;
+            self.0 .1.notify_all();
+        }
+        fn text(&self) -> String {
+            String::from_utf8(self.0 .0.lock().unwrap().0.clone()).unwrap()
+        }
+        /// Waits (up to 10 s) for `n` lines to have been written.
+        fn wait_lines(&self, n: usize) -> String {
+            let t = Instant::now();
+            loop {
+                let text = self.text();
+                if text.lines().count() >= n || t.elapsed() > Duration::from_secs(10) {
+                    return text;
+                }
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        }
+    }
+
+    impl Write for Out {
+        fn write(&mut self, b: &[u8]) -> io::Result<usize> {
+            let (m, cv) = &*self.0;
+            let mut g = cv.wait_while(m.lock().unwrap(), |g| g.1).unwrap();
+            g.0.extend_from_slice(b);
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    fn started(out: &Out, cap: usize) -> Writer<Out> {
+        let logs = Arc::new(Logs::new(out.clone(), cap));
+        logs.start().unwrap();
+        Writer(logs)
+    }
+
+    fn log(w: &Writer<Out>, line: &str, urgent: bool) {
+        let mut l = w.make_writer();
+        l.urgent = urgent;
+        l.write_all(line.as_bytes()).unwrap();
+    }
+
+    #[test]
+    fn lines_are_written_whole_and_in_order_by_the_writer_thread() {
+        let out = Out::default();
+        let w = started(&out, CAP);
+        let lines: Vec<String> = (0..2000).map(|i| format!("{{\"n\":{i}}}\n")).collect();
+        // From several threads at once: each line arrives whole.
+        std::thread::scope(|s| {
+            for part in lines.chunks(500) {
+                let w = w.clone();
+                s.spawn(move || part.iter().for_each(|l| log(&w, l, false)));
+            }
+        });
+        let text = out.wait_lines(2000);
+        let mut got: Vec<&str> = text.lines().collect();
+        assert_eq!(got.len(), 2000);
+        // Each thread's lines in its order; all of them, none split.
+        let first = |l: &&str| l[5..l.len() - 1].parse::<usize>().unwrap() / 500;
+        for t in 0..4 {
+            let mine: Vec<usize> = got
+                .iter()
+                .filter(|l| first(l) == t)
+                .map(|l| l[5..l.len() - 1].parse().unwrap())
+                .collect();
+            assert_eq!(mine, (t * 500..t * 500 + 500).collect::<Vec<_>>());
+        }
+        got.sort_unstable();
+        got.dedup();
+        assert_eq!(got.len(), 2000);
+        assert_eq!(w.0.dropped.load(Ordering::Relaxed), 0);
+    }
+
+    #[test]
+    fn a_stuck_output_never_blocks_a_logger_and_lines_past_the_cap_are_dropped() {
+        let out = Out::default();
+        out.shut(true);
+        let w = started(&out, 1000);
+        // The writer thread takes the first line and then waits on the shut output.
+        log(&w, "first\n", true);
+        let t = Instant::now();
+        while !w.0.pending.lock().unwrap().buf.is_empty() && t.elapsed() < Duration::from_secs(10) {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        // 100 lines of 50 bytes: the first 20 fill the buffer, the other 80 are dropped.
+        let line = format!("{}\n", "x".repeat(49));
+        let t = Instant::now();
+        for _ in 0..100 {
+            log(&w, &line, false);
+        }
+        assert!(t.elapsed() < Duration::from_secs(5), "a logger waited");
+        assert_eq!(w.0.dropped.load(Ordering::Relaxed), 80);
+        // The output opens: what was kept is written, whole.
+        out.shut(false);
+        let text = out.wait_lines(21);
+        assert_eq!(text.lines().count(), 21, "{text}");
+        assert!(text.starts_with("first\n"));
+        assert!(text.lines().skip(1).all(|l| l == &line[..49]));
+    }
+
+    #[test]
+    fn flush_writes_what_is_left() {
+        // No writer thread: only `flush` writes.
+        let out = Out::default();
+        let logs = Logs::new(out.clone(), CAP);
+        logs.push(b"a\n", false);
+        logs.push(b"b\n", true);
+        assert_eq!(out.text(), "");
+        logs.flush();
+        assert_eq!(out.text(), "a\nb\n");
+        logs.flush();
+        assert_eq!(out.text(), "a\nb\n");
+    }
+
+    #[test]
+    fn without_a_writer_thread_lines_are_written_by_the_logger() {
+        let out = Out::default();
+        let mut logs = Logs::new(out.clone(), CAP);
+        logs.direct = true;
+        logs.push(b"now\n", false);
+        assert_eq!(out.text(), "now\n");
+    }
+
+    #[test]
+    fn warnings_are_written_at_once_the_rest_batched() {
+        // The formatter as `main` sets it up, over a buffer with no writer thread.
+        let w = Writer(Arc::new(Logs::new(Out::default(), CAP)));
+        let subscriber = tracing_subscriber::fmt()
+            .json()
+            .with_writer(w.clone())
+            .finish();
+        tracing::subscriber::with_default(subscriber, || {
+            tracing::info!(target: "access", status = "200", "one request");
+            let p = w.0.pending.lock().unwrap();
+            assert!(!p.urgent);
+            assert_eq!(String::from_utf8_lossy(&p.buf).lines().count(), 1);
+            drop(p);
+            tracing::warn!("something is wrong");
+            assert!(w.0.pending.lock().unwrap().urgent);
+        });
+    }
+}
