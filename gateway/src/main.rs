@@ -137,7 +137,11 @@ fn init_logs(format: LogFormat) {
         .with_env_filter(filter)
         .with_writer(gateway::logs::stdout());
     match format {
-        LogFormat::Json => b.json().flatten_event(true).with_current_span(false).init(),
+        LogFormat::Json => {
+            b.json().flatten_event(true).with_current_span(false).init();
+            // Access-log lines in the same shape, built by hand (`gateway::logs::JsonLine`).
+            gateway::logs::hand_write_json_lines();
+        }
         LogFormat::Text => b.init(),
     }
 }

@@ -765,7 +765,7 @@ async fn out_of_descriptors_a_connect_first_closes_the_idle_pool_of_every_replic
 /// A log pipe that stops draining (a stuck log shipper) must not stop the data plane: with
 /// nobody reading the gateway's stdout, 600 requests (about four times what the pipe holds in
 /// access-log lines) are all answered, and once the pipe is read again every line comes
-/// through whole.
+/// through whole. The access-log line (built by hand) carries the documented fields.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stdout_nobody_reads_does_not_stop_the_gateway() {
     let m = mock(fast()).await;
@@ -828,9 +828,61 @@ async fn a_stdout_nobody_reads_does_not_stop_the_gateway() {
     for l in &lines {
         serde_json::from_str::<serde_json::Value>(l).unwrap_or_else(|_| panic!("split: {l}"));
     }
-    let access = lines
+    let access: Vec<&String> = lines
         .iter()
         .filter(|l| l.contains("\"target\":\"access\""))
-        .count();
-    assert_eq!(access, 600);
+        .collect();
+    assert_eq!(access.len(), 600);
+    // Each line as documented, its fields in the formatter's order.
+    let first: serde_json::Map<String, serde_json::Value> =
+        serde_json::from_str(access[0]).unwrap();
+    let order = [
+        "timestamp",
+        "level",
+        "request_id",
+        "peer",
+        "key",
+        "op",
+        "model",
+        "version",
+        "arm",
+        "replica",
+        "status",
+        "stream",
+        "duration_ms",
+        "tokens_in",
+        "tokens_out",
+        "retries",
+        "bytes_in",
+        "bytes_out",
+        "target",
+    ];
+    assert_eq!(first.len(), order.len(), "{}", access[0]);
+    let at: Vec<usize> = order
+        .iter()
+        .map(|k| access[0].find(&format!("\"{k}\":")).unwrap())
+        .collect();
+    assert!(at.windows(2).all(|w| w[0] < w[1]), "{}", access[0]);
+    let ts = first["timestamp"].as_str().unwrap();
+    assert!(
+        ts.len() == 27 && ts.starts_with("20") && ts.ends_with('Z'),
+        "{ts}"
+    );
+    assert_eq!(first["level"], "INFO");
+    assert_eq!(first["request_id"].as_str().unwrap().len(), 36);
+    assert!(first["peer"].as_str().unwrap().starts_with("127.0.0.1:"));
+    assert_eq!(first["key"], "-");
+    assert_eq!(first["op"], "chat");
+    assert_eq!(first["model"], MODEL);
+    assert_eq!(first["arm"], "stable");
+    assert_eq!(first["replica"], m.addr.to_string());
+    assert_eq!(first["status"], "200");
+    assert_eq!(first["stream"], false);
+    assert!(first["duration_ms"].as_f64().unwrap() > 0.0);
+    assert!(first["tokens_in"].as_u64().unwrap() > 0);
+    assert!(first["tokens_out"].as_u64().unwrap() > 0);
+    assert_eq!(first["retries"], 0);
+    assert_eq!(first["bytes_in"], chat(false).to_string().len());
+    assert!(first["bytes_out"].as_u64().unwrap() > 0);
+    assert_eq!(first["target"], "access");
 }

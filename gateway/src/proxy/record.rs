@@ -126,30 +126,73 @@ impl Record {
             let error = status.starts_with('5') || status == "stream_error";
             stats.record(error);
         }
-        tracing::info!(
-            target: "access",
-            request_id = self.request_id.as_str(),
-            peer = %self.peer,
-            key = self.key.as_ref().map_or("-", |k| k.name.as_str()),
-            op = self.op,
-            model = self.model.as_deref().unwrap_or("-"),
-            version = self.version.as_deref().unwrap_or("-"),
-            arm = self.arm.map_or("-", |a| match a {
-                Arm::Stable => "stable",
-                Arm::Canary => "canary",
-                Arm::Pinned => "pinned",
-            }),
-            replica = self.replica.as_ref().and_then(|r| r.to_str().ok()).unwrap_or("-"),
-            status,
-            stream = self.stream,
-            ttft_ms = facts.ttft.map(|t| t.as_secs_f64() * 1000.0),
-            duration_ms = duration.as_secs_f64() * 1000.0,
-            tokens_in = prompt,
-            tokens_out = completion,
-            retries = self.retries,
-            bytes_in = self.bytes_in,
-            bytes_out = facts.bytes_out,
+        let arm = self.arm.map_or("-", |a| match a {
+            Arm::Stable => "stable",
+            Arm::Canary => "canary",
+            Arm::Pinned => "pinned",
+        });
+        let replica = self
+            .replica
+            .as_ref()
+            .and_then(|r| r.to_str().ok())
+            .unwrap_or("-");
+        let key = self.key.as_ref().map_or("-", |k| k.name.as_str());
+        let (model, version) = (
+            self.model.as_deref().unwrap_or("-"),
+            self.version.as_deref().unwrap_or("-"),
         );
+        if !crate::logs::hand_written() {
+            tracing::info!(
+                target: "access",
+                request_id = self.request_id.as_str(),
+                peer = %self.peer,
+                key,
+                op = self.op,
+                model,
+                version,
+                arm,
+                replica,
+                status,
+                stream = self.stream,
+                ttft_ms = facts.ttft.map(|t| t.as_secs_f64() * 1000.0),
+                duration_ms = duration.as_secs_f64() * 1000.0,
+                tokens_in = prompt,
+                tokens_out = completion,
+                retries = self.retries,
+                bytes_in = self.bytes_in,
+                bytes_out = facts.bytes_out,
+            );
+            return;
+        }
+        // The same line, built by hand (`crate::logs::JsonLine`), where the filter lets it.
+        if !tracing::enabled!(target: "access", tracing::Level::INFO) {
+            return;
+        }
+        crate::logs::info_line("access", |l| {
+            l.str("request_id", self.request_id.as_str())
+                .display("peer", self.peer)
+                .str("key", key)
+                .str("op", self.op)
+                .str("model", model)
+                .str("version", version)
+                .str("arm", arm)
+                .str("replica", replica)
+                .str("status", status)
+                .bool("stream", self.stream);
+            if let Some(t) = facts.ttft {
+                l.ms("ttft_ms", t);
+            }
+            l.ms("duration_ms", duration);
+            if let Some(n) = prompt {
+                l.u64("tokens_in", n);
+            }
+            if let Some(n) = completion {
+                l.u64("tokens_out", n);
+            }
+            l.u64("retries", u64::from(self.retries))
+                .u64("bytes_in", self.bytes_in as u64)
+                .u64("bytes_out", facts.bytes_out);
+        });
     }
 }
 
