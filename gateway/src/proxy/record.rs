@@ -11,6 +11,7 @@ use tokio::time::Instant;
 
 use super::canary::Arm;
 use crate::canary::stats::VersionStats;
+use crate::json_key;
 use crate::metrics::{Metrics, Observed, VersionHandles};
 use crate::sse::Usage;
 
@@ -169,29 +170,29 @@ impl Record {
             return;
         }
         crate::logs::info_line("access", |l| {
-            l.str("request_id", self.request_id.as_str())
-                .display("peer", self.peer)
-                .str("key", key)
-                .str("op", self.op)
-                .str("model", model)
-                .str("version", version)
-                .str("arm", arm)
-                .str("replica", replica)
-                .str("status", status)
-                .bool("stream", self.stream);
+            l.str(json_key!("request_id"), self.request_id.as_str())
+                .addr(json_key!("peer"), self.peer)
+                .str(json_key!("key"), key)
+                .str(json_key!("op"), self.op)
+                .str(json_key!("model"), model)
+                .str(json_key!("version"), version)
+                .str(json_key!("arm"), arm)
+                .str(json_key!("replica"), replica)
+                .str(json_key!("status"), status)
+                .bool(json_key!("stream"), self.stream);
             if let Some(t) = facts.ttft {
-                l.ms("ttft_ms", t);
+                l.ms(json_key!("ttft_ms"), t);
             }
-            l.ms("duration_ms", duration);
+            l.ms(json_key!("duration_ms"), duration);
             if let Some(n) = prompt {
-                l.u64("tokens_in", n);
+                l.u64(json_key!("tokens_in"), n);
             }
             if let Some(n) = completion {
-                l.u64("tokens_out", n);
+                l.u64(json_key!("tokens_out"), n);
             }
-            l.u64("retries", u64::from(self.retries))
-                .u64("bytes_in", self.bytes_in as u64)
-                .u64("bytes_out", facts.bytes_out);
+            l.u64(json_key!("retries"), u64::from(self.retries))
+                .u64(json_key!("bytes_in"), self.bytes_in as u64)
+                .u64(json_key!("bytes_out"), facts.bytes_out);
         });
     }
 }
