@@ -233,6 +233,16 @@ async fn idle_upstream_connections_are_not_reused_past_pool_idle_timeout() {
     );
 }
 
+/// A chat completion request for an HTTP/2 client connection to the gateway.
+fn h2_chat(gw: std::net::SocketAddr, body: serde_json::Value) -> http::Request<Full<Bytes>> {
+    http::Request::builder()
+        .method("POST")
+        .uri(format!("http://{gw}/v1/chat/completions"))
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from(body.to_string())))
+        .unwrap()
+}
+
 #[tokio::test]
 async fn http2_prior_knowledge_on_the_same_port() {
     let m = mock(fast()).await;
@@ -244,13 +254,10 @@ async fn http2_prior_knowledge_on_the_same_port() {
             .unwrap();
     tokio::spawn(conn);
     for stream in [false, true] {
-        let req = http::Request::builder()
-            .method("POST")
-            .uri(format!("http://{}/v1/chat/completions", gw.addr))
-            .header("content-type", "application/json")
-            .body(Full::new(Bytes::from(chat(stream).to_string())))
+        let resp = sender
+            .send_request(h2_chat(gw.addr, chat(stream)))
+            .await
             .unwrap();
-        let resp = sender.send_request(req).await.unwrap();
         assert_eq!(resp.status(), 200);
         assert_eq!(resp.version(), http::Version::HTTP_2);
         // The replica's fields and the gateway's own reach h2 clients as they reach HTTP/1.1
@@ -294,15 +301,10 @@ async fn an_http2_stream_whose_client_stops_reading_is_reset_after_the_send_time
         .await
         .unwrap();
     tokio::spawn(conn);
-    let post = |body: serde_json::Value| {
-        http::Request::builder()
-            .method("POST")
-            .uri(format!("http://{}/v1/chat/completions", gw.addr))
-            .header("content-type", "application/json")
-            .body(Full::new(Bytes::from(body.to_string())))
-            .unwrap()
-    };
-    let stalled = sender.send_request(post(chat(true))).await.unwrap();
+    let stalled = sender
+        .send_request(h2_chat(gw.addr, chat(true)))
+        .await
+        .unwrap();
     assert_eq!(stalled.status(), 200);
     // Nothing read: the gateway gives up on the stream, the replica's connection is dropped,
     // its slot freed, and the request counted as the client's doing.
@@ -320,7 +322,7 @@ async fn an_http2_stream_whose_client_stops_reading_is_reset_after_the_send_time
     // The connection itself lives on: another stream on it is served whole.
     let mut short = chat(true);
     short["max_tokens"] = 3.into();
-    let resp = sender.send_request(post(short)).await.unwrap();
+    let resp = sender.send_request(h2_chat(gw.addr, short)).await.unwrap();
     assert_eq!(resp.status(), 200);
     let body = resp.into_body().collect().await.unwrap().to_bytes();
     assert!(body.ends_with(b"data: [DONE]\n\n"));
@@ -348,13 +350,10 @@ async fn an_http2_stream_with_pauses_is_served_whole_and_the_idle_connection_the
             .await
             .unwrap();
     let conn = tokio::spawn(conn);
-    let req = http::Request::builder()
-        .method("POST")
-        .uri(format!("http://{}/v1/chat/completions", gw.addr))
-        .header("content-type", "application/json")
-        .body(Full::new(Bytes::from(chat(true).to_string())))
+    let resp = sender
+        .send_request(h2_chat(gw.addr, chat(true)))
+        .await
         .unwrap();
-    let resp = sender.send_request(req).await.unwrap();
     assert_eq!(resp.status(), 200);
     let body = resp.into_body().collect().await.unwrap().to_bytes();
     let text = String::from_utf8_lossy(&body);
