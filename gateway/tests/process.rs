@@ -809,6 +809,13 @@ async fn a_stdout_nobody_reads_does_not_stop_the_gateway() {
     })
     .await;
     assert!(served.is_ok(), "requests stalled behind the log pipe");
+    // Two answers the gateway makes itself: its access lines count their bytes too.
+    let models = request(data, "GET", "/v1/models", &[], "").await;
+    assert_eq!(models.status, 200);
+    let mut unknown = chat(false);
+    unknown["model"] = "no-such-model".into();
+    let not_found = post_json(data, "/v1/chat/completions", unknown).await;
+    assert_eq!(not_found.status, 404);
     let metrics = request(admin, "GET", "/metrics", &[], "").await;
     let metrics = String::from_utf8_lossy(&metrics.body).into_owned();
     assert!(
@@ -832,7 +839,12 @@ async fn a_stdout_nobody_reads_does_not_stop_the_gateway() {
         .iter()
         .filter(|l| l.contains("\"target\":\"access\""))
         .collect();
-    assert_eq!(access.len(), 600);
+    assert_eq!(access.len(), 602);
+    for (line, reply) in [(access[600], &models), (access[601], &not_found)] {
+        let v: serde_json::Value = serde_json::from_str(line).unwrap();
+        assert_eq!(v["status"], reply.status.as_str(), "{line}");
+        assert_eq!(v["bytes_out"], reply.body.len(), "{line}");
+    }
     // Each line as documented, its fields in the formatter's order.
     let first: serde_json::Map<String, serde_json::Value> =
         serde_json::from_str(access[0]).unwrap();

@@ -224,8 +224,14 @@ async fn handle_boxed(app: Arc<AppState>, conn: Arc<ConnCtx>, req: ClientRequest
     trace.head_sent();
     // A replica's body finishes the record when it ends; a gateway answer is complete now.
     let status = resp.status().as_u16();
+    // A gateway answer's length is known now (a replica's is counted as it passes).
+    let own_length = http_body::Body::size_hint(resp.body()).exact().unwrap_or(0);
     if let Some(mut trace) = resp.body_mut().attach(trace, status) {
-        trace.finish(resp_status_str(status), record::BodyFacts::default());
+        let facts = record::BodyFacts {
+            bytes_out: own_length,
+            ..record::BodyFacts::default()
+        };
+        trace.finish(resp_status_str(status), facts);
     }
     Answer {
         response: resp,
