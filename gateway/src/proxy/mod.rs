@@ -224,11 +224,10 @@ async fn handle_boxed(app: Arc<AppState>, conn: Arc<ConnCtx>, req: ClientRequest
     trace.head_sent();
     // A replica's body finishes the record when it ends; a gateway answer is complete now.
     let status = resp.status().as_u16();
-    // A gateway answer's length is known now (a replica's is counted as it passes).
-    let own_length = http_body::Body::size_hint(resp.body()).exact().unwrap_or(0);
     if let Some(mut trace) = resp.body_mut().attach(trace, status) {
+        // A gateway answer's length is known now (a replica's is counted as it passes).
         let facts = record::BodyFacts {
-            bytes_out: own_length,
+            bytes_out: http_body::Body::size_hint(resp.body()).exact().unwrap_or(0),
             ..record::BodyFacts::default()
         };
         trace.finish(resp_status_str(status), facts);

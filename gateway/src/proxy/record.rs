@@ -127,6 +127,22 @@ impl Record {
             let error = status.starts_with('5') || status == "stream_error";
             stats.record(error);
         }
+        self.log(status, facts, duration, prompt, completion);
+    }
+
+    /// The access-log line, where the filter lets it through: its values are worked out only
+    /// then (the replica's name alone is a UTF-8 check).
+    fn log(
+        &self,
+        status: &str,
+        facts: BodyFacts,
+        duration: Duration,
+        prompt: Option<u64>,
+        completion: Option<u64>,
+    ) {
+        if !tracing::enabled!(target: "access", tracing::Level::INFO) {
+            return;
+        }
         let arm = self.arm.map_or("-", |a| match a {
             Arm::Stable => "stable",
             Arm::Canary => "canary",
@@ -165,10 +181,7 @@ impl Record {
             );
             return;
         }
-        // The same line, built by hand (`crate::logs::JsonLine`), where the filter lets it.
-        if !tracing::enabled!(target: "access", tracing::Level::INFO) {
-            return;
-        }
+        // The same line, built by hand (`crate::logs::JsonLine`).
         crate::logs::info_line("access", |l| {
             l.str(json_key!("request_id"), self.request_id.as_str())
                 .addr(json_key!("peer"), self.peer)
