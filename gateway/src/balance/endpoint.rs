@@ -356,12 +356,14 @@ impl Endpoint {
         let Ok(mut q) = self.idle.lock() else {
             return 0;
         };
-        let before = q.len();
         match older_than {
-            None => q.clear(),
-            Some(age) => q.retain(|c| now.saturating_duration_since(c.since) < age),
+            None => {
+                let all = q.len();
+                q.clear();
+                all
+            }
+            Some(age) => close_aged(&mut q, now, age),
         }
-        before - q.len()
     }
 
     /// Gives back a connection whose response body ended cleanly at a message boundary.
@@ -369,17 +371,25 @@ impl Endpoint {
     pub fn checkin(&self, conn: Conn, pool_idle_timeout: Duration) {
         let now = crate::clock::now();
         if let Ok(mut q) = self.idle.lock() {
-            while q
-                .front()
-                .is_some_and(|c| now.saturating_duration_since(c.since) >= pool_idle_timeout)
-            {
-                q.pop_front();
-            }
+            close_aged(&mut q, now, pool_idle_timeout);
             if q.len() < MAX_IDLE_PER_REPLICA {
                 q.push_back(IdleConn { conn, since: now });
             }
         }
     }
+}
+
+/// Closes the pooled connections idle for `age` or longer; returns how many. The pool is in
+/// the order connections came back, so they are the ones at its cold end.
+fn close_aged(q: &mut VecDeque<IdleConn>, now: Instant, age: Duration) -> usize {
+    let before = q.len();
+    while q
+        .front()
+        .is_some_and(|c| now.saturating_duration_since(c.since) >= age)
+    {
+        q.pop_front();
+    }
+    before - q.len()
 }
 
 /// The weight left to an estimate `elapsed_ns` old: `e^(-elapsed / decay)`.
