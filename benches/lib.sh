@@ -23,12 +23,14 @@ cpu_ticks() { local t=0; for p in "$@"; do t=$((t + $(awk '{print $14+$15}' /pro
 HZ="$(getconf CLK_TCK)"
 
 # Replicas: 3 fast ones for request/response tests, 3 slow-streaming ones for stream tests.
-start_mocks() { # name ttft itl tokens -> ports in $PORTS_<name>
-  local name=$1 ports=()
+# MOCK_CORE picks another core for them; further arguments go to each replica.
+start_mocks() { # name ttft itl tokens [mock-replica args...] -> ports in $PORTS_<name>
+  local name=$1 ttft=$2 itl=$3 tokens=$4 ports=()
+  shift 4
   for i in 1 2 3; do
     local port; port="$(free_port)"
-    $SERVE "$BIN/mock-replica" --listen "127.0.0.1:$port" --model bench-model --ttft-ms "$2" --itl-ms "$3" \
-      --tokens "$4" 2>/dev/null &
+    taskset -c "${MOCK_CORE:-1}" "$BIN/mock-replica" --listen "127.0.0.1:$port" --model bench-model \
+      --ttft-ms "$ttft" --itl-ms "$itl" --tokens "$tokens" "$@" 2>/dev/null &
     PIDS+=($!)
     wait_port "$port"
     ports+=("$port")

@@ -413,6 +413,69 @@ async fn the_load_tool_multiplexes_streams_over_http2_connections() {
     assert_eq!(watch.await.unwrap(), 2);
 }
 
+/// A replica's SSE comment line (the mock's `: replica-ttft-us=N` stamp, which the comparison
+/// script uses to split time to first token) passes through untouched, and the event it sits
+/// in still counts as the first token.
+#[tokio::test]
+async fn a_comment_line_in_the_first_token_event_passes_through() {
+    let m = mock(MockConfig {
+        tokens: 4,
+        ttft: Duration::from_millis(30),
+        stamp_ttft: true,
+        ..fast()
+    })
+    .await;
+    let gw = TestGateway::start(&config(&[m.url()], "")).await;
+    let resp = send(
+        gw.addr,
+        "POST",
+        "/v1/chat/completions",
+        &[("content-type", "application/json")],
+        chat(true).to_string(),
+    )
+    .await;
+    let (got, clean) = read_all(resp.into_body()).await;
+    assert!(clean);
+    let text = String::from_utf8(got.clone()).unwrap();
+    assert_eq!(text.matches(": replica-ttft-us=").count(), 1, "{text}");
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert_eq!(m.stats.streams().last().unwrap().as_ref(), got.as_slice());
+    // Through the gateway, the load tool splits each first token's time.
+    let plan = loadtest::loadgen::Plan {
+        target: gw.addr,
+        host: gw.addr.to_string(),
+        path: "/v1/chat/completions".into(),
+        model: MODEL.into(),
+        api_key: None,
+        stream: true,
+        rate: None,
+        concurrency: 4,
+        duration: Duration::from_secs(30),
+        warmup: Duration::ZERO,
+        max_requests: Some(8),
+        prompt_bytes: vec![100],
+        max_tokens: vec![4],
+        http2_connections: None,
+    };
+    let r = loadtest::loadgen::run(plan, |_, _| {}).await;
+    assert_eq!((r.requests, r.ok), (8, 8));
+    let (ttft, outside) = (r.ttft_ms.unwrap(), r.ttft_outside_replica_ms.unwrap());
+    assert!(
+        ttft.p50 >= 30.0 && outside.max < ttft.p50 - 29.0,
+        "{ttft:?} {outside:?}"
+    );
+    // The gateway saw the stamped event as the first token: one time-to-first-token sample
+    // per stream in its own histogram.
+    let metrics = request(gw.admin, "GET", "/metrics", &[], "").await;
+    let metrics = String::from_utf8_lossy(&metrics.body).into_owned();
+    let count = metrics
+        .lines()
+        .find(|l| l.starts_with("ai_time_to_first_token_seconds_count"))
+        .and_then(|l| l.rsplit(' ').next())
+        .unwrap_or("0");
+    assert_eq!(count, "9", "{metrics}");
+}
+
 #[tokio::test]
 async fn replica_errors_keep_their_status_and_get_the_openai_shape() {
     let m = mock(MockConfig {

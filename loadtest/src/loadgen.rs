@@ -50,6 +50,9 @@ pub struct Sample {
     pub at: f64,
     pub total: f64,
     pub ttft: Option<f64>,
+    /// The replica's own share of `ttft`, when it stamps its first token (`mock-replica
+    /// --stamp-ttft`).
+    pub replica_ttft: Option<f64>,
     pub tokens: u32,
     pub max_gap: Option<f64>,
 }
@@ -99,6 +102,9 @@ pub struct Report {
     pub throughput_rps: f64,
     pub latency_ms: Option<Percentiles>,
     pub ttft_ms: Option<Percentiles>,
+    /// Time to first token less the replica's own (streams whose replica stamps it): the
+    /// time spent in the network and the proxy, without the replica's scheduling noise.
+    pub ttft_outside_replica_ms: Option<Percentiles>,
     pub inter_token_ms: Option<Percentiles>,
     pub tokens_per_second: f64,
     /// Completions per second of the run, second by second.
@@ -256,7 +262,10 @@ async fn one(
             } else if has_content(&event) {
                 let now = Instant::now();
                 match last {
-                    None => sample.ttft = Some(now.duration_since(t0).as_secs_f64()),
+                    None => {
+                        sample.ttft = Some(now.duration_since(t0).as_secs_f64());
+                        sample.replica_ttft = replica_ttft(&event);
+                    }
                     Some(prev) => gaps.push(now.duration_since(prev).as_secs_f64()),
                 }
                 last = Some(now);
@@ -275,6 +284,15 @@ async fn one(
 
 fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
     hay.windows(needle.len()).position(|w| w == needle)
+}
+
+/// The replica's own time to first token, from the comment line `: replica-ttft-us=N`.
+fn replica_ttft(event: &[u8]) -> Option<f64> {
+    const KEY: &[u8] = b": replica-ttft-us=";
+    let from = find(event, KEY)? + KEY.len();
+    let digits = event[from..].iter().take_while(|b| b.is_ascii_digit());
+    let us = std::str::from_utf8(&event[from..from + digits.count()]).ok()?;
+    Some(us.parse::<u64>().ok()? as f64 / 1e6)
 }
 
 fn has_content(event: &[u8]) -> bool {
@@ -390,6 +408,10 @@ fn summarize(mut c: Collected, seconds: f64) -> Report {
     }
     let mut lat: Vec<f64> = ok.iter().map(|s| s.total).collect();
     let mut ttft: Vec<f64> = ok.iter().filter_map(|s| s.ttft).collect();
+    let mut outside: Vec<f64> = ok
+        .iter()
+        .filter_map(|s| Some(s.ttft? - s.replica_ttft?))
+        .collect();
     let tokens: u64 = ok.iter().map(|s| u64::from(s.tokens)).sum();
     let secs = seconds.ceil().max(1.0) as usize;
     let mut per_second = vec![0u64; secs];
@@ -418,6 +440,7 @@ fn summarize(mut c: Collected, seconds: f64) -> Report {
         throughput_rps: ok.len() as f64 / seconds.max(1e-9),
         latency_ms,
         ttft_ms: Percentiles::of(&mut ttft),
+        ttft_outside_replica_ms: Percentiles::of(&mut outside),
         inter_token_ms: Percentiles::of(&mut c.gaps),
         tokens_per_second: tokens as f64 / seconds.max(1e-9),
         per_second,
@@ -447,6 +470,9 @@ pub fn table(r: &Report) -> String {
     ));
     out.push_str(&row("latency", &r.latency_ms));
     out.push_str(&row("time to 1st token", &r.ttft_ms));
+    if r.ttft_outside_replica_ms.is_some() {
+        out.push_str(&row(" outside replica", &r.ttft_outside_replica_ms));
+    }
     out.push_str(&row("inter-token", &r.inter_token_ms));
     out
 }
@@ -544,6 +570,56 @@ mod tests {
             br#"data: {"choices":[{"delta":{"role":"assistant","content":""}}]}"#
         ));
         assert!(has_content(br#"data: {"choices":[{"text":"x"}]}"#));
+        let stamped = b": replica-ttft-us=50123\ndata: {\"choices\":[]}\n\n";
+        assert_eq!(replica_ttft(stamped), Some(0.050123));
+        assert_eq!(replica_ttft(b": replica-ttft-us=\ndata: x\n\n"), None);
+        assert_eq!(replica_ttft(b"data: x\n\n"), None);
+    }
+
+    #[tokio::test]
+    async fn a_stamping_replica_splits_time_to_first_token() {
+        let m = crate::MockReplica::start(
+            "127.0.0.1:0".parse().unwrap(),
+            crate::MockConfig {
+                ttft: Duration::from_millis(40),
+                inter_token: Duration::from_millis(1),
+                tokens: 3,
+                stamp_ttft: true,
+                ..crate::MockConfig::default()
+            },
+        )
+        .await
+        .unwrap();
+        let plan = Plan {
+            target: m.addr,
+            host: m.addr.to_string(),
+            path: "/v1/chat/completions".into(),
+            model: "mock-model".into(),
+            api_key: None,
+            stream: true,
+            rate: None,
+            concurrency: 2,
+            duration: Duration::from_secs(10),
+            warmup: Duration::ZERO,
+            max_requests: Some(6),
+            prompt_bytes: vec![100],
+            max_tokens: vec![3],
+            http2_connections: None,
+        };
+        let r = run(plan.clone(), |_, _| {}).await;
+        assert_eq!((r.requests, r.ok), (6, 6));
+        let (ttft, outside) = (r.ttft_ms.unwrap(), r.ttft_outside_replica_ms.unwrap());
+        // The replica's 40 ms are taken out; what is left is loopback and scheduling.
+        assert!(ttft.p50 >= 40.0, "{ttft:?}");
+        assert!(
+            outside.p50 >= 0.0 && outside.max < ttft.p50 - 39.0,
+            "{outside:?} {ttft:?}"
+        );
+        assert!(table(&r).contains("outside replica"));
+        // A replica that does not stamp gives no split.
+        m.set_config(|c| c.stamp_ttft = false);
+        let r = run(plan, |_, _| {}).await;
+        assert!(r.ttft_ms.is_some() && r.ttft_outside_replica_ms.is_none());
     }
 
     #[tokio::test]

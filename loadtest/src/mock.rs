@@ -62,6 +62,11 @@ pub struct MockConfig {
     /// Like vLLM's `--api-key`: every `/v1/*` request needs `Authorization: Bearer <key>`
     /// (401 otherwise); `/health` stays open.
     pub api_key: Option<String>,
+    /// Put the replica's own time to first token (from the request's arrival to the first
+    /// token's write) on the first token's SSE event, as the comment line
+    /// `: replica-ttft-us=N`. SSE clients ignore comments; `loadgen` subtracts it from the
+    /// time it saw, which leaves the time spent outside the replica (network and proxy).
+    pub stamp_ttft: bool,
 }
 
 impl Default for MockConfig {
@@ -81,6 +86,7 @@ impl Default for MockConfig {
             slow_start: Duration::ZERO,
             embedding_dim: 8,
             api_key: None,
+            stamp_ttft: false,
         }
     }
 }
@@ -295,6 +301,7 @@ async fn handle(
     cfg: MockConfig,
     stats: Arc<MockStats>,
 ) -> Result<Response<MockBody>, Infallible> {
+    let arrived = Instant::now();
     let path = req.uri().path().to_owned();
     let method = req.method().clone();
     if let Some(key) = cfg.api_key.as_deref() {
@@ -406,6 +413,7 @@ async fn handle(
             sent: 0,
             phase: Phase::Start,
             sleep: Box::pin(tokio::time::sleep(cfg.ttft)),
+            stamp_from: cfg.stamp_ttft.then_some(arrived),
             written: Vec::new(),
             stats,
         };
@@ -466,6 +474,8 @@ pub struct TokenStream {
     sent: usize,
     phase: Phase,
     sleep: Pin<Box<Sleep>>,
+    /// The request's arrival, while the first token's stamp is still to be written.
+    stamp_from: Option<Instant>,
     written: Vec<u8>,
     stats: Arc<MockStats>,
 }
@@ -555,7 +565,13 @@ impl TokenStream {
                         return Poll::Pending;
                     }
                     let text = token_text(this.sent, this.sent + 1);
-                    let c = this.chunk(serde_json::json!({"content": text}), None);
+                    let mut c = this.chunk(serde_json::json!({"content": text}), None);
+                    if let Some(arrived) = this.stamp_from.take() {
+                        let us = arrived.elapsed().as_micros();
+                        c = Bytes::from(
+                            [format!(": replica-ttft-us={us}\n").as_bytes(), &c].concat(),
+                        );
+                    }
                     this.sent += 1;
                     let next = tokio::time::Instant::now() + this.inter_token;
                     this.sleep.as_mut().reset(next);

@@ -54,6 +54,10 @@ struct Args {
     /// Require `Authorization: Bearer <key>` on /v1/* like vLLM's --api-key (/health stays open).
     #[arg(long, env = "MOCK_API_KEY")]
     api_key: Option<String>,
+    /// Mark each stream's first token with the replica's own time to first token (an SSE
+    /// comment, `: replica-ttft-us=N`), so `loadgen` can tell the time spent outside it.
+    #[arg(long)]
+    stamp_ttft: bool,
 }
 
 #[tokio::main]
@@ -77,6 +81,7 @@ async fn main() -> anyhow::Result<()> {
         reset_after: a.reset_after,
         slow_start: Duration::from_millis(a.slow_start_ms),
         api_key: a.api_key.clone(),
+        stamp_ttft: a.stamp_ttft,
         ..MockConfig::default()
     };
     let replica = MockReplica::start(a.listen, cfg).await?;
