@@ -3,7 +3,8 @@
 # proxy_buffering off, one worker), and the gateway (one worker thread; auth, rate limits,
 # metrics and model routing all on). Each phase runs its targets back to back, their order
 # rotating each round; ROUNDS rounds, medians, and each round's gateway/nginx pair.
-# The load generator runs on core 0; replicas and the proxy under test on core 1.
+# The load generator runs on core 0; replicas and the proxy under test on core 1 (and, in one
+# streaming phase, the replicas on core 0 with the proxy alone on core 1).
 # Writes benches/RESULTS.md. Loopback only; every process is stopped by its PID.
 #
 #   benches/compare.sh            (ROUNDS=5 SECS=5 STREAMS=1000 BIG_STREAMS=10000 by default)
@@ -21,7 +22,11 @@ FD_LIMIT="$(ulimit -n)"
 . benches/lib.sh
 
 start_mocks fast 0 0 16
-start_mocks stream 50 50 20
+# Stream replicas stamp each first token with their own time to first token, which loadgen
+# takes out: what is left is the time spent outside the replica (network and proxy).
+start_mocks stream 50 50 20 --stamp-ttft
+# The same replicas on the load generator's core, for a phase with the proxy alone on its core.
+MOCK_CORE=0 start_mocks alone 50 50 20 --stamp-ttft
 
 
 start_nginx fast "${PORTS_fast[@]}"; NGINX_FAST_PORT=$NGINX_PORT; NGINX_FAST_PIDS=$NGINX_PIDS
@@ -30,6 +35,8 @@ start_gateway fast "${PORTS_fast[@]}"; GW_FAST_PORT=$GW_PORT; GW_FAST_PID=$GW_PI
 start_gateway bare "${PORTS_fast[@]}"; GW_BARE_PORT=$GW_PORT; GW_BARE_PID=$GW_PID
 start_nginx stream "${PORTS_stream[@]}"; NGINX_STREAM_PORT=$NGINX_PORT; NGINX_STREAM_PIDS=$NGINX_PIDS
 start_gateway stream "${PORTS_stream[@]}"; GW_STREAM_PORT=$GW_PORT; GW_STREAM_PID=$GW_PID
+start_nginx alone "${PORTS_alone[@]}"; NGINX_ALONE_PORT=$NGINX_PORT; NGINX_ALONE_PIDS=$NGINX_PIDS
+start_gateway alone "${PORTS_alone[@]}"; GW_ALONE_PORT=$GW_PORT; GW_ALONE_PID=$GW_PID
 sleep 1
 IDLE_NGINX=$(rss_kb $NGINX_FAST_PIDS); IDLE_GW=$(rss_kb "$GW_FAST_PID")
 
@@ -60,11 +67,13 @@ echo "== measuring: $ROUNDS rounds, ${SECS}s per run"
 # Each phase measures every target back to back, so the runs compared are seconds apart, not
 # a minute: the host's load drifts on that scale. The order rotates each round, so no target is
 # always first (after another phase's cleanup) or last.
-ports_of() { # target -> P (request/response port), PIDS_T, SP (stream port), SPIDS
+ports_of() { # target -> P (request/response port), PIDS_T, SP (stream port), SPIDS, AP (alone), APIDS
   case $1 in
-    direct) P=${PORTS_fast[0]}; PIDS_T=""; SP=${PORTS_stream[0]}; SPIDS="" ;;
-    nginx) P=$NGINX_FAST_PORT; PIDS_T=$NGINX_FAST_PIDS; SP=$NGINX_STREAM_PORT; SPIDS=$NGINX_STREAM_PIDS ;;
-    gateway) P=$GW_FAST_PORT; PIDS_T=$GW_FAST_PID; SP=$GW_STREAM_PORT; SPIDS=$GW_STREAM_PID ;;
+    direct) P=${PORTS_fast[0]}; PIDS_T=""; SP=${PORTS_stream[0]}; SPIDS=""; AP=${PORTS_alone[0]}; APIDS="" ;;
+    nginx) P=$NGINX_FAST_PORT; PIDS_T=$NGINX_FAST_PIDS; SP=$NGINX_STREAM_PORT; SPIDS=$NGINX_STREAM_PIDS
+      AP=$NGINX_ALONE_PORT; APIDS=$NGINX_ALONE_PIDS ;;
+    gateway) P=$GW_FAST_PORT; PIDS_T=$GW_FAST_PID; SP=$GW_STREAM_PORT; SPIDS=$GW_STREAM_PID
+      AP=$GW_ALONE_PORT; APIDS=$GW_ALONE_PID ;;
     bare) P=$GW_BARE_PORT; PIDS_T=$GW_BARE_PID ;;
   esac
 }
@@ -95,6 +104,13 @@ for round in $(seq 1 "$ROUNDS"); do
   for target in $(rotated "$round" direct nginx gateway); do
     ports_of "$target"
     run_case spread "$target" "$SP" "$SPIDS" --stream --rate "$STREAMS" --concurrency "$((STREAMS * 3))" --duration "$((SECS + 2))" --warmup 2
+  done
+  # The spread load again with the proxy alone on core 1 (the replicas on core 0 with the load
+  # generator), as in production, where replicas are other machines: on a core it shares with
+  # the replicas, the proxy's forwarding queues behind their token writes.
+  for target in $(rotated "$round" direct nginx gateway); do
+    ports_of "$target"
+    run_case alone "$target" "$AP" "$APIDS" --stream --rate "$STREAMS" --concurrency "$((STREAMS * 3))" --duration "$((SECS + 2))" --warmup 2
   done
 done
 # Many open streams, once per proxy: memory per stream. Streams of 12 tokens, 1 s apart. A
@@ -172,6 +188,16 @@ for q, d in (("p50", t50), ("p99", t99)):
 s50, s99 = (med("spread", "direct", pct("ttft_ms", q)) for q in ("p50", "p99"))
 for q, d in (("p50", s50), ("p99", s99)):
     row(f"TTFT added at ~{streams} open streams, arrivals spread ({streams} new/s), {q}", med("spread", "nginx", pct("ttft_ms", q)) - d, med("spread", "gateway", pct("ttft_ms", q)) - d, "ms", "{:.3f}")
+# The same, less each replica's own time to first token (its stamp): the time outside it.
+OUT = "ttft_outside_replica_ms"
+def added(case, key, label):
+    for q in ("p50", "p99"):
+        d = med(case, "direct", pct(key, q))
+        row(f"{label}, {q}", med(case, "nginx", pct(key, q)) - d, med(case, "gateway", pct(key, q)) - d, "ms", "{:.3f}")
+added("streams", OUT, f"TTFT added outside the replica, {streams} streams in lockstep")
+added("spread", OUT, f"TTFT added outside the replica, arrivals spread")
+added("alone", "ttft_ms", f"proxy alone on its core, arrivals spread: TTFT added")
+added("alone", OUT, f"proxy alone on its core, arrivals spread: TTFT added outside the replica")
 row(f"total stream time at {streams} streams, p50", med("streams", "nginx", pct("latency_ms", "p50")), med("streams", "gateway", pct("latency_ms", "p50")), "ms")
 def big_rows(case, kind, over):  # the many-streams phase: kind "" or " HTTP/2"
     if int(big) == 0 or not cpu.get((case, "nginx")):
@@ -205,7 +231,11 @@ streams: 50 ms to first token, 20 tokens 50 ms apart). Direct = one replica, no 
 Stream TTFT is measured in steady state: streams started in the first 2 s (when all
 {streams} connections are opened at once) run unmeasured. Two shapes of {streams} open streams:
 {streams} clients in lockstep (closed loop: they start, and so emit their tokens, together), and
-arrivals spread out ({streams} new streams a second, each about 1 s long, open loop).
+arrivals spread out ({streams} new streams a second, each about 1 s long, open loop). The stream
+replicas stamp each first token with their own time to first token (`--stamp-ttft`); "outside
+the replica" is the client's time to first token less that stamp: the time spent in the
+network and the proxy, without the replicas' timer jitter. "Proxy alone on its core": the
+spread load again with the replicas moved to core 0, beside the load generator.
 Open-file limit: {fd_limit}.
 
 | measure | nginx | gateway | gateway ÷ nginx |
@@ -216,7 +246,9 @@ Each round's pair, gateway ÷ nginx (runs seconds apart): throughput {paired("ma
 CPU per request {paired_cpu("max")}.
 
 Direct to one replica: {d_tp:.0f} req/s at 64 connections; p50 {d50:.3f} ms / p99 {d99:.3f} ms at
-1,000 req/s; TTFT p50 {t50:.2f} ms / p99 {t99:.2f} ms at {streams} streams.
+1,000 req/s; TTFT p50 {t50:.2f} ms / p99 {t99:.2f} ms at {streams} streams; outside the replica,
+p50 / p99 {med("streams", "direct", pct(OUT, "p50")):.3f} / {med("streams", "direct", pct(OUT, "p99")):.3f} ms in lockstep,
+{med("spread", "direct", pct(OUT, "p50")):.3f} / {med("spread", "direct", pct(OUT, "p99")):.3f} ms spread, {med("alone", "direct", pct(OUT, "p50")):.3f} / {med("alone", "direct", pct(OUT, "p99")):.3f} ms spread with the replicas on core 0.
 """
 open("benches/RESULTS.md", "w").write(out)
 print(out)
