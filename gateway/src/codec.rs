@@ -28,6 +28,8 @@ enum State {
     ChunkEnd,
     Trailers,
     Done,
+    /// The framing after the last piece handed out is broken: the next call says so.
+    Broken(&'static str),
 }
 
 impl Decoder {
@@ -86,10 +88,17 @@ impl Decoder {
     /// are needed or the body is complete. Framing that follows the piece (a chunk's end, the
     /// final empty chunk and trailers) is consumed too when it is there, so the last piece
     /// already reports the end of the body.
+    /// Broken framing after a piece is reported by the next call: the piece itself is good
+    /// (a replica's last event before a bad chunk line is still passed on).
     pub fn next_buffered(&mut self, buf: &mut BytesMut) -> Result<Option<Bytes>, Malformed> {
+        if let State::Broken(why) = self.state {
+            return Err(Malformed(why));
+        }
         let data = self.step(buf)?;
         if data.is_some() {
-            self.step_framing(buf)?;
+            if let Err(Malformed(why)) = self.step_framing(buf) {
+                self.state = State::Broken(why);
+            }
         }
         Ok(data)
     }
@@ -342,6 +351,21 @@ mod tests {
             }
         }
         Ok((out, dec, buf))
+    }
+
+    /// A bad chunk line right behind a good chunk, read together: the good chunk's data is
+    /// handed out, and the next call reports the break (it did once drop the data).
+    #[test]
+    fn a_piece_before_broken_framing_is_handed_out_first() {
+        let mut dec = Decoder::chunked();
+        let mut buf = BytesMut::from(&b"3\r\nabc\r\nzz\r\nxx\r\n"[..]);
+        assert_eq!(
+            dec.next_buffered(&mut buf).unwrap().as_deref(),
+            Some(&b"abc"[..])
+        );
+        assert!(!dec.is_end());
+        assert!(dec.next_buffered(&mut buf).is_err());
+        assert!(dec.next_buffered(&mut BytesMut::new()).is_err());
     }
 
     proptest::proptest! {

@@ -499,3 +499,97 @@ async fn past_max_connections_a_client_waits_to_be_accepted_and_a_reload_can_let
     assert!(read_response(&mut b, &mut buf_b).await.0.contains(" 200 "));
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// A replica on a raw socket: answers the first request with a chunked SSE head, then writes
+/// each of `writes` in one `write` call, 100 ms apart, and closes.
+async fn replica_writing(writes: Vec<Vec<u8>>) -> (String, tokio::task::JoinHandle<()>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let task = tokio::spawn(async move {
+        let (mut s, _) = listener.accept().await.unwrap();
+        let mut buf = vec![0u8; 8192];
+        let _ = s.read(&mut buf).await.unwrap();
+        for w in writes {
+            s.write_all(&w).await.unwrap();
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    });
+    (url, task)
+}
+
+const SSE_HEAD: &[u8] =
+    b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n";
+
+/// One token event as one HTTP chunk.
+fn event_chunk(i: usize) -> Vec<u8> {
+    let event =
+        format!("data: {{\"choices\":[{{\"index\":0,\"delta\":{{\"content\":\"tok{i}\"}}}}]}}\n\n");
+    format!("{:x}\r\n{event}\r\n", event.len()).into_bytes()
+}
+
+/// The chunks of a chunked body, as sent (their data), and whether the last chunk came.
+fn chunks_of(mut body: &[u8]) -> (Vec<String>, bool) {
+    let mut out = Vec::new();
+    while let Some(i) = body.windows(2).position(|w| w == b"\r\n") {
+        let size = usize::from_str_radix(std::str::from_utf8(&body[..i]).unwrap(), 16).unwrap();
+        if size == 0 {
+            return (out, true);
+        }
+        out.push(String::from_utf8_lossy(&body[i + 2..i + 2 + size]).into_owned());
+        body = &body[i + 2 + size + 2..];
+    }
+    (out, false)
+}
+
+/// Events a replica sends together (a reader that fell behind, or a role event and the first
+/// token written back to back) leave the gateway in one write, as one chunk, instead of one
+/// write each; events that come apart still go out as they come.
+#[tokio::test]
+async fn events_that_arrive_together_leave_in_one_chunk() {
+    let together: Vec<u8> = [SSE_HEAD.to_vec(), (0..4).flat_map(event_chunk).collect()].concat();
+    let mut end = event_chunk(5);
+    end.extend_from_slice(b"0\r\n\r\n");
+    let (url, replica) = replica_writing(vec![together, event_chunk(4), end]).await;
+    let gw = TestGateway::start(&config(&[url], NO_PROBES)).await;
+    let req = chat_request("Connection: close\r\n", &chat(true).to_string());
+    let (resp, _) = raw(gw.addr, req.as_bytes(), WAIT).await;
+    let body = &resp[resp.find("\r\n\r\n").unwrap() + 4..];
+    let (chunks, whole) = chunks_of(body.as_bytes());
+    assert!(whole, "{resp}");
+    assert_eq!(chunks.len(), 3, "{chunks:?}");
+    assert!(
+        (0..4).all(|i| chunks[0].contains(&format!("tok{i}\""))),
+        "{chunks:?}"
+    );
+    assert!(
+        chunks[1].contains("tok4") && chunks[2].contains("tok5"),
+        "{chunks:?}"
+    );
+    replica.abort();
+}
+
+/// A break found while gathering (a bad chunk after good ones, read together) is passed on
+/// after the good events: they are sent, then the message is left unfinished.
+#[tokio::test]
+async fn a_break_behind_events_read_together_comes_after_them() {
+    let broken: Vec<u8> = [
+        SSE_HEAD.to_vec(),
+        (0..3).flat_map(event_chunk).collect(),
+        b"zz\r\nnot a chunk\r\n".to_vec(),
+    ]
+    .concat();
+    let (url, replica) = replica_writing(vec![broken]).await;
+    let gw = TestGateway::start(&config(&[url], NO_PROBES)).await;
+    let req = chat_request("Connection: close\r\n", &chat(true).to_string());
+    let (resp, closed) = raw(gw.addr, req.as_bytes(), WAIT).await;
+    assert!(closed, "{resp}");
+    let body = &resp[resp.find("\r\n\r\n").unwrap() + 4..];
+    let (chunks, whole) = chunks_of(body.as_bytes());
+    assert!(!whole, "{resp}");
+    assert_eq!(chunks.len(), 1, "{chunks:?}");
+    assert!(
+        (0..3).all(|i| chunks[0].contains(&format!("tok{i}\""))),
+        "{chunks:?}"
+    );
+    replica.abort();
+}
