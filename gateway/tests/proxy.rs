@@ -380,20 +380,8 @@ async fn the_load_tool_multiplexes_streams_over_http2_connections() {
     .await;
     let gw = TestGateway::start(&config(&[m.url()], "")).await;
     let plan = loadtest::loadgen::Plan {
-        target: gw.addr,
-        host: gw.addr.to_string(),
-        path: "/v1/chat/completions".into(),
-        model: MODEL.into(),
-        api_key: None,
-        stream: true,
-        rate: None,
-        concurrency: 40,
-        duration: Duration::from_secs(30),
-        warmup: Duration::ZERO,
-        max_requests: Some(80),
-        prompt_bytes: vec![100],
-        max_tokens: vec![8],
         http2_connections: Some(2),
+        ..loadtest::loadgen::Plan::streams(gw.addr, MODEL, 80, 40, 8)
     };
     let watch = {
         let state = gw.state.clone();
@@ -441,22 +429,7 @@ async fn a_comment_line_in_the_first_token_event_passes_through() {
     tokio::time::sleep(Duration::from_millis(50)).await;
     assert_eq!(m.stats.streams().last().unwrap().as_ref(), got.as_slice());
     // Through the gateway, the load tool splits each first token's time.
-    let plan = loadtest::loadgen::Plan {
-        target: gw.addr,
-        host: gw.addr.to_string(),
-        path: "/v1/chat/completions".into(),
-        model: MODEL.into(),
-        api_key: None,
-        stream: true,
-        rate: None,
-        concurrency: 4,
-        duration: Duration::from_secs(30),
-        warmup: Duration::ZERO,
-        max_requests: Some(8),
-        prompt_bytes: vec![100],
-        max_tokens: vec![4],
-        http2_connections: None,
-    };
+    let plan = loadtest::loadgen::Plan::streams(gw.addr, MODEL, 8, 4, 4);
     let r = loadtest::loadgen::run(plan, |_, _| {}).await;
     assert_eq!((r.requests, r.ok), (8, 8));
     let (ttft, outside) = (r.ttft_ms.unwrap(), r.ttft_outside_replica_ms.unwrap());

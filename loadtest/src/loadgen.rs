@@ -41,6 +41,35 @@ pub struct Plan {
     pub http2_connections: Option<usize>,
 }
 
+impl Plan {
+    /// Streaming chat completions to `target` (over HTTP/1.1, no key, 100-byte prompts): `n`
+    /// streams of `tokens` tokens, `concurrency` at a time, within 30 s.
+    pub fn streams(
+        target: SocketAddr,
+        model: &str,
+        n: u64,
+        concurrency: usize,
+        tokens: u32,
+    ) -> Self {
+        Self {
+            target,
+            host: target.to_string(),
+            path: "/v1/chat/completions".into(),
+            model: model.into(),
+            api_key: None,
+            stream: true,
+            rate: None,
+            concurrency,
+            duration: Duration::from_secs(30),
+            warmup: Duration::ZERO,
+            max_requests: Some(n),
+            prompt_bytes: vec![100],
+            max_tokens: vec![tokens],
+            http2_connections: None,
+        }
+    }
+}
+
 /// One request's outcome.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Sample {
@@ -590,22 +619,7 @@ mod tests {
         )
         .await
         .unwrap();
-        let plan = Plan {
-            target: m.addr,
-            host: m.addr.to_string(),
-            path: "/v1/chat/completions".into(),
-            model: "mock-model".into(),
-            api_key: None,
-            stream: true,
-            rate: None,
-            concurrency: 2,
-            duration: Duration::from_secs(10),
-            warmup: Duration::ZERO,
-            max_requests: Some(6),
-            prompt_bytes: vec![100],
-            max_tokens: vec![3],
-            http2_connections: None,
-        };
+        let plan = Plan::streams(m.addr, "mock-model", 6, 2, 3);
         let r = run(plan.clone(), |_, _| {}).await;
         assert_eq!((r.requests, r.ok), (6, 6));
         let (ttft, outside) = (r.ttft_ms.unwrap(), r.ttft_outside_replica_ms.unwrap());
@@ -636,20 +650,8 @@ mod tests {
         .await
         .unwrap();
         let plan = Plan {
-            target: m.addr,
-            host: m.addr.to_string(),
-            path: "/v1/chat/completions".into(),
-            model: "mock-model".into(),
-            api_key: None,
-            stream: true,
-            rate: None,
-            concurrency: 4,
             duration: Duration::from_secs(10),
-            warmup: Duration::ZERO,
-            max_requests: Some(40),
-            prompt_bytes: vec![100],
-            max_tokens: vec![8],
-            http2_connections: None,
+            ..Plan::streams(m.addr, "mock-model", 40, 4, 8)
         };
         let r = run(plan.clone(), |_, _| {}).await;
         assert_eq!((r.requests, r.ok), (40, 40));
