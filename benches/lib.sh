@@ -1,6 +1,7 @@
 # Shared by benches/compare.sh and benches/access_log.sh (sourced, after scripts/lib.sh, with
 # BIN set): nginx installed when missing, the release build, the cores (load generator on 0,
-# everything else on 1), the replicas, nginx and the gateway as both scripts configure them.
+# everything else on 1; MOCK_CORE moves replicas), the replicas, nginx and the gateway as both
+# scripts configure them.
 # ACCESS_LOG=1 turns both proxies' access logs on (nginx to a file, a write per line, its
 # default; the gateway's JSON lines on stdout, drained through a pipe as a log shipper would);
 # off otherwise, as issue 7's comparison runs them.

@@ -88,6 +88,7 @@ impl Decoder {
     /// are needed or the body is complete. Framing that follows the piece (a chunk's end, the
     /// final empty chunk and trailers) is consumed too when it is there, so the last piece
     /// already reports the end of the body.
+    ///
     /// Broken framing after a piece is reported by the next call: the piece itself is good
     /// (a replica's last event before a bad chunk line is still passed on).
     pub fn next_buffered(&mut self, buf: &mut BytesMut) -> Result<Option<Bytes>, Malformed> {
