@@ -816,40 +816,41 @@ async fn send<T: Transport>(
             }
         };
         let head = head.take().unwrap_or_default();
-        let (data, mut end) = match frame {
-            None => (Bytes::new(), true),
-            // The replica broke the body: the client must see a broken message, not a short
-            // one that looks complete. What was sent stays sent.
-            Some(Err(_)) => {
-                write_all(io, &mut [IoSlice::new(head)], send_timeout).await?;
-                return Ok(false);
-            }
-            // Trailers are not passed on.
-            Some(Ok(frame)) => (frame.into_data().unwrap_or_default(), body.is_end_stream()),
-        };
-        let data = within(framing, &mut left, data);
-        // What else the body holds already goes out with this frame. A break found here is
-        // passed on after what came before it is written.
-        let mut broken = false;
-        // Frames gathered after the first (allocated only when a second frame is ready).
+        // This frame and what else the body holds already go out in one write. A break (the
+        // replica's: the client must see a broken message, not a short one that looks
+        // complete) is passed on after what came before it; what was sent stays sent.
+        let (mut end, mut broken) = (false, false);
+        let mut data = Bytes::new();
+        // Frames after the first (allocated only when a second one is ready).
         let mut more: Vec<Bytes> = Vec::new();
-        while !end && more.len() < GATHER - 1 {
-            match std::future::poll_fn(|cx| Poll::Ready(body.as_mut().poll_frame(cx))).await {
-                Poll::Pending => {
-                    known_waiting = true;
-                    break;
-                }
-                Poll::Ready(None) => end = true,
-                Poll::Ready(Some(Err(_))) => {
-                    broken = true;
-                    break;
-                }
-                Poll::Ready(Some(Ok(frame))) => {
-                    let next = within(framing, &mut left, frame.into_data().unwrap_or_default());
-                    if !next.is_empty() {
-                        more.push(next);
+        let mut next = Some(frame);
+        loop {
+            let frame = match next.take() {
+                Some(frame) => frame,
+                None if end || broken || more.len() >= GATHER - 1 => break,
+                None => {
+                    match std::future::poll_fn(|cx| Poll::Ready(body.as_mut().poll_frame(cx))).await
+                    {
+                        Poll::Ready(frame) => frame,
+                        Poll::Pending => {
+                            known_waiting = true;
+                            break;
+                        }
                     }
+                }
+            };
+            match frame {
+                None => end = true,
+                Some(Err(_)) => broken = true,
+                // Trailers are not passed on.
+                Some(Ok(frame)) => {
+                    let piece = within(framing, &mut left, frame.into_data().unwrap_or_default());
                     end = body.is_end_stream();
+                    if data.is_empty() {
+                        data = piece;
+                    } else if !piece.is_empty() {
+                        more.push(piece);
+                    }
                 }
             }
         }
