@@ -33,7 +33,6 @@ pub mod metrics;
 pub mod proxy;
 pub mod server;
 pub mod sse;
-
 pub mod state;
 pub mod tls;
 pub mod transport;

@@ -43,6 +43,20 @@ fn sigterm(pid: u32) {
     assert!(ok);
 }
 
+/// `gateway serve --config <path>`, its JSON log on a pipe (stderr inherited unless the caller
+/// says otherwise), stopped by the guard.
+fn serve(
+    path: &std::path::Path,
+    configure: impl FnOnce(&mut Command) -> &mut Command,
+) -> ChildGuard {
+    let mut cmd = Command::new(BIN);
+    cmd.args(["serve", "--config"])
+        .arg(path)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit());
+    ChildGuard(Some(configure(&mut cmd).spawn().unwrap()))
+}
+
 /// The gateway's JSON log lines, as they come.
 type Log = std::sync::Arc<std::sync::Mutex<Vec<String>>>;
 
@@ -89,13 +103,7 @@ async fn sigterm_lets_20_open_streams_finish_then_exits_0() {
         "[server]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\n",
     );
     let path = temp_file("drain.toml", &cfg);
-    let child = Command::new(BIN)
-        .args(["serve", "--config", path.to_str().unwrap()])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .unwrap();
-    let mut guard = ChildGuard(Some(child));
+    let mut guard = serve(&path, |c| c);
     let child = guard.0.as_mut().unwrap();
     let addr = wait_for_addr(child);
     let mut streams = Vec::new();
@@ -483,14 +491,9 @@ async fn no_log_line_metric_or_error_body_contains_a_plaintext_key() {
         ),
     );
     let path = temp_file("keys.toml", &cfg);
-    let child = Command::new(BIN)
-        .args(["serve", "--config", path.to_str().unwrap()])
-        .env("GATEWAY_LOG", "trace")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut guard = ChildGuard(Some(child));
+    let mut guard = serve(&path, |c| {
+        c.env("GATEWAY_LOG", "trace").stderr(Stdio::piped())
+    });
     let child = guard.0.as_mut().unwrap();
     let stderr = child.stderr.take().unwrap();
     let err_log = std::thread::spawn(move || {
@@ -774,13 +777,7 @@ async fn a_stdout_nobody_reads_does_not_stop_the_gateway() {
         "[server]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\n",
     );
     let path = temp_file("stuck-stdout.toml", &cfg);
-    let child = Command::new(BIN)
-        .args(["serve", "--config", path.to_str().unwrap()])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut guard = ChildGuard(Some(child));
+    let mut guard = serve(&path, |c| c.stderr(Stdio::null()));
     let child = guard.0.as_mut().unwrap();
     let mut stdout = BufReader::new(child.stdout.take().unwrap());
     let (mut data, mut admin) = (None, None);
