@@ -473,14 +473,7 @@ async fn a_length_framed_stream_that_loses_its_usage_event_is_not_sent_with_that
     assert_eq!(r.status, 200);
     check(&String::from_utf8_lossy(&r.body));
     // h2: hyper writes the head from the map.
-    let stream = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
-    let (mut sender, conn) = hyper::client::conn::http2::handshake(
-        hyper_util::rt::TokioExecutor::new(),
-        hyper_util::rt::TokioIo::new(stream),
-    )
-    .await
-    .unwrap();
-    tokio::spawn(conn);
+    let (mut sender, _conn) = h2c(gw.addr).await;
     let req = http::Request::builder()
         .method("POST")
         .uri(format!("http://{}/v1/chat/completions", gw.addr))

@@ -581,14 +581,7 @@ fn start_with_open_file_limit(
 
 /// `n` streaming chat completions at once on one HTTP/2 connection: each one's status and body.
 async fn h2_streams(addr: SocketAddr, n: usize) -> Vec<(u16, bytes::Bytes)> {
-    let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let (sender, conn) = hyper::client::conn::http2::handshake(
-        hyper_util::rt::TokioExecutor::new(),
-        hyper_util::rt::TokioIo::new(stream),
-    )
-    .await
-    .unwrap();
-    tokio::spawn(conn);
+    let (sender, _conn) = h2c(addr).await;
     let streams: Vec<_> = (0..n)
         .map(|_| {
             let mut sender = sender.clone();

@@ -247,12 +247,7 @@ fn h2_chat(gw: std::net::SocketAddr, body: serde_json::Value) -> http::Request<F
 async fn http2_prior_knowledge_on_the_same_port() {
     let m = mock(fast()).await;
     let gw = TestGateway::start(&config(&[m.url()], "")).await;
-    let stream = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
-    let (mut sender, conn) =
-        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
-            .await
-            .unwrap();
-    tokio::spawn(conn);
+    let (mut sender, _conn) = h2c(gw.addr).await;
     for stream in [false, true] {
         let resp = sender
             .send_request(h2_chat(gw.addr, chat(stream)))
@@ -344,12 +339,7 @@ async fn an_http2_stream_with_pauses_is_served_whole_and_the_idle_connection_the
         "[server]\nsend_timeout = \"300ms\"\nheader_read_timeout = \"300ms\"\n",
     ))
     .await;
-    let stream = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
-    let (mut sender, conn) =
-        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
-            .await
-            .unwrap();
-    let conn = tokio::spawn(conn);
+    let (mut sender, conn) = h2c(gw.addr).await;
     let resp = sender
         .send_request(h2_chat(gw.addr, chat(true)))
         .await

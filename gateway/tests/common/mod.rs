@@ -268,6 +268,24 @@ pub async fn read_all(mut body: Incoming) -> (Vec<u8>, bool) {
     }
 }
 
+/// A client connection to `addr` speaking HTTP/2 without TLS (prior knowledge), its
+/// connection task running on its own: the handle ends when the connection does.
+pub async fn h2c(
+    addr: SocketAddr,
+) -> (
+    hyper::client::conn::http2::SendRequest<Full<Bytes>>,
+    tokio::task::JoinHandle<hyper::Result<()>>,
+) {
+    let stream = TcpStream::connect(addr).await.unwrap();
+    let (sender, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        TokioIo::new(stream),
+    )
+    .await
+    .unwrap();
+    (sender, tokio::spawn(conn))
+}
+
 /// Writes raw bytes and reads until the server closes (or `wait` passes).
 pub async fn raw(addr: SocketAddr, bytes: &[u8], wait: Duration) -> (String, bool) {
     let mut s = TcpStream::connect(addr).await.unwrap();
