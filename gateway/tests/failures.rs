@@ -191,28 +191,11 @@ async fn a_replica_that_goes_silent_mid_stream_is_cut_by_the_idle_chunk_timeout(
 /// event.
 #[tokio::test]
 async fn a_replica_silent_after_quick_events_is_cut_after_its_last_one() {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}", listener.local_addr().unwrap());
-    let replica = tokio::spawn(async move {
-        let (mut s, _) = listener.accept().await.unwrap();
-        let mut buf = vec![0u8; 8192];
-        let _ = s.read(&mut buf).await.unwrap();
-        s.write_all(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n")
-            .await
-            .unwrap();
-        for i in 0..6 {
-            let event = format!(
-                "data: {{\"choices\":[{{\"index\":0,\"delta\":{{\"content\":\"tok{i}\"}}}}]}}\n\n"
-            );
-            let chunk = format!("{:x}\r\n{event}\r\n", event.len());
-            s.write_all(chunk.as_bytes()).await.unwrap();
-            tokio::time::sleep(Duration::from_millis(40)).await;
-        }
-        // Silent, the connection held open.
-        tokio::time::sleep(Duration::from_secs(30)).await;
-        drop(s);
-    });
+    // Six events 40 ms apart (the head with the first), then silent, the connection held open.
+    let mut writes: Vec<Vec<u8>> = (0..6).map(event_chunk).collect();
+    writes[0] = [SSE_HEAD, &writes[0]].concat();
+    let (url, replica) =
+        raw_replica(writes, Duration::from_millis(40), Duration::from_secs(30)).await;
     let gw = TestGateway::start(&config(
         &[url],
         &format!("{NO_PROBES}[upstream]\nidle_chunk_timeout = \"300ms\"\n"),

@@ -500,32 +500,8 @@ async fn past_max_connections_a_client_waits_to_be_accepted_and_a_reload_can_let
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
-/// A replica on a raw socket: answers the first request with a chunked SSE head, then writes
-/// each of `writes` in one `write` call, 100 ms apart, and closes.
-async fn replica_writing(writes: Vec<Vec<u8>>) -> (String, tokio::task::JoinHandle<()>) {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}", listener.local_addr().unwrap());
-    let task = tokio::spawn(async move {
-        let (mut s, _) = listener.accept().await.unwrap();
-        let mut buf = vec![0u8; 8192];
-        let _ = s.read(&mut buf).await.unwrap();
-        for w in writes {
-            s.write_all(&w).await.unwrap();
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    });
-    (url, task)
-}
-
-const SSE_HEAD: &[u8] =
-    b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n";
-
-/// One token event as one HTTP chunk.
-fn event_chunk(i: usize) -> Vec<u8> {
-    let event =
-        format!("data: {{\"choices\":[{{\"index\":0,\"delta\":{{\"content\":\"tok{i}\"}}}}]}}\n\n");
-    format!("{:x}\r\n{event}\r\n", event.len()).into_bytes()
-}
+/// Between a raw replica's writes.
+const PAUSE: Duration = Duration::from_millis(100);
 
 /// The chunks of a chunked body, as sent (their data), and whether the last chunk came.
 fn chunks_of(mut body: &[u8]) -> (Vec<String>, bool) {
@@ -549,7 +525,8 @@ async fn events_that_arrive_together_leave_in_one_chunk() {
     let together: Vec<u8> = [SSE_HEAD.to_vec(), (0..4).flat_map(event_chunk).collect()].concat();
     let mut end = event_chunk(5);
     end.extend_from_slice(b"0\r\n\r\n");
-    let (url, replica) = replica_writing(vec![together, event_chunk(4), end]).await;
+    let (url, replica) =
+        raw_replica(vec![together, event_chunk(4), end], PAUSE, Duration::ZERO).await;
     let gw = TestGateway::start(&config(&[url], NO_PROBES)).await;
     let req = chat_request("Connection: close\r\n", &chat(true).to_string());
     let (resp, _) = raw(gw.addr, req.as_bytes(), WAIT).await;
@@ -578,7 +555,7 @@ async fn a_break_behind_events_read_together_comes_after_them() {
         b"zz\r\nnot a chunk\r\n".to_vec(),
     ]
     .concat();
-    let (url, replica) = replica_writing(vec![broken]).await;
+    let (url, replica) = raw_replica(vec![broken], PAUSE, Duration::ZERO).await;
     let gw = TestGateway::start(&config(&[url], NO_PROBES)).await;
     let req = chat_request("Connection: close\r\n", &chat(true).to_string());
     let (resp, closed) = raw(gw.addr, req.as_bytes(), WAIT).await;

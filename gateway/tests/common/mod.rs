@@ -286,6 +286,40 @@ pub async fn h2c(
     (sender, tokio::spawn(conn))
 }
 
+/// A replica on a raw socket: takes one connection, reads the request, then writes each of
+/// `writes` in one `write` call, `pause` after each, and holds the connection open for `hold`
+/// before closing it. Its URL, and its task.
+pub async fn raw_replica(
+    writes: Vec<Vec<u8>>,
+    pause: Duration,
+    hold: Duration,
+) -> (String, tokio::task::JoinHandle<()>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let task = tokio::spawn(async move {
+        let (mut s, _) = listener.accept().await.unwrap();
+        let mut buf = vec![0u8; 8192];
+        let _ = s.read(&mut buf).await.unwrap();
+        for w in writes {
+            s.write_all(&w).await.unwrap();
+            tokio::time::sleep(pause).await;
+        }
+        tokio::time::sleep(hold).await;
+    });
+    (url, task)
+}
+
+/// The head of a replica's chunked SSE answer.
+pub const SSE_HEAD: &[u8] =
+    b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n";
+
+/// Token event `i` (content `tok{i}`) as one HTTP chunk.
+pub fn event_chunk(i: usize) -> Vec<u8> {
+    let event =
+        format!("data: {{\"choices\":[{{\"index\":0,\"delta\":{{\"content\":\"tok{i}\"}}}}]}}\n\n");
+    format!("{:x}\r\n{event}\r\n", event.len()).into_bytes()
+}
+
 /// Writes raw bytes and reads until the server closes (or `wait` passes).
 pub async fn raw(addr: SocketAddr, bytes: &[u8], wait: Duration) -> (String, bool) {
     let mut s = TcpStream::connect(addr).await.unwrap();
