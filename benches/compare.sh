@@ -173,27 +173,22 @@ d_tp, n_tp, g_tp = (med("max", t, tp) for t in ("direct", "nginx", "gateway"))
 row("non-streaming throughput, 64 connections", n_tp, g_tp, "req/s", "{:.0f}")
 for q in ("p50", "p99"):
     row(f"latency at max throughput, {q}", med("max", "nginx", pct("latency_ms", q)), med("max", "gateway", pct("latency_ms", q)), "ms")
-d50, d99 = (med("rate", "direct", pct("latency_ms", q)) for q in ("p50", "p99"))
-for q, d in (("p50", d50), ("p99", d99)):
-    row(f"latency added over direct at 1,000 req/s, {q}", med("rate", "nginx", pct("latency_ms", q)) - d, med("rate", "gateway", pct("latency_ms", q)) - d, "ms", "{:.3f}")
+direct = lambda case, key, q: med(case, "direct", pct(key, q))
+def added(case, key, label):  # each proxy's percentile less direct's, p50 and p99
+    for q in ("p50", "p99"):
+        d = direct(case, key, q)
+        row(f"{label}, {q}", med(case, "nginx", pct(key, q)) - d, med(case, "gateway", pct(key, q)) - d, "ms", "{:.3f}")
+added("rate", "latency_ms", "latency added over direct at 1,000 req/s")
 row("CPU per request (proxy process, at max throughput)", cpu_med("max", "nginx"), cpu_med("max", "gateway"), "µs", "{:.1f}")
 row("CPU per request, gateway without auth and limits", cpu_med("max", "nginx"), cpu_med("max", "bare"), "µs", "{:.1f}")
 row("throughput, gateway without auth and limits", n_tp, med("max", "bare", tp), "req/s", "{:.0f}")
 row("RSS idle", int(idle_nginx) / 1024, int(idle_gw) / 1024, "MB", "{:.1f}")
 row("RSS under load (64 connections)", rss_max("max", "nginx"), rss_max("max", "gateway"), "MB", "{:.1f}")
 row(f"RSS with {streams} open streams", rss_max("streams", "nginx"), rss_max("streams", "gateway"), "MB", "{:.1f}")
-t50, t99 = (med("streams", "direct", pct("ttft_ms", q)) for q in ("p50", "p99"))
-for q, d in (("p50", t50), ("p99", t99)):
-    row(f"TTFT added at {streams} concurrent streams in lockstep, {q}", med("streams", "nginx", pct("ttft_ms", q)) - d, med("streams", "gateway", pct("ttft_ms", q)) - d, "ms", "{:.3f}")
-s50, s99 = (med("spread", "direct", pct("ttft_ms", q)) for q in ("p50", "p99"))
-for q, d in (("p50", s50), ("p99", s99)):
-    row(f"TTFT added at ~{streams} open streams, arrivals spread ({streams} new/s), {q}", med("spread", "nginx", pct("ttft_ms", q)) - d, med("spread", "gateway", pct("ttft_ms", q)) - d, "ms", "{:.3f}")
+added("streams", "ttft_ms", f"TTFT added at {streams} concurrent streams in lockstep")
+added("spread", "ttft_ms", f"TTFT added at ~{streams} open streams, arrivals spread ({streams} new/s)")
 # The same, less each replica's own time to first token (its stamp): the time outside it.
 OUT = "ttft_outside_replica_ms"
-def added(case, key, label):
-    for q in ("p50", "p99"):
-        d = med(case, "direct", pct(key, q))
-        row(f"{label}, {q}", med(case, "nginx", pct(key, q)) - d, med(case, "gateway", pct(key, q)) - d, "ms", "{:.3f}")
 added("streams", OUT, f"TTFT added outside the replica, {streams} streams in lockstep")
 added("spread", OUT, f"TTFT added outside the replica, arrivals spread")
 added("alone", "ttft_ms", f"proxy alone on its core, arrivals spread: TTFT added")
@@ -245,10 +240,10 @@ Open-file limit: {fd_limit}.
 Each round's pair, gateway ÷ nginx (runs seconds apart): throughput {paired("max", tp)};
 CPU per request {paired_cpu("max")}.
 
-Direct to one replica: {d_tp:.0f} req/s at 64 connections; p50 {d50:.3f} ms / p99 {d99:.3f} ms at
-1,000 req/s; TTFT p50 {t50:.2f} ms / p99 {t99:.2f} ms at {streams} streams; outside the replica,
-p50 / p99 {med("streams", "direct", pct(OUT, "p50")):.3f} / {med("streams", "direct", pct(OUT, "p99")):.3f} ms in lockstep,
-{med("spread", "direct", pct(OUT, "p50")):.3f} / {med("spread", "direct", pct(OUT, "p99")):.3f} ms spread, {med("alone", "direct", pct(OUT, "p50")):.3f} / {med("alone", "direct", pct(OUT, "p99")):.3f} ms spread with the replicas on core 0.
+Direct to one replica: {d_tp:.0f} req/s at 64 connections; p50 {direct("rate", "latency_ms", "p50"):.3f} ms / p99 {direct("rate", "latency_ms", "p99"):.3f} ms at
+1,000 req/s; TTFT p50 {direct("streams", "ttft_ms", "p50"):.2f} ms / p99 {direct("streams", "ttft_ms", "p99"):.2f} ms at {streams} streams; outside the replica,
+p50 / p99 {direct("streams", OUT, "p50"):.3f} / {direct("streams", OUT, "p99"):.3f} ms in lockstep,
+{direct("spread", OUT, "p50"):.3f} / {direct("spread", OUT, "p99"):.3f} ms spread, {direct("alone", OUT, "p50"):.3f} / {direct("alone", OUT, "p99"):.3f} ms spread with the replicas on core 0.
 """
 open("benches/RESULTS.md", "w").write(out)
 print(out)
