@@ -40,6 +40,11 @@ start_gateway alone "${PORTS_alone[@]}"; GW_ALONE_PORT=$GW_PORT; GW_ALONE_PID=$G
 sleep 1
 IDLE_NGINX=$(rss_kb $NGINX_FAST_PIDS); IDLE_GW=$(rss_kb "$GW_FAST_PID")
 
+# Each core's stolen and total ticks (/proc/stat): the time the hypervisor ran something else
+# on the core while this VM wanted it. "cpu0 steal total cpu1 steal total".
+host_ticks() {
+  awk '/^cpu[01] / { t = 0; for (i = 2; i <= NF; i++) t += $i; printf "%s %d %d ", $1, $9, t }' /proc/stat
+}
 loadgen() { # port args... -> JSON on stdout
   local port=$1; shift
   $LOAD "$BIN/loadgen" --url "http://127.0.0.1:$port" --model bench-model --api-key "$KEY" --json --quiet "$@"
@@ -50,6 +55,7 @@ run_case() { # case target port pids args...
   local case=$1 target=$2 port=$3 pids=$4; shift 4
   local before after rss_peak=0
   before=$(cpu_ticks $pids)
+  local host_before; host_before=$(host_ticks)
   loadgen "$port" "$@" >"$WORK/$case-$target-$round.json" &
   local lg=$!
   while kill -0 $lg 2>/dev/null; do
@@ -58,6 +64,7 @@ run_case() { # case target port pids args...
   done
   wait $lg || true
   after=$(cpu_ticks $pids)
+  echo "$case $target $round $host_before $(host_ticks)" >>"$WORK/steal.txt"
   local ok cpu_us; ok=$(field "$WORK/$case-$target-$round.json" "['ok']")
   cpu_us=$(python3 -c "print(($after-$before)*1e6/$HZ/max($ok,1))")
   echo "$case $target $round $cpu_us $rss_peak" >>"$WORK/cpu.txt"
@@ -205,12 +212,33 @@ def big_rows(case, kind, over):  # the many-streams phase: kind "" or " HTTP/2"
         row(f"TTFT at {big}{kind} streams opened at once, p99 (replica: 100 ms)", bn["ttft_ms"]["p99"], bg["ttft_ms"]["p99"], "ms", "{:.0f}")
 big_rows("big", "", "")
 big_rows("big2", " HTTP/2", " over HTTP/2 (100 to a connection)")
+def listed(ratios):  # each round's ratio, then their median: it pairs runs seconds apart, so
+    # the host's drift between rounds cancels out of it
+    if not ratios:
+        return "n/a"
+    return ", ".join(f"{x:.2f}×" for x in ratios) + f" (median of the pairs {statistics.median(ratios):.2f}×)"
 def paired(case, f):
     pairs = [(load(case, "gateway", r), load(case, "nginx", r)) for r in range(1, rounds + 1)]
-    return ", ".join(f"{f(g) / f(n):.2f}×" for g, n in pairs if g and n and f(n)) or "n/a"
+    return listed([f(g) / f(n) for g, n in pairs if g and n and f(n)])
 def paired_cpu(case):
     g, n = cpu.get((case, "gateway"), []), cpu.get((case, "nginx"), [])
-    return ", ".join(f"{a[0] / b[0]:.2f}×" for a, b in zip(g, n) if b[0]) or "n/a"
+    return listed([a[0] / b[0] for a, b in zip(g, n) if b[0]])
+steal = {}  # (case, target) -> [(core 0 %, core 1 %)] of each run
+for line in open(f"{work}/steal.txt") if os.path.exists(f"{work}/steal.txt") else []:
+    w = line.split()
+    b, a = w[3:9], w[9:15]
+    share = lambda i: 100 * (int(a[i + 1]) - int(b[i + 1])) / max(int(a[i + 2]) - int(b[i + 2]), 1)
+    steal.setdefault((w[0], w[1]), []).append((share(0), share(3)))
+def steal_cell(case, target):
+    v = steal.get((case, target))
+    if not v:
+        return "n/a"
+    return f"{statistics.median(x[1] for x in v):.1f} % ({max(x[1] for x in v):.1f}) / {statistics.median(x[0] for x in v):.1f} %"
+steal_rows = "\n".join(
+    f"| {label} | " + " | ".join(steal_cell(case, t) for t in ("direct", "nginx", "gateway")) + " |"
+    for case, label in (("max", "throughput, 64 connections"), ("rate", "1,000 req/s"),
+                        ("streams", f"{streams} streams in lockstep"), ("spread", "arrivals spread"),
+                        ("alone", "arrivals spread, proxy alone on core 1")))
 ver = lambda c: subprocess.run(c, shell=True, capture_output=True, text=True).stdout.strip() or subprocess.run(c, shell=True, capture_output=True, text=True).stderr.strip()
 cpu_model = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "?")
 out = f"""# Gateway vs nginx, measured side by side
@@ -244,6 +272,15 @@ Direct to one replica: {d_tp:.0f} req/s at 64 connections; p50 {direct("rate", "
 1,000 req/s; TTFT p50 {direct("streams", "ttft_ms", "p50"):.2f} ms / p99 {direct("streams", "ttft_ms", "p99"):.2f} ms at {streams} streams; outside the replica,
 p50 / p99 {direct("streams", OUT, "p50"):.3f} / {direct("streams", OUT, "p99"):.3f} ms in lockstep,
 {direct("spread", OUT, "p50"):.3f} / {direct("spread", OUT, "p99"):.3f} ms spread, {direct("alone", OUT, "p50"):.3f} / {direct("alone", OUT, "p99"):.3f} ms spread with the replicas on core 0.
+
+Time the hypervisor took from this VM's cores during the runs (steal, from `/proc/stat`):
+core 1 (the proxy's), median of the rounds (their largest in brackets) / core 0 (the load
+generator's). The VM waits for its core while it is stolen, so every request or token in
+flight then waits too, for a scheduling slice of the host.
+
+| phase | direct | nginx | gateway |
+|---|---|---|---|
+{steal_rows}
 """
 open("benches/RESULTS.md", "w").write(out)
 print(out)
