@@ -380,12 +380,18 @@ pub fn audit(
 
 /// Watches the config file and every model's `current` link; reloads on a change (debounced:
 /// the file must read the same twice, 200 ms apart, so a half-written file is not applied).
+///
+/// Its timer also measures the scheduler: how late it fired goes to
+/// `gateway_event_loop_lag_seconds`, a sample every 250 ms with no wake-up of its own.
 pub async fn watch(app: std::sync::Arc<AppState>, stop: tokio_util::sync::CancellationToken) {
     loop {
+        let due = tokio::time::Instant::now() + std::time::Duration::from_millis(250);
         tokio::select! {
             _ = stop.cancelled() => return,
-            _ = tokio::time::sleep(std::time::Duration::from_millis(250)) => {}
+            _ = tokio::time::sleep_until(due) => {}
         }
+        let late = tokio::time::Instant::now().saturating_duration_since(due);
+        app.metrics.event_loop_lag.observe(late.as_secs_f64());
         if let Some(tls) = &app.tls {
             if let Err(e) = tls.refresh(None) {
                 tracing::warn!(error = %e, "TLS files unreadable or invalid; the old certificate stays");
@@ -428,4 +434,73 @@ fn needs_reload(app: &AppState) -> bool {
             Err(_) => false,
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use super::*;
+    use std::sync::Arc;
+    use std::time::Duration;
+    use tokio_util::sync::CancellationToken;
+
+    const CFG: &str = r#"
+[server]
+listen = "127.0.0.1:0"
+admin_listen = "127.0.0.1:0"
+[auth]
+enabled = false
+[[models]]
+name = "m"
+[[models.versions]]
+name = "1"
+replicas = [{ url = "http://127.0.0.1:9" }]
+"#;
+
+    fn app() -> Arc<AppState> {
+        Arc::new(AppState::new(crate::config::parse(CFG).unwrap()))
+    }
+
+    /// Lateness is measured from when the timer was due, not from when it was set: with the
+    /// clock paused, time moves only to the next timer, so every sample is exactly 0.
+    #[tokio::test(start_paused = true)]
+    async fn a_timer_that_fires_on_time_is_not_late() {
+        let app = app();
+        let stop = CancellationToken::new();
+        let task = tokio::spawn(watch(app.clone(), stop.clone()));
+        tokio::time::sleep(Duration::from_millis(1_100)).await;
+        stop.cancel();
+        task.await.unwrap();
+        let lag = &app.metrics.event_loop_lag;
+        assert_eq!(lag.get_sample_count(), 4);
+        assert_eq!(lag.get_sample_sum(), 0.0);
+    }
+
+    /// A thread held past the timer: the sample is at least how long it was held beyond it.
+    #[test]
+    fn a_thread_held_past_the_timer_is_reported_as_that_late() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let app = app();
+        rt.block_on(async {
+            let stop = CancellationToken::new();
+            let task = tokio::spawn(watch(app.clone(), stop.clone()));
+            // The watch sets its timer, due 250 ms from now...
+            tokio::task::yield_now().await;
+            // ...and the only thread is held for 600 ms.
+            std::thread::sleep(Duration::from_millis(600));
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            stop.cancel();
+            task.await.unwrap();
+        });
+        let lag = &app.metrics.event_loop_lag;
+        assert!(lag.get_sample_count() >= 1);
+        assert!(
+            lag.get_sample_sum() >= 0.35,
+            "lag {} s",
+            lag.get_sample_sum()
+        );
+    }
 }

@@ -124,6 +124,8 @@ async fn counters_histograms_and_tokens_match_what_the_replicas_served() {
         200.0
     );
     assert!(value(&s, "gateway_overhead_seconds_count", &[]) >= 200.0);
+    // The config watch samples the scheduler's lateness every 250 ms; the run took seconds.
+    assert!(value(&s, "gateway_event_loop_lag_seconds_count", &[]) >= 1.0);
     assert_eq!(value(&s, "gateway_upstream_inflight", &[]), 0.0);
     assert_eq!(
         value(
