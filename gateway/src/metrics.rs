@@ -96,6 +96,13 @@ impl Metrics {
             )
             .expect("valid metric")
         };
+        // One series, no labels.
+        let single_histogram = |name: &str, help: &str, buckets: &[f64]| {
+            prometheus::Histogram::with_opts(
+                HistogramOpts::new(name, help).buckets(buckets.to_vec()),
+            )
+            .expect("valid metric")
+        };
         let m = Self {
             registry: Registry::new(),
             requests: counter(
@@ -151,22 +158,16 @@ impl Metrics {
                 "Requests sent again to another replica before any response byte.",
             )
             .expect("valid metric"),
-            overhead: prometheus::Histogram::with_opts(
-                HistogramOpts::new(
-                    "gateway_overhead_seconds",
-                    "Time spent in the gateway itself per request (excluding replicas).",
-                )
-                .buckets(OVERHEAD_BUCKETS.to_vec()),
-            )
-            .expect("valid metric"),
-            event_loop_lag: prometheus::Histogram::with_opts(
-                HistogramOpts::new(
-                    "gateway_event_loop_lag_seconds",
-                    "How late a timer of the gateway fired (sampled 4 times a second; includes up to 1 ms of the timer's resolution).",
-                )
-                .buckets(LAG_BUCKETS.to_vec()),
-            )
-            .expect("valid metric"),
+            overhead: single_histogram(
+                "gateway_overhead_seconds",
+                "Time spent in the gateway itself per request (excluding replicas).",
+                &OVERHEAD_BUCKETS,
+            ),
+            event_loop_lag: single_histogram(
+                "gateway_event_loop_lag_seconds",
+                "How late a timer of the gateway fired (sampled 4 times a second; includes up to 1 ms of the timer's resolution).",
+                &LAG_BUCKETS,
+            ),
             ratelimited: counter(
                 "gateway_ratelimited_total",
                 "Requests refused by a rate limit, by scope.",
