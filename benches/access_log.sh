@@ -37,13 +37,10 @@ ticks() { awk '{u += $14; s += $15} END {print u, s}' $(printf '/proc/%s/stat ' 
 
 echo "== measuring: $ROUNDS rounds, ${SECS}s each, 64 connections, access logs on"
 : > "$WORK/runs"
-for r in $(seq 0 $((ROUNDS - 1))); do
-  n=${#names[@]}
-  for i in $(seq 0 $((n - 1))); do
-    name=${names[$(((i + r) % n))]}
+for r in $(seq 1 "$ROUNDS"); do
+  for name in $(rotated "$r" "${names[@]}"); do
     read -r u0 s0 < <(ticks ${pids[$name]})
-    $LOAD "$BIN/loadgen" --url "http://127.0.0.1:${port[$name]}" --model bench-model --api-key "$KEY" \
-      --json --quiet --concurrency 64 --duration "$SECS" > "$WORK/out.json"
+    loadgen "${port[$name]}" --concurrency 64 --duration "$SECS" > "$WORK/out.json"
     read -r u1 s1 < <(ticks ${pids[$name]})
     ok=$(python3 -c "import json; print(json.load(open('$WORK/out.json'))['ok'])")
     echo "$name $ok $((u1 - u0)) $((s1 - s0))" >> "$WORK/runs"

@@ -40,15 +40,6 @@ start_gateway alone "${PORTS_alone[@]}"; GW_ALONE_PORT=$GW_PORT; GW_ALONE_PID=$G
 sleep 1
 IDLE_NGINX=$(rss_kb $NGINX_FAST_PIDS); IDLE_GW=$(rss_kb "$GW_FAST_PID")
 
-# Each core's stolen and total ticks (/proc/stat): the time the hypervisor ran something else
-# on the core while this VM wanted it. "cpu0 steal total cpu1 steal total".
-host_ticks() {
-  awk '/^cpu[01] / { t = 0; for (i = 2; i <= NF; i++) t += $i; printf "%s %d %d ", $1, $9, t }' /proc/stat
-}
-loadgen() { # port args... -> JSON on stdout
-  local port=$1; shift
-  $LOAD "$BIN/loadgen" --url "http://127.0.0.1:$port" --model bench-model --api-key "$KEY" --json --quiet "$@"
-}
 field() { python3 -c "import json,sys; d=json.load(open('$1')); v=d$2; print(v if v is not None else 'nan')"; }
 
 run_case() { # case target port pids args...
@@ -83,12 +74,6 @@ ports_of() { # target -> P (request/response port), PIDS_T, SP (stream port), SP
       AP=$GW_ALONE_PORT; APIDS=$GW_ALONE_PID ;;
     bare) P=$GW_BARE_PORT; PIDS_T=$GW_BARE_PID ;;
   esac
-}
-rotated() { # round targets... -> the targets, starting at the round's position in the list
-  local r=$1; shift
-  local all=("$@")
-  local k=$(( (r - 1) % ${#all[@]} ))
-  echo "${all[@]:k}" "${all[@]:0:k}"
 }
 for round in $(seq 1 "$ROUNDS"); do
   echo "   round $round"

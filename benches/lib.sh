@@ -1,7 +1,7 @@
-# Shared by benches/compare.sh and benches/access_log.sh (sourced, after scripts/lib.sh, with
-# BIN set): nginx installed when missing, the release build, the cores (load generator on 0,
-# everything else on 1; MOCK_CORE moves replicas), the replicas, nginx and the gateway as both
-# scripts configure them.
+# Shared by benches/compare.sh, access_log.sh and wakeup.sh (sourced, after scripts/lib.sh,
+# with BIN set): nginx installed when missing, the release build, the cores (load generator on
+# 0, everything else on 1; MOCK_CORE moves replicas), the replicas, nginx and the gateway as
+# the scripts configure them, the load generator's call, the rotation of targets, steal ticks.
 # ACCESS_LOG=1 turns both proxies' access logs on (nginx to a file, a write per line, its
 # default; the gateway's JSON lines on stdout, drained through a pipe as a log shipper would);
 # off otherwise, as issue 7's comparison runs them.
@@ -22,6 +22,19 @@ SERVE="taskset -c 1"
 rss_kb() { local t=0; for p in "$@"; do t=$((t + $(awk '/VmRSS/{print $2}' /proc/"$p"/status 2>/dev/null || echo 0))); done; echo "$t"; }
 cpu_ticks() { local t=0; for p in "$@"; do t=$((t + $(awk '{print $14+$15}' /proc/"$p"/stat 2>/dev/null || echo 0))); done; echo "$t"; }
 HZ="$(getconf CLK_TCK)"
+# Each core's stolen and total ticks (/proc/stat): the time the hypervisor ran something else
+# on the core while this VM wanted it. "cpu0 steal total cpu1 steal total".
+host_ticks() {
+  awk '/^cpu[01] / { t = 0; for (i = 2; i <= NF; i++) t += $i; printf "%s %d %d ", $1, $9, t } END { print "" }' /proc/stat
+}
+# The targets, starting at the round's position in the list (round 1: as given), so that no
+# target is always first or last.
+rotated() { # round targets...
+  local r=$1; shift
+  local all=("$@")
+  local k=$(( (r - 1) % ${#all[@]} ))
+  echo "${all[@]:k}" "${all[@]:0:k}"
+}
 
 # Replicas: 3 fast ones for request/response tests, 3 slow-streaming ones for stream tests.
 # MOCK_CORE picks another core for them; further arguments go to each replica.
@@ -72,6 +85,10 @@ start_nginx() { # name ports... -> NGINX_PORT, NGINX_PIDS
 }
 
 KEY="sk-bench-0123456789abcdef"
+loadgen() { # port args... -> JSON on stdout (the load generator on its core, the bench key)
+  local port=$1; shift
+  $LOAD "$BIN/loadgen" --url "http://127.0.0.1:$port" --model bench-model --api-key "$KEY" --json --quiet "$@"
+}
 KEY_SHA="$(printf %s "$KEY" | sha256sum | cut -d' ' -f1)"
 start_gateway() { # name ports... -> GW_PORT, GW_PID (name "bare": no auth, no limits)
   local name=$1; shift

@@ -43,20 +43,17 @@ asleep() {
   for p in "${SPINNERS[@]}"; do kill "$p" 2>/dev/null || true; wait "$p" 2>/dev/null || true; done
   SPINNERS=()
 }
-steal_ticks() { awk '/^cpu1 / { t = 0; for (i = 2; i <= NF; i++) t += $i; print $9, t }' /proc/stat; }
 
 echo "== $ROUNDS rounds of ${SECS}s at $RATE new streams a second" >&2
-targets=(direct nginx gateway)
 for round in $(seq 1 "$ROUNDS"); do
   for mode in halting awake; do
     [ "$mode" = awake ] && awake
-    k=$(( (round - 1) % 3 ))
-    for target in "${targets[@]:k}" "${targets[@]:0:k}"; do
-      read -r s0 t0 < <(steal_ticks)
-      $LOAD "$BIN/loadgen" --url "http://127.0.0.1:${port[$target]}" --model bench-model --api-key "$KEY" \
-        --json --quiet --stream --rate "$RATE" --concurrency "$((RATE * 3))" --duration "$((SECS + 2))" \
-        --warmup 2 >"$WORK/$mode-$target-$round.json"
-      read -r s1 t1 < <(steal_ticks)
+    for target in $(rotated "$round" direct nginx gateway); do
+      # Core 1's stolen and total ticks, before and after.
+      read -r _ _ _ _ s0 t0 < <(host_ticks)
+      loadgen "${port[$target]}" --stream --rate "$RATE" --concurrency "$((RATE * 3))" \
+        --duration "$((SECS + 2))" --warmup 2 >"$WORK/$mode-$target-$round.json"
+      read -r _ _ _ _ s1 t1 < <(host_ticks)
       echo "$mode $target $round $((s1 - s0)) $((t1 - t0))" >>"$WORK/steal.txt"
     done
     asleep
