@@ -444,21 +444,10 @@ mod tests {
     use std::time::Duration;
     use tokio_util::sync::CancellationToken;
 
-    const CFG: &str = r#"
-[server]
-listen = "127.0.0.1:0"
-admin_listen = "127.0.0.1:0"
-[auth]
-enabled = false
-[[models]]
-name = "m"
-[[models.versions]]
-name = "1"
-replicas = [{ url = "http://127.0.0.1:9" }]
-"#;
-
     fn app() -> Arc<AppState> {
-        Arc::new(AppState::new(crate::config::parse(CFG).unwrap()))
+        Arc::new(AppState::new(
+            crate::config::parse(crate::config::validate::tests::MIN).unwrap(),
+        ))
     }
 
     /// Lateness is measured from when the timer was due, not from when it was set: with the

@@ -988,7 +988,7 @@ fn check_replica(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     fn parse(s: &str) -> Result<Config, Vec<String>> {
@@ -996,7 +996,8 @@ mod tests {
         validate(&f)
     }
 
-    const MIN: &str = r#"
+    /// The smallest valid config (one model, one replica, auth off), for tests elsewhere too.
+    pub(crate) const MIN: &str = r#"
         [[models]]
         name = "m"
         [[models.versions]]
