@@ -20,6 +20,7 @@ BIN="$TARGET_DIR/release"
 . scripts/lib.sh
 ACCESS_LOG=1
 . benches/lib.sh
+need_nginx
 
 start_mocks fast 0 0 16
 declare -A port pids

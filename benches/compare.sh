@@ -5,21 +5,32 @@
 # rotating each round; ROUNDS rounds, medians, and each round's gateway/nginx pair.
 # The load generator runs on core 0; replicas and the proxy under test on core 1 (and, in one
 # streaming phase, the replicas on core 0 with the proxy alone on core 1).
+# The gateway measured is the build the container image ships: profile-guided (scripts/pgo.sh);
+# PGO=0 measures a plain release build instead.
 # Writes benches/RESULTS.md. Loopback only; every process is stopped by its PID.
 #
-#   benches/compare.sh            (ROUNDS=5 SECS=5 STREAMS=1000 BIG_STREAMS=10000 by default)
+#   benches/compare.sh            (ROUNDS=5 SECS=5 STREAMS=1000 BIG_STREAMS=10000 PGO=1 by default)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROUNDS="${ROUNDS:-5}"
 SECS="${SECS:-5}"
 STREAMS="${STREAMS:-1000}"
 BIG_STREAMS="${BIG_STREAMS:-10000}"
+PGO="${PGO:-1}"
 TARGET_DIR="${CARGO_TARGET_DIR:-target}"
 BIN="$TARGET_DIR/release"
 . scripts/lib.sh
 ulimit -n 200000 2>/dev/null || ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 FD_LIMIT="$(ulimit -n)"
 . benches/lib.sh
+need_nginx
+if [ "$PGO" = 1 ]; then
+  scripts/pgo.sh | tee "$WORK/pgo.log"
+  GATEWAY_BIN="$(tail -1 "$WORK/pgo.log")"
+  BUILD="built with profile-guided optimisation (\`scripts/pgo.sh\`)"
+else
+  BUILD="a plain release build (\`PGO=0\`)"
+fi
 
 start_mocks fast 0 0 16
 # Stream replicas stamp each first token with their own time to first token, which loadgen
@@ -134,9 +145,9 @@ if [ "$BIG_STREAMS" -gt 0 ]; then
 fi
 
 echo "== writing benches/RESULTS.md"
-python3 - "$WORK" "$ROUNDS" "$IDLE_NGINX" "$IDLE_GW" "$STREAMS" "$BIG_STREAMS" "$SECS" "$FD_LIMIT" <<'PY' 
+python3 - "$WORK" "$ROUNDS" "$IDLE_NGINX" "$IDLE_GW" "$STREAMS" "$BIG_STREAMS" "$SECS" "$FD_LIMIT" "$BUILD" <<'PY' 
 import json, statistics, sys, os, subprocess, datetime, platform
-work, rounds, idle_nginx, idle_gw, streams, big, secs, fd_limit = sys.argv[1:9]
+work, rounds, idle_nginx, idle_gw, streams, big, secs, fd_limit, build = sys.argv[1:10]
 rounds = int(rounds)
 def load(case, target, r):
     p = f"{work}/{case}-{target}-{r}.json"
@@ -232,7 +243,7 @@ Produced by `benches/compare.sh` on {datetime.date.today()} — {os.cpu_count()}
 Linux {platform.release()}; {ver("nginx -v 2>&1")}; {ver("rustc --version")}. One run, targets
 back to back within each phase (their order rotating each round), {rounds} rounds of {secs} s each, medians. The load generator (`loadgen`) runs on
 core 0, the replicas and the proxy under test on core 1. nginx: one worker, `least_conn`,
-upstream `keepalive`, `proxy_buffering off`, no access log. Gateway: one worker thread,
+upstream `keepalive`, `proxy_buffering off`, no access log. Gateway ({build}): one worker thread,
 `least_inflight`, API-key auth, per-key and per-IP rate limits, metrics, model routing, no
 access log. Replicas: the project's mock (request/response: immediate 16-token answers;
 streams: 50 ms to first token, 20 tokens 50 ms apart). Direct = one replica, no proxy.

@@ -1,24 +1,29 @@
-# Shared by benches/compare.sh, access_log.sh and wakeup.sh (sourced, after scripts/lib.sh,
-# with BIN set): nginx installed when missing, the release build, the cores (load generator on
-# 0, everything else on 1; MOCK_CORE moves replicas), the replicas, nginx and the gateway as
-# the scripts configure them, the load generator's call, the rotation of targets, steal ticks.
+# Shared by benches/compare.sh, access_log.sh, wakeup.sh and scripts/pgo.sh (sourced, after
+# scripts/lib.sh, with BIN set): nginx installed when missing (need_nginx), the release build,
+# the cores (load generator on 0, everything else on 1; MOCK_CORE moves replicas), the
+# replicas, nginx and the gateway as the scripts configure them, the load generator's call,
+# the rotation of targets, steal ticks.
 # ACCESS_LOG=1 turns both proxies' access logs on (nginx to a file, a write per line, its
 # default; the gateway's JSON lines on stdout, drained through a pipe as a log shipper would);
 # off otherwise, as issue 7's comparison runs them.
-# nginx from Debian's package, installed here when missing (the baseline every ratio is to).
-if ! command -v nginx >/dev/null; then
+# nginx from Debian's package, installed when missing (the baseline every ratio is to); the
+# scripts that compare call it.
+need_nginx() {
+  command -v nginx >/dev/null && return 0
   echo "== installing nginx-light (Debian)"
   SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
   $SUDO apt-get update -q >/dev/null
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q --no-install-recommends nginx-light >/dev/null
   command -v nginx >/dev/null || { echo "nginx could not be installed (apt-get install nginx-light)" >&2; exit 1; }
-fi
+}
 
 echo "== building (release)"
 cargo build --release --locked -p gateway -p loadtest --bins 2>&1 | tail -1
 
 LOAD="taskset -c 0"
 SERVE="taskset -c 1"
+# NO_PIN=1 (scripts/pgo.sh on one core): nothing pinned.
+if [ "${NO_PIN:-0}" = 1 ]; then LOAD=""; SERVE=""; fi
 rss_kb() { local t=0; for p in "$@"; do t=$((t + $(awk '/VmRSS/{print $2}' /proc/"$p"/status 2>/dev/null || echo 0))); done; echo "$t"; }
 cpu_ticks() { local t=0; for p in "$@"; do t=$((t + $(awk '{print $14+$15}' /proc/"$p"/stat 2>/dev/null || echo 0))); done; echo "$t"; }
 HZ="$(getconf CLK_TCK)"
@@ -43,7 +48,9 @@ start_mocks() { # name ttft itl tokens [mock-replica args...] -> ports in $PORTS
   shift 4
   for i in 1 2 3; do
     local port; port="$(free_port)"
-    taskset -c "${MOCK_CORE:-1}" "$BIN/mock-replica" --listen "127.0.0.1:$port" --model bench-model \
+    local pin=(taskset -c "${MOCK_CORE:-1}")
+    [ "${NO_PIN:-0}" = 1 ] && pin=()
+    "${pin[@]}" "$BIN/mock-replica" --listen "127.0.0.1:$port" --model bench-model \
       --ttft-ms "$ttft" --itl-ms "$itl" --tokens "$tokens" "$@" 2>/dev/null &
     PIDS+=($!)
     wait_port "$port"

@@ -24,6 +24,7 @@ TARGET_DIR="${CARGO_TARGET_DIR:-target}"
 BIN="$TARGET_DIR/release"
 . scripts/lib.sh
 . benches/lib.sh
+need_nginx
 
 MOCK_CORE=0 start_mocks alone 50 50 20 --stamp-ttft
 declare -A port
