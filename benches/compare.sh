@@ -27,9 +27,9 @@ need_nginx
 if [ "$PGO" = 1 ]; then
   scripts/pgo.sh | tee "$WORK/pgo.log"
   GATEWAY_BIN="$(tail -1 "$WORK/pgo.log")"
-  BUILD="built with profile-guided optimisation (\`scripts/pgo.sh\`)"
+  BUILD="the profile-guided build, \`scripts/pgo.sh\`"
 else
-  BUILD="a plain release build (\`PGO=0\`)"
+  BUILD="a plain release build, \`PGO=0\`"
 fi
 
 start_mocks fast 0 0 16
