@@ -5,7 +5,9 @@
 #   2. that build serves a training load from the project's own tools: mock replicas behind
 #      it, loadgen in front, request/response and streaming, HTTP/1.1 and HTTP/2, the access
 #      log off and on, auth and rate limits on, and a share of refusals (a wrong key, an
-#      unknown model);
+#      unknown model); the benchmarks' set-up (one worker thread, least_inflight), then the
+#      defaults a deployment starts from (a worker per core, p2c_ewma, a canary taking a
+#      share, a token budget, replicas with max_inflight);
 #   3. llvm-profdata merges what it counted;
 #   4. the release build uses it (rustc -Cprofile-use) into $TARGET/pgo.
 # The compiler then lays out the request path's hot code together and its error paths apart,
@@ -43,9 +45,11 @@ RUSTFLAGS="-Cprofile-generate=$PROFILE/raw" CARGO_TARGET_DIR="$TRAIN" \
   cargo build --release --locked -p gateway --bin gateway 2>&1 | tail -1
 INSTRUMENTED="$TRAIN/release/gateway"
 
-# A profile newer than the instrumented binary was made by it (the sources did not change); it
-# is kept if its training was as long as asked for (CI trains briefly, benchmarks longer).
+# A profile newer than the instrumented binary and this script was made by them (neither the
+# sources nor the training changed); it is kept if its training was as long as asked for (CI
+# trains briefly, benchmarks longer).
 if [ -s "$PROFILE/gateway.profdata" ] && [ "$PROFILE/gateway.profdata" -nt "$INSTRUMENTED" ] \
+  && [ "$PROFILE/gateway.profdata" -nt scripts/pgo.sh ] \
   && [ "$(cat "$PROFILE/secs" 2>/dev/null || echo 0)" -ge "$SECS" ]; then
   echo "== pgo: profile up to date"
 else
@@ -62,6 +66,42 @@ else
   loadgen "$FAST" --concurrency 64 --duration "$SECS" --http2 4 | served "request/response, HTTP/2"
   loadgen "$STREAM" --concurrency 256 --duration "$SECS" --stream | served "streams"
   loadgen "$STREAM" --concurrency 64 --duration "$SECS" --stream --http2 4 | served "streams, HTTP/2"
+  # A deployment's defaults: the multi-threaded runtime (a worker per core), p2c_ewma, 20 % to
+  # a canary version, a token budget, per-replica max_inflight.
+  DEPLOY="$(free_port)"
+  cat >"$WORK/deploy.toml" <<TOML
+[server]
+listen = "127.0.0.1:$DEPLOY"
+admin_listen = "127.0.0.1:$(free_port)"
+[auth]
+enabled = true
+[[api_keys]]
+name = "bench"
+sha256 = "$KEY_SHA"
+requests_per_second = 1000000.0
+burst = 1000000
+tokens_per_minute = 1000000000
+[limits]
+per_ip_requests_per_second = 1000000.0
+per_ip_burst = 1000000
+[[models]]
+name = "bench-model"
+balancer = "p2c_ewma"
+stable = "1"
+canary = { version = "2", weight_percent = 20.0, sticky = "none" }
+[[models.versions]]
+name = "1"
+replicas = [{ url = "http://127.0.0.1:${PORTS_stream[0]}", max_inflight = 128 }, { url = "http://127.0.0.1:${PORTS_stream[1]}", max_inflight = 128 }]
+[[models.versions]]
+name = "2"
+replicas = [{ url = "http://127.0.0.1:${PORTS_stream[2]}", max_inflight = 128 }]
+TOML
+  GATEWAY_LOG=warn $SERVE "$INSTRUMENTED" serve --config "$WORK/deploy.toml" >/dev/null 2>&1 &
+  DEPLOY_PID=$!
+  PIDS+=($DEPLOY_PID)
+  wait_port "$DEPLOY"
+  loadgen "$DEPLOY" --concurrency 64 --duration "$SECS" | served "defaults, request/response"
+  loadgen "$DEPLOY" --concurrency 128 --duration "$SECS" --stream | served "defaults, streams"
   # Refusals: a wrong key (401) and an unknown model (404), a few hundred of each (loadgen
   # fails a run in which nothing succeeded: the statuses tell).
   $LOAD "$BIN/loadgen" --url "http://127.0.0.1:$FAST" --model bench-model --api-key sk-wrong \
@@ -71,8 +111,8 @@ else
     --json --quiet --concurrency 8 --requests 300 >"$WORK/no-model.json" || true
   refused 404 "an unknown model" <"$WORK/no-model.json"
   # The profile is written when the process exits: a graceful stop.
-  kill -INT "$FAST_PID" "$STREAM_PID"
-  wait "$FAST_PID" "$STREAM_PID" || true
+  kill -INT "$FAST_PID" "$STREAM_PID" "$DEPLOY_PID"
+  wait "$FAST_PID" "$STREAM_PID" "$DEPLOY_PID" || true
   ls "$PROFILE"/raw/*.profraw >/dev/null
 
   echo "== pgo: merging the profile"
