@@ -33,26 +33,14 @@ if [ -n "${GATEWAY_BEFORE:-}" ]; then
   names+=(before)
 fi
 
-# User and system ticks of PIDS (nginx: its master and worker), summed.
-ticks() { awk '{u += $14; s += $15} END {print u, s}' $(printf '/proc/%s/stat ' "$@"); }
-
 echo "== measuring: $ROUNDS rounds, ${SECS}s each, 64 connections, access logs on"
-: > "$WORK/runs"
-for r in $(seq 1 "$ROUNDS"); do
-  for name in $(rotated "$r" "${names[@]}"); do
-    read -r u0 s0 < <(ticks ${pids[$name]})
-    loadgen "${port[$name]}" --concurrency 64 --duration "$SECS" > "$WORK/out.json"
-    read -r u1 s1 < <(ticks ${pids[$name]})
-    ok=$(python3 -c "import json; print(json.load(open('$WORK/out.json'))['ok'])")
-    echo "$name $ok $((u1 - u0)) $((s1 - s0))" >> "$WORK/runs"
-  done
-done
+cpu_rounds "${names[@]}" > "$WORK/runs"
 python3 - "$WORK/runs" "$HZ" "$SECS" <<'PY'
 import statistics, sys
 runs, hz, secs = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
 by = {}
 for line in open(runs):
-    name, ok, u, s = line.split()
+    _, name, ok, u, s = line.split()
     ok, u, s = int(ok), int(u), int(s)
     by.setdefault(name, []).append((ok / secs, 1e6 * (u + s) / hz / ok, 1e6 * u / hz / ok, 1e6 * s / hz / ok))
 med = {n: [statistics.median(r[i] for r in v) for i in range(4)] for n, v in by.items()}

@@ -25,8 +25,7 @@ FD_LIMIT="$(ulimit -n)"
 . benches/lib.sh
 need_nginx
 if [ "$PGO" = 1 ]; then
-  scripts/pgo.sh | tee "$WORK/pgo.log"
-  GATEWAY_BIN="$(tail -1 "$WORK/pgo.log")"
+  GATEWAY_BIN="$(pgo_gateway)"
   BUILD="the profile-guided build, \`scripts/pgo.sh\`"
 else
   BUILD="a plain release build, \`PGO=0\`"

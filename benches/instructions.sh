@@ -41,8 +41,7 @@ echo "== building (release)"
 cargo build --release --locked -p gateway -p loadtest --bins 2>&1 | tail -1
 GATEWAYS=(gateway gateway-bare)
 if [ "$PGO" = 1 ]; then
-  scripts/pgo.sh | tee "$WORK/pgo.log"
-  PGO_BIN="$(tail -1 "$WORK/pgo.log")"
+  PGO_BIN="$(pgo_gateway)"
   GATEWAYS+=(gateway-pgo)
 fi
 

@@ -1,8 +1,8 @@
-# Shared by benches/compare.sh, access_log.sh, wakeup.sh and scripts/pgo.sh (sourced, after
-# scripts/lib.sh, with BIN set): nginx installed when missing (need_nginx), the release build,
-# the cores (load generator on 0, everything else on 1; MOCK_CORE moves replicas), the
-# replicas, nginx and the gateway as the scripts configure them, the load generator's call,
-# the rotation of targets, steal ticks.
+# Shared by benches/compare.sh, access_log.sh, wakeup.sh, pgo_ab.sh and scripts/pgo.sh
+# (sourced, after scripts/lib.sh, with BIN set): nginx installed when missing (need_nginx),
+# the release build, the cores (load generator on 0, everything else on 1; MOCK_CORE moves
+# replicas), the replicas, nginx and the gateway as the scripts configure them, the load
+# generator's call, the rotation of targets, CPU and steal ticks, rounds of CPU runs.
 # ACCESS_LOG=1 turns both proxies' access logs on (nginx to a file, a write per line, its
 # default; the gateway's JSON lines on stdout, drained through a pipe as a log shipper would);
 # off otherwise, as issue 7's comparison runs them.
@@ -25,6 +25,8 @@ SERVE="taskset -c 1"
 # NO_PIN=1 (scripts/pgo.sh on one core): nothing pinned.
 if [ "${NO_PIN:-0}" = 1 ]; then LOAD=""; SERVE=""; fi
 rss_kb() { local t=0; for p in "$@"; do t=$((t + $(awk '/VmRSS/{print $2}' /proc/"$p"/status 2>/dev/null || echo 0))); done; echo "$t"; }
+# User and system ticks of PIDS (nginx: its master and worker), summed: "user system".
+ticks() { awk '{u += $14; s += $15} END {print u, s}' $(printf '/proc/%s/stat ' "$@"); }
 cpu_ticks() { local t=0; for p in "$@"; do t=$((t + $(awk '{print $14+$15}' /proc/"$p"/stat 2>/dev/null || echo 0))); done; echo "$t"; }
 HZ="$(getconf CLK_TCK)"
 # Each core's stolen and total ticks (/proc/stat): the time the hypervisor ran something else
@@ -92,6 +94,21 @@ start_nginx() { # name ports... -> NGINX_PORT, NGINX_PIDS
 }
 
 KEY="sk-bench-0123456789abcdef"
+# ROUNDS rounds of SECS-second runs at 64 connections (request/response), the targets in an
+# order rotating each round: a line "round target requests user-ticks system-ticks" per run.
+# Each target names its entries in the caller's associative arrays `port` and `pids`.
+cpu_rounds() { # targets... -> lines on stdout
+  local r name u0 s0 u1 s1 ok
+  for r in $(seq 1 "$ROUNDS"); do
+    for name in $(rotated "$r" "$@"); do
+      read -r u0 s0 < <(ticks ${pids[$name]})
+      loadgen "${port[$name]}" --concurrency 64 --duration "$SECS" >"$WORK/cpu-round.json"
+      read -r u1 s1 < <(ticks ${pids[$name]})
+      ok=$(python3 -c "import json; print(json.load(open('$WORK/cpu-round.json'))['ok'])")
+      echo "$r $name $ok $((u1 - u0)) $((s1 - s0))"
+    done
+  done
+}
 loadgen() { # port args... -> JSON on stdout (the load generator on its core, the bench key)
   local port=$1; shift
   $LOAD "$BIN/loadgen" --url "http://127.0.0.1:$port" --model bench-model --api-key "$KEY" --json --quiet "$@"

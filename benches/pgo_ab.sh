@@ -18,43 +18,27 @@ BIN="$TARGET_DIR/release"
 . scripts/lib.sh
 . benches/lib.sh
 need_nginx
-scripts/pgo.sh | tee "$WORK/pgo.log"
-PGO_BIN="$(tail -1 "$WORK/pgo.log")"
+PGO_BIN="$(pgo_gateway)"
 
 start_mocks fast 0 0 16
-start_nginx fast "${PORTS_fast[@]}"
-PORT_nginx=$NGINX_PORT; PIDS_nginx=$NGINX_PIDS
-start_gateway plain "${PORTS_fast[@]}"
-PORT_plain=$GW_PORT; PIDS_plain=$GW_PID
-GATEWAY_BIN="$PGO_BIN" start_gateway pgo "${PORTS_fast[@]}"
-PORT_pgo=$GW_PORT; PIDS_pgo=$GW_PID
+declare -A port pids
+start_nginx fast "${PORTS_fast[@]}"; port[nginx]=$NGINX_PORT; pids[nginx]=$NGINX_PIDS
+start_gateway plain "${PORTS_fast[@]}"; port[plain]=$GW_PORT; pids[plain]=$GW_PID
+GATEWAY_BIN="$PGO_BIN" start_gateway pgo "${PORTS_fast[@]}"; port[pgo]=$GW_PORT; pids[pgo]=$GW_PID
 sleep 1
 
-user_ticks() { local t=0; for p in "$@"; do t=$((t + $(awk '{print $14}' /proc/"$p"/stat))); done; echo "$t"; }
-echo "== $ROUNDS rounds of ${SECS} s runs: round, target, req/s, CPU µs per request, of it user"
-for round in $(seq 1 "$ROUNDS"); do
-  for target in $(rotated "$round" nginx plain pgo); do
-    port="PORT_$target"; pids="PIDS_$target"
-    cpu0=$(cpu_ticks ${!pids}); user0=$(user_ticks ${!pids})
-    loadgen "${!port}" --concurrency 64 --duration "$SECS" >"$WORK/run.json"
-    cpu1=$(cpu_ticks ${!pids}); user1=$(user_ticks ${!pids})
-    python3 - "$round" "$target" "$WORK/run.json" "$((cpu1 - cpu0))" "$((user1 - user0))" "$HZ" "$SECS" \
-      <<'PY' | tee -a "$WORK/runs.txt"
-import json, sys
-rnd, target, path, cpu, user, hz, secs = sys.argv[1:8]
-ok = max(json.load(open(path))["ok"], 1)
-us = lambda ticks: int(ticks) * 1e6 / int(hz) / ok
-print(f"{rnd} {target} {ok / float(secs):.0f} {us(cpu):.1f} {us(user):.1f}")
-PY
-  done
-done
+echo "== $ROUNDS rounds of ${SECS} s runs: round, target, requests, user and system ticks"
+cpu_rounds nginx plain pgo | tee "$WORK/runs.txt"
 
-python3 - "$WORK/runs.txt" <<'PY'
+python3 - "$WORK/runs.txt" "$HZ" "$SECS" <<'PY'
 import statistics, sys
-runs = {}
-for line in open(sys.argv[1]):
-    rnd, target, rps, cpu, user = line.split()
-    runs.setdefault(rnd, {})[target] = (float(rps), float(cpu), float(user))
+path, hz, secs = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
+runs = {}  # round -> target -> (req/s, CPU µs per request, of it user)
+for line in open(path):
+    rnd, target, ok, user, system = line.split()
+    ok = max(int(ok), 1)
+    us = lambda ticks: ticks * 1e6 / hz / ok
+    runs.setdefault(rnd, {})[target] = (ok / secs, us(int(user) + int(system)), us(int(user)))
 def ratio(a, b, i):
     values = [r[a][i] / r[b][i] for r in runs.values() if a in r and b in r and r[b][i] > 0]
     return f"{statistics.median(values):.2f}× ({min(values):.2f}–{max(values):.2f})"

@@ -14,6 +14,13 @@ free_port() {
   "${PYTHON:-python3}" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
 }
 
+# The gateway's profile-guided build (scripts/pgo.sh makes it when it is missing or stale;
+# its progress goes to stderr): prints the binary's path.
+pgo_gateway() {
+  scripts/pgo.sh | tee "$WORK/pgo.log" >&2 || return 1
+  tail -1 "$WORK/pgo.log"
+}
+
 # Waits up to 20 s until something listens on 127.0.0.1:PORT.
 wait_port() {
   for _ in $(seq 1 400); do (echo >/dev/tcp/127.0.0.1/"$1") 2>/dev/null && return 0; sleep 0.05; done
