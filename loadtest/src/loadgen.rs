@@ -140,6 +140,9 @@ pub struct Report {
     pub per_second: Vec<u64>,
     /// (percentile, latency ms) for the latency chart.
     pub latency_curve: Vec<(f64, f64)>,
+    /// Every measured request, in the order they ended (`--samples`; not in `--json`).
+    #[serde(skip)]
+    pub samples: Vec<Sample>,
 }
 
 fn body(plan: &Plan) -> Bytes {
@@ -474,7 +477,30 @@ fn summarize(mut c: Collected, seconds: f64) -> Report {
         tokens_per_second: tokens as f64 / seconds.max(1e-9),
         per_second,
         latency_curve,
+        samples: c.samples,
     }
+}
+
+/// The measured requests as CSV, a line each: when it started (seconds after the warm-up), how
+/// it ended, and its times in milliseconds (empty where not measured: no first token, or a
+/// replica that does not stamp its own).
+pub fn samples_csv(r: &Report) -> String {
+    let ms = |v: Option<f64>| v.map_or(String::new(), |v| format!("{:.3}", v * 1000.0));
+    let mut out = String::from("at_s,ok,status,total_ms,ttft_ms,outside_replica_ms,tokens\n");
+    for s in &r.samples {
+        let outside = s.ttft.zip(s.replica_ttft).map(|(t, r)| t - r);
+        out.push_str(&format!(
+            "{:.6},{},{},{:.3},{},{},{}\n",
+            s.at,
+            u8::from(s.ok),
+            s.status,
+            s.total * 1000.0,
+            ms(s.ttft),
+            ms(outside),
+            s.tokens
+        ));
+    }
+    out
 }
 
 /// The summary as a text table.
@@ -631,10 +657,26 @@ mod tests {
             "{outside:?} {ttft:?}"
         );
         assert!(table(&r).contains("outside replica"));
+        // `--samples`: a line per request, its split in the last columns but one.
+        let csv = samples_csv(&r);
+        let lines: Vec<&str> = csv.lines().collect();
+        assert_eq!(lines.len(), 7, "{csv}");
+        assert_eq!(
+            lines[0],
+            "at_s,ok,status,total_ms,ttft_ms,outside_replica_ms,tokens"
+        );
+        for line in &lines[1..] {
+            let f: Vec<&str> = line.split(',').collect();
+            assert_eq!((f[1], f[2], f[6]), ("1", "200", "3"), "{line}");
+            let (ttft, outside): (f64, f64) = (f[4].parse().unwrap(), f[5].parse().unwrap());
+            assert!(ttft >= 40.0 && outside <= ttft - 39.999, "{line}");
+        }
         // A replica that does not stamp gives no split.
         m.set_config(|c| c.stamp_ttft = false);
         let r = run(plan, |_, _| {}).await;
         assert!(r.ttft_ms.is_some() && r.ttft_outside_replica_ms.is_none());
+        let csv = samples_csv(&r);
+        assert!(csv.lines().skip(1).all(|l| l.ends_with(",,3")), "{csv}");
     }
 
     #[tokio::test]

@@ -1,11 +1,11 @@
 //! `loadgen`: OpenAI chat-completion load against a base URL (open or closed loop, streaming
-//! aware), with a summary table, `--json`, and `--report report.html`.
+//! aware), with a summary table, `--json`, `--report report.html` and `--samples samples.csv`.
 
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::time::Duration;
 
 use clap::Parser;
-use loadtest::loadgen::{html, run, table, Plan};
+use loadtest::loadgen::{html, run, samples_csv, table, Plan};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -52,6 +52,10 @@ struct Args {
     /// Also write a self-contained HTML report with charts.
     #[arg(long)]
     report: Option<std::path::PathBuf>,
+    /// Also write every measured request to this file as CSV (start, outcome, latency, time
+    /// to first token, time outside the replica, tokens), to see when the slow ones happened.
+    #[arg(long)]
+    samples: Option<std::path::PathBuf>,
     /// No progress bar.
     #[arg(long)]
     quiet: bool,
@@ -154,6 +158,11 @@ fn main() -> std::process::ExitCode {
             }
         );
         if let Err(e) = std::fs::write(path, html(&report, &title)) {
+            return fail(format!("cannot write {}: {e}", path.display()));
+        }
+    }
+    if let Some(path) = &a.samples {
+        if let Err(e) = std::fs::write(path, samples_csv(&report)) {
             return fail(format!("cannot write {}: {e}", path.display()));
         }
     }
