@@ -93,6 +93,13 @@ fn main() -> std::process::ExitCode {
     if a.prompt_bytes.is_empty() || a.max_tokens.is_empty() || a.concurrency == 0 {
         return fail("--prompt-bytes, --max-tokens and --concurrency need values".into());
     }
+    // The files are written after the run: one that cannot be must fail the command before the
+    // load starts, not after minutes of it.
+    for path in [&a.report, &a.samples].into_iter().flatten() {
+        if let Err(e) = std::fs::File::create(path) {
+            return fail(format!("cannot write {}: {e}", path.display()));
+        }
+    }
     let plan = Plan {
         target,
         host,
