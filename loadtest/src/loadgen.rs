@@ -86,6 +86,14 @@ pub struct Sample {
     pub max_gap: Option<f64>,
 }
 
+impl Sample {
+    /// Time to first token less the replica's own: the time outside the replica (the report's
+    /// percentiles and `--samples` both take it from here).
+    pub fn outside_replica(&self) -> Option<f64> {
+        Some(self.ttft? - self.replica_ttft?)
+    }
+}
+
 #[derive(Default)]
 struct Collected {
     samples: Vec<Sample>,
@@ -440,10 +448,7 @@ fn summarize(mut c: Collected, seconds: f64) -> Report {
     }
     let mut lat: Vec<f64> = ok.iter().map(|s| s.total).collect();
     let mut ttft: Vec<f64> = ok.iter().filter_map(|s| s.ttft).collect();
-    let mut outside: Vec<f64> = ok
-        .iter()
-        .filter_map(|s| Some(s.ttft? - s.replica_ttft?))
-        .collect();
+    let mut outside: Vec<f64> = ok.iter().filter_map(|s| s.outside_replica()).collect();
     let tokens: u64 = ok.iter().map(|s| u64::from(s.tokens)).sum();
     let secs = seconds.ceil().max(1.0) as usize;
     let mut per_second = vec![0u64; secs];
@@ -485,20 +490,25 @@ fn summarize(mut c: Collected, seconds: f64) -> Report {
 /// it ended, and its times in milliseconds (empty where not measured: no first token, or a
 /// replica that does not stamp its own).
 pub fn samples_csv(r: &Report) -> String {
-    let ms = |v: Option<f64>| v.map_or(String::new(), |v| format!("{:.3}", v * 1000.0));
+    use std::fmt::Write;
     let mut out = String::from("at_s,ok,status,total_ms,ttft_ms,outside_replica_ms,tokens\n");
     for s in &r.samples {
-        let outside = s.ttft.zip(s.replica_ttft).map(|(t, r)| t - r);
-        out.push_str(&format!(
-            "{:.6},{},{},{:.3},{},{},{}\n",
+        // Writing into a String cannot fail.
+        let _ = write!(
+            out,
+            "{:.6},{},{},{:.3},",
             s.at,
             u8::from(s.ok),
             s.status,
-            s.total * 1000.0,
-            ms(s.ttft),
-            ms(outside),
-            s.tokens
-        ));
+            s.total * 1e3
+        );
+        for v in [s.ttft, s.outside_replica()] {
+            if let Some(v) = v {
+                let _ = write!(out, "{:.3}", v * 1e3);
+            }
+            out.push(',');
+        }
+        let _ = writeln!(out, "{}", s.tokens);
     }
     out
 }
